@@ -1,0 +1,71 @@
+"""A small but real model bundle, built with OpenVINO's graph API (no torch).
+
+The model is a fixed 3x3 convolution that calls "pet" every pixel whose red
+channel exceeds its blue channel, so tests can predict the mask from the frame.
+The IR is compiled and run by the real runtime in the agent tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from edge_agent import manifest as mf
+
+
+def build_model(height: int = 64, width: int = 64):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    image = ops.parameter([1, 3, height, width], ov.Type.f32, name="image")
+    weights = np.zeros((2, 3, 3, 3), dtype=np.float32)
+    # channel 0 (background) = blue - red, channel 1 (pet) = red - blue; input is RGB
+    weights[0, 2, 1, 1], weights[0, 0, 1, 1] = 1.0, -1.0
+    weights[1, 0, 1, 1], weights[1, 2, 1, 1] = 1.0, -1.0
+    conv = ops.convolution(image, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1])
+    logits = ops.add(conv, ops.constant(np.array([0.5, -0.5], np.float32).reshape(1, 2, 1, 1)))
+    logits.output(0).get_tensor().set_names({"logits"})
+    return ov.Model([logits.output(0)], [image], "tiny_red_vs_blue")
+
+
+def make_tiny_bundle(root: Path, name: str = "tiny", version: str = "0.0.1",
+                     targets: Iterable[str] = ("cpu", "gpu", "npu"),
+                     height: int = 64, width: int = 64) -> Path:
+    """Write ``root/name/version`` with the given IR targets; return that directory."""
+    import openvino as ov
+
+    bundle = Path(root) / name / version
+    model = build_model(height, width)
+    entries = {}
+    precision = {"cpu": "INT8", "gpu": "FP16", "npu": "INT8"}
+    for target in targets:
+        out = bundle / target
+        out.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, str(out / "model.xml"), compress_to_fp16=(target == "gpu"))
+        files = [mf.file_entry(bundle, out / "model.xml"), mf.file_entry(bundle, out / "model.bin")]
+        entries[target] = mf.TargetEntry(
+            name=target, device=mf.TARGET_DEVICES[target], precision=precision[target],
+            format="openvino_ir", model=f"{target}/model.xml", files=files,
+            min_runtime="2023.0", static_shape=True,
+            accuracy={"dice": 1.0, "fg_iou": 1.0, "inference_precision": "f32"})
+    all_files = sorted((f for e in entries.values() for f in e.files), key=lambda f: f.path)
+    manifest = mf.Manifest(
+        name=name, version=version,
+        created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        tools={"openvino": ov.get_version(), "torch": "none", "nncf": "none"},
+        source_checkpoint={"file": "none", "sha256": "0" * 64},
+        model={"architecture": "tiny-conv", "encoder": "none", "preset": "test",
+               "label_mode": "binary"},
+        input=mf.TensorSpec(name="image", shape=[1, 3, height, width], element_type="f32"),
+        output=mf.TensorSpec(name="logits", shape=[1, 2, height, width], element_type="f32",
+                             kind="logits"),
+        classes=["background", "pet"],
+        targets=entries,
+        evaluation={"split": "synthetic", "images": 0, "metrics": {}},
+        files=all_files,
+    )
+    mf.write_manifest(bundle, manifest)
+    return bundle
