@@ -186,7 +186,7 @@ def check_files(bundle_dir: Path, entries: Iterable[FileEntry]) -> List[str]:
     return problems
 
 
-def open_target(bundle_dir: Path, target: str) -> "tuple[Manifest, TargetEntry, Path]":
+def open_target(bundle_dir: Path, target: str) -> tuple[Manifest, TargetEntry, Path]:
     """Load a bundle for one target after checking that target's files.
 
     Returns the manifest, the target entry and the absolute path of the model

@@ -62,7 +62,7 @@ class Broker:
         ]
         self.config_path.write_text("\n".join(x for x in lines if x) + "\n")
 
-    def start(self, timeout: float = 10.0) -> "Broker":
+    def start(self, timeout: float = 10.0) -> Broker:
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto not found (apt-get install mosquitto)")
@@ -72,7 +72,8 @@ class Broker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                stderr = self.process.stderr
+                err = stderr.read().decode(errors="replace") if stderr else ""
                 raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {err}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
