@@ -1,0 +1,94 @@
+"""``segedge-agent --config PATH`` / ``python -m edge_agent``.
+
+Exit codes: 0 clean stop, 78 (EX_CONFIG) configuration or bundle problem, 1 other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import List, Optional
+
+from . import __version__
+from .config import DEFAULT_PATH, ConfigError, load
+from .manifest import BundleError, open_target
+
+EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
+log = logging.getLogger("segedge")
+
+
+def _setup_logging(level: str) -> None:
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):  # journald adds its own timestamps
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), format=fmt,
+                        stream=sys.stderr, force=True)
+
+
+def _config_error(message: str) -> int:
+    print(f"segedge-agent: configuration error: {message}", file=sys.stderr, flush=True)
+    return EX_CONFIG
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="segedge-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.environ.get("SEGEDGE_CONFIG", DEFAULT_PATH),
+                        help=f"TOML config file (default {DEFAULT_PATH}, or $SEGEDGE_CONFIG)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the config and the bundle's checksums, then exit")
+    parser.add_argument("--version", action="version", version=f"segedge-agent {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        cfg, ignored = load(args.config)
+        manifest, entry, _ = open_target(cfg.model.bundle, cfg.model.target)
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    except BundleError as exc:
+        return _config_error(f"model.bundle: {exc}")
+    _setup_logging(cfg.log_level)
+    for name in ignored:
+        log.warning("environment variable %s matches no config key; ignored", name)
+    if args.check_config:
+        print(f"segedge-agent: config OK: {args.config}: device {cfg.device_id}, bundle "
+              f"{manifest.name} {manifest.version} target {entry.name} ({entry.precision}), "
+              f"devices {','.join(cfg.model.devices)}, mqtt {cfg.mqtt.host}:{cfg.mqtt.port}")
+        return EX_OK
+    return run(cfg)
+
+
+def run(cfg) -> int:
+    from .app import Agent  # openvino and cv2 load only when the agent really runs
+    from .inference import InferenceError
+
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame) -> None:
+        if stop.is_set():
+            return
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+        timer = threading.Timer(15.0, lambda: os._exit(EX_FAIL))  # a stuck shutdown
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        agent = Agent(cfg, stop)
+        return agent.run()
+    except BundleError as exc:
+        return _config_error(f"model.bundle: {exc}")
+    except InferenceError as exc:
+        log.error("%s", exc)
+        return EX_FAIL
+    except Exception:  # noqa: BLE001 - last resort: log it, let systemd restart us
+        log.exception("fatal error")
+        return EX_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The bundle's model on the first device that compiles it, run through AsyncInferQueue.
+
+Devices are tried in the configured order and every failure is kept (no silent
+AUTO fallback). Results come back through ``on_result(userdata, output)`` from
+OpenVINO's threads; the pipeline restores frame order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import ovcompat
+from .config import ModelConfig
+from .manifest import Manifest, TargetEntry, open_target
+from .messages import ModelInfo
+
+log = logging.getLogger("segedge.inference")
+
+
+class InferenceError(Exception):
+    """No configured device could compile the model; the message lists each reason."""
+
+
+def input_size(manifest: Manifest) -> Tuple[int, int]:
+    shape = manifest.input.shape
+    layout = manifest.input.layout.upper()
+    if len(shape) != 4:
+        raise InferenceError(f"manifest input shape {shape} is not 4-D")
+    if layout == "NHWC":
+        return int(shape[1]), int(shape[2])
+    return int(shape[2]), int(shape[3])
+
+
+class Engine:
+    """Compile once, then ``submit(frame, userdata)``; results via ``on_result``."""
+
+    def __init__(self, bundle: str, cfg: ModelConfig,
+                 on_result: Callable[[Any, Optional[np.ndarray]], None]) -> None:
+        self.cfg, self.on_result = cfg, on_result
+        manifest, entry, path = open_target(Path(bundle), cfg.target)  # BundleError
+        self.manifest: Manifest = manifest
+        self.target: TargetEntry = entry
+        self.model_path = path
+        self.size_hw = input_size(manifest)
+        self.info = ModelInfo(manifest.name, manifest.version, entry.precision)
+        self.device = ""
+        self.failures: Dict[str, str] = {}
+        self.inference_precision = ""
+        self.num_requests = 0
+        self.output_channels = int(manifest.output.shape[1]) if len(manifest.output.shape) > 1 \
+            else 1
+        self._queue: Any = None
+        self._out = 0
+
+    def _properties(self, device: str) -> Dict[str, str]:
+        props = {"PERFORMANCE_HINT": "THROUGHPUT"}
+        if self.cfg.num_requests:
+            props["PERFORMANCE_HINT_NUM_REQUESTS"] = str(self.cfg.num_requests)
+        if self.cfg.inference_precision:
+            props["INFERENCE_PRECISION_HINT"] = self.cfg.inference_precision
+        return props
+
+    def load(self) -> None:
+        core = ovcompat.new_core(self.cfg.cache_dir)
+        spec = self.manifest.input
+        scale = 255.0 if spec.value_range and float(spec.value_range[-1]) <= 1.0 else 1.0
+        model = ovcompat.read_model(core, str(self.model_path), spec.name, list(spec.shape))
+        model = ovcompat.add_preprocessing(
+            model, spec.name, spec.color_order,
+            mean=spec.mean if spec.normalization == "caller" else None,
+            std=spec.std if spec.normalization == "caller" else None, scale=scale)
+        present = ovcompat.available_devices(core)
+        for device in self.cfg.devices:
+            t0 = time.monotonic()
+            try:
+                compiled = ovcompat.compile_model(core, model, device, self._properties(device))
+            except Exception as exc:  # noqa: BLE001 - every plugin error is a reason to report
+                reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                if device.split(".")[0] not in present:
+                    reason = f"not available (present: {', '.join(present) or 'none'}): {reason}"
+                self.failures[device] = reason
+                log.warning("device %s failed: %s", device, reason)
+                continue
+            self.device = device
+            self.num_requests = self.cfg.num_requests or ovcompat.optimal_requests(compiled)
+            self.inference_precision = ovcompat.precision_name(
+                ovcompat.property_or(compiled, "INFERENCE_PRECISION_HINT", "default"))
+            self._out = ovcompat.output_index(compiled, self.manifest.output.name)
+            self._queue = ovcompat.new_queue(compiled, self.num_requests)
+            self._queue.set_callback(self._done)
+            log.info("model %s %s (%s) on %s in %.1fs: %d requests, %s", self.info.name,
+                     self.info.version, self.info.precision, device, time.monotonic() - t0,
+                     self.num_requests, self.inference_precision)
+            return
+        raise InferenceError("no device could run the model: " + "; ".join(
+            f"{d}: {r}" for d, r in self.failures.items()))
+
+    def _done(self, request: Any, userdata: Any) -> None:
+        try:
+            output = np.array(ovcompat.output_array(request, self._out), copy=True)
+        except Exception:  # noqa: BLE001 - must not kill OpenVINO's callback thread
+            log.exception("reading inference output failed")
+            output = None
+        self.on_result(userdata, output)
+
+    def submit(self, tensor: np.ndarray, userdata: Any) -> None:
+        """Start one inference; blocks while all requests are busy."""
+        self._queue.start_async({0: tensor}, userdata)
+
+    def drain(self) -> None:
+        if self._queue is not None:
+            self._queue.wait_all()
+
+    def warmup(self) -> None:
+        h, w = self.size_hw
+        done: List[bool] = []
+        saved, self.on_result = self.on_result, lambda _u, _o: done.append(True)
+        try:
+            self.submit(np.zeros((1, h, w, 3), np.uint8), None)
+            self.drain()
+        finally:
+            self.on_result = saved

@@ -1,0 +1,85 @@
+"""The MQTT payloads as typed dataclasses (see docs/mqtt.md and schemas/*.schema.json)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+SCHEMA_VERSION = 1
+STATES = ("online", "degraded", "offline")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    precision: str  # of the bundle target: INT8, FP16, FP32
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(asdict(obj), separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class Status:
+    device_id: str
+    state: str
+    ts: float
+    agent_version: str
+    model: Optional[ModelInfo]
+    device: Optional[str]
+    reason: Optional[str] = None
+    device_errors: Dict[str, str] = field(default_factory=dict)
+    runtime: str = ""
+    pid: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return _json(self)
+
+
+@dataclass
+class Mask:
+    device_id: str
+    frame_id: int
+    captured_at: float
+    published_at: float
+    latency_ms: float
+    width: int
+    height: int
+    frame_width: int
+    frame_height: int
+    classes: List[str]
+    coverage: Dict[str, float]
+    encoding: str
+    mask: Any
+    model: ModelInfo
+    device: str
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return _json(self)
+
+
+@dataclass
+class Stats:
+    device_id: str
+    ts: float
+    uptime_s: float
+    interval_s: float
+    fps: Dict[str, float]
+    latency_ms: Dict[str, Optional[float]]
+    frames: Dict[str, int]
+    queues: Dict[str, int]
+    device: str
+    precision: str
+    inference_precision: str
+    num_requests: int
+    model: ModelInfo
+    process: Dict[str, float]
+    state: str
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return _json(self)

@@ -1,0 +1,112 @@
+"""Every OpenVINO API difference between 2022.3 (the MYRIAD lane) and current releases.
+
+2022.3 has ``openvino.runtime`` (Core, AsyncInferQueue, Layout, Type) and
+``openvino.preprocess``; 2023.1+ exposes the same classes at ``openvino`` top level and
+2026 drops ``openvino.runtime``. Nothing else in the agent imports openvino directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+try:  # 2023.1 and newer
+    import openvino as _ov
+
+    Core = _ov.Core
+    AsyncInferQueue = _ov.AsyncInferQueue
+    Layout = _ov.Layout
+    Type = _ov.Type
+    get_version = _ov.get_version
+except (ImportError, AttributeError):  # pragma: no cover - 2022.3
+    from openvino.runtime import AsyncInferQueue, Core, Layout, Type, get_version  # noqa: F401
+
+from openvino.preprocess import ColorFormat, PrePostProcessor
+
+
+def runtime_version() -> str:
+    return str(get_version())
+
+
+def new_core(cache_dir: str = "") -> Any:
+    core = Core()
+    if cache_dir:
+        core.set_property({"CACHE_DIR": cache_dir})
+    return core
+
+
+def available_devices(core: Any) -> List[str]:
+    try:
+        return list(core.available_devices)
+    except Exception:  # noqa: BLE001 - a broken plugin must not stop the agent
+        return []
+
+
+def read_model(core: Any, path: str, input_name: str, shape: List[int]) -> Any:
+    """Read an IR or ONNX file, fixing a dynamic input to the manifest's shape."""
+    model = core.read_model(str(path))
+    if model.is_dynamic():
+        model.reshape({input_name: shape})
+    return model
+
+
+def add_preprocessing(model: Any, input_name: str, color_order: str,
+                      mean: Optional[List[float]] = None, std: Optional[List[float]] = None,
+                      scale: float = 1.0) -> Any:
+    """u8 BGR NHWC frames in; f32, colour order, layout (and caller-side norm) in the graph."""
+    ppp = PrePostProcessor(model)
+    inp = ppp.input(input_name)
+    inp.tensor().set_element_type(Type.u8).set_layout(Layout("NHWC")) \
+        .set_color_format(ColorFormat.BGR)
+    pre = inp.preprocess().convert_element_type(Type.f32)
+    if color_order.upper() == "RGB":
+        pre.convert_color(ColorFormat.RGB)
+    if scale != 1.0:
+        pre.scale(scale)
+    if mean:
+        pre.mean([float(x) for x in mean])
+    if std:
+        pre.scale([float(x) for x in std])
+    inp.model().set_layout(Layout("NCHW"))
+    return ppp.build()
+
+
+def compile_model(core: Any, model: Any, device: str, config: Dict[str, str]) -> Any:
+    return core.compile_model(model, device, config)
+
+
+def property_or(compiled: Any, name: str, default: Any) -> Any:
+    try:
+        return compiled.get_property(name)
+    except Exception:  # noqa: BLE001 - not every device reports every property
+        return default
+
+
+def optimal_requests(compiled: Any) -> int:
+    return max(1, int(property_or(compiled, "OPTIMAL_NUMBER_OF_INFER_REQUESTS", 1)))
+
+
+def precision_name(value: Any) -> str:
+    """Type or string ('<Type: 'float32'>', 'f32', 'bf16') -> 'f32'/'bf16'/'f16'/..."""
+    text = str(value).lower()
+    for key, name in (("bfloat16", "bf16"), ("bf16", "bf16"), ("float16", "f16"),
+                      ("f16", "f16"), ("float32", "f32"), ("f32", "f32")):
+        if key in text:
+            return name
+    return text or "unknown"
+
+
+def new_queue(compiled: Any, jobs: int) -> Any:
+    return AsyncInferQueue(compiled, jobs)
+
+
+def output_index(compiled: Any, name: str) -> int:
+    for i, out in enumerate(compiled.outputs):
+        if name in out.get_names():
+            return i
+    if len(compiled.outputs) == 1:
+        return 0
+    raise KeyError(f"model has no output named {name!r}")
+
+
+def output_array(request: Any, index: int) -> Any:
+    return request.get_output_tensor(index).data

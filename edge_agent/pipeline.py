@@ -1,0 +1,178 @@
+"""The frame path: latest frame -> inference (async, in flight) -> in-order publish.
+
+Two named threads. ``infer`` takes the newest frame, waits for a free slot and
+starts an async request; OpenVINO's callback files the result under its
+submission number; ``publish`` takes results strictly in that order, applies the
+publish-rate limit, postprocesses, encodes and hands the mask to MQTT. Slots
+bound everything in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import encoding, postprocess
+from .capture import LatestFrame
+from .config import OutputConfig
+from .inference import Engine
+from .messages import Mask
+from .preprocess import to_model_input
+from .stats import Counters, LatencyWindow
+from .supervisor import RateLimiter
+
+log = logging.getLogger("segedge.pipeline")
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    seq: int
+    frame_id: int
+    captured_at: float
+    captured_mono: float
+    frame_hw: Tuple[int, int]
+
+
+class Reorder:
+    """Results keyed by submission number, released strictly in order."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._items: Dict[int, Any] = {}
+        self._next = 0
+
+    def put(self, seq: int, item: Any) -> None:
+        with self._cond:
+            self._items[seq] = item
+            self._cond.notify_all()
+
+    def pop(self, timeout: float) -> Optional[Any]:
+        with self._cond:
+            if self._next not in self._items:
+                self._cond.wait(timeout)
+            if self._next not in self._items:
+                return None
+            item = self._items.pop(self._next)
+            self._next += 1
+            return item
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class Pipeline:
+    def __init__(self, engine: Engine, out: OutputConfig, device_id: str, slot: LatestFrame,
+                 counters: Counters, latency: LatencyWindow, stop: threading.Event,
+                 send: Callable[[str], bool]) -> None:
+        self.engine, self.out, self.device_id = engine, out, device_id
+        self.slot, self.counters, self.latency, self.stop = slot, counters, latency, stop
+        self.send = send
+        self.reorder = Reorder()
+        self.slots = threading.BoundedSemaphore(engine.num_requests + 2)
+        self.submitted = 0
+        self.infer_done = threading.Event()
+        self.limiter = RateLimiter(out.max_publish_fps)
+        self.classes = list(engine.manifest.classes)
+        ncls = postprocess.num_classes(self.classes, engine.output_channels)
+        self.classes += [f"class{i}" for i in range(len(self.classes), ncls)]
+        self._last_bad_log = 0.0
+        self.threads = [threading.Thread(target=self._publish_loop, name="publish", daemon=True),
+                        threading.Thread(target=self._infer_loop, name="infer", daemon=True)]
+        engine.on_result = self._on_result
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in reversed(self.threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self.threads)
+
+    def inflight(self) -> int:
+        return self.submitted - self.counters.snapshot()["inferred"]
+
+    def _on_result(self, meta: Optional[FrameMeta], output: Optional[np.ndarray]) -> None:
+        if meta is None:
+            return
+        self.counters.add("inferred")
+        self.reorder.put(meta.seq, (meta, output))
+
+    def _infer_loop(self) -> None:
+        try:
+            while not self.stop.is_set():
+                frame = self.slot.get(0.2)
+                if frame is None:
+                    continue
+                try:
+                    tensor = to_model_input(frame.image, self.engine.size_hw)
+                except (ValueError, TypeError) as exc:
+                    self._bad_frame(frame.frame_id, exc)
+                    continue
+                while not self.slots.acquire(timeout=0.2):
+                    if self.stop.is_set():
+                        return
+                meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
+                                 frame.captured_mono, tuple(frame.image.shape[:2]))
+                self.submitted += 1
+                self.engine.submit(tensor, meta)
+        finally:
+            self.engine.drain()
+            self.infer_done.set()
+
+    def _bad_frame(self, frame_id: int, exc: Exception) -> None:
+        self.counters.add("errors")
+        now = time.monotonic()
+        if now - self._last_bad_log > 10:
+            self._last_bad_log = now
+            log.warning("frame %d skipped: %s", frame_id, exc)
+
+    def _publish_loop(self) -> None:
+        while True:
+            item = self.reorder.pop(0.2)
+            if item is None:
+                if self.infer_done.is_set() and not len(self.reorder):
+                    return
+                continue
+            self.slots.release()
+            meta, output = item
+            if output is None:
+                self.counters.add("errors")
+                continue
+            if not self.limiter.allow(time.monotonic()):
+                self.counters.add("skipped_rate")
+                continue
+            try:
+                payload, latency_ms = self.build_mask(meta, output)
+            except (ValueError, TypeError) as exc:
+                self._bad_frame(meta.frame_id, exc)
+                continue
+            if self.send(payload):
+                self.counters.add("published")
+                self.latency.add(latency_ms)
+
+    def build_mask(self, meta: FrameMeta, output: np.ndarray) -> Tuple[str, float]:
+        mask = postprocess.to_mask(output, self.engine.manifest.output.kind or "logits")
+        if self.out.mask_resolution == "frame":
+            mask = postprocess.resize_mask(mask, meta.frame_hw)
+        cov = postprocess.coverage(mask, len(self.classes))
+        data = encoding.encode(mask, self.out.mask_encoding)
+        published_at = time.time()
+        latency_ms = round((time.monotonic() - meta.captured_mono) * 1000.0, 2)
+        msg = Mask(device_id=self.device_id, frame_id=meta.frame_id,
+                   captured_at=round(meta.captured_at, 6), published_at=round(published_at, 6),
+                   latency_ms=latency_ms, width=int(mask.shape[1]), height=int(mask.shape[0]),
+                   frame_width=int(meta.frame_hw[1]), frame_height=int(meta.frame_hw[0]),
+                   classes=self.classes, coverage=dict(zip(self.classes, cov)),
+                   encoding=self.out.mask_encoding, mask=data, model=self.engine.info,
+                   device=self.engine.device)
+        return msg.to_json(), latency_ms

@@ -1,0 +1,101 @@
+"""Counters, rates, latency percentiles and process usage for the stats topic."""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections import deque
+from typing import Deque, Dict, List, Optional
+
+
+def percentile(values: List[float], q: float) -> Optional[float]:
+    """Linear-interpolated percentile (numpy's default), None for no data."""
+    if not values:
+        return None
+    data = sorted(values)
+    pos = (len(data) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+class Counters:
+    """Thread-safe monotonically increasing counters plus per-interval rates."""
+
+    NAMES = ("captured", "inferred", "dropped", "published", "skipped_rate",
+             "mqtt_dropped", "errors")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: Dict[str, int] = dict.fromkeys(self.NAMES, 0)
+        self._last: Dict[str, int] = dict(self._values)
+        self._last_t = time.monotonic()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def snapshot(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+    def rates(self) -> Dict[str, float]:
+        """Per-second rate of each counter since the previous call."""
+        now = time.monotonic()
+        with self._lock:
+            dt = max(now - self._last_t, 1e-6)
+            out = {k: (self._values[k] - self._last[k]) / dt for k in self.NAMES}
+            self._last, self._last_t = dict(self._values), now
+        return out
+
+
+class LatencyWindow:
+    """Latencies (ms) since the last take(), bounded to the newest ``maxlen``."""
+
+    def __init__(self, maxlen: int = 5000) -> None:
+        self._lock = threading.Lock()
+        self._values: Deque[float] = deque(maxlen=maxlen)
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._values.append(ms)
+
+    def take(self) -> Dict[str, Optional[float]]:
+        with self._lock:
+            values = list(self._values)
+            self._values.clear()
+        out = {f"p{q}": (round(v, 2) if v is not None else None)
+               for q, v in ((50, percentile(values, 50)), (95, percentile(values, 95)),
+                            (99, percentile(values, 99)))}
+        out["count"] = len(values)
+        return out
+
+
+class ProcessUsage:
+    """RSS from /proc (peak RSS elsewhere) and CPU% between calls."""
+
+    def __init__(self) -> None:
+        self._t = time.monotonic()
+        self._cpu = self._cpu_s()
+
+    @staticmethod
+    def _cpu_s() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def sample(self) -> Dict[str, float]:
+        now, cpu = time.monotonic(), self._cpu_s()
+        pct = 100.0 * (cpu - self._cpu) / max(now - self._t, 1e-6)
+        self._t, self._cpu = now, cpu
+        return {"rss_bytes": self.rss_bytes(), "cpu_percent": round(pct, 1),
+                "threads": threading.active_count()}
