@@ -94,7 +94,8 @@ class Agent:
         self.set_reason("agent", True)
         self.comms.start()
         self.pipeline = Pipeline(engine, self.cfg.output, self.cfg.device_id, self.slot,
-                                 self.counters, self.latency, self.stop, self.comms.publish_mask)
+                                 self.counters, self.latency, self.stop, self.comms.publish_mask,
+                                 self.comms.publish_frame)
         self.pipeline.start()
         self.capture = Capture(self.cfg.source, self.slot, self.stop,
                                on_state=lambda ok, r: self.set_reason("source", ok, r),

@@ -64,6 +64,8 @@ class OutputConfig:
     mask_resolution: str = _f("model", "model (network size) or frame (source frame size)")
     max_publish_fps: float = _f(10.0, "mask publish rate limit (0 = unlimited)")
     stats_interval_s: float = _f(5.0, "seconds between stats messages")
+    frame_every: int = _f(0, "also publish the source frame (JPEG) on <prefix>/<id>/frame "
+                             "with every Nth mask, for overlays (0 = never)")
 
 
 @dataclass
@@ -243,6 +245,7 @@ def validate(cfg: Config) -> None:
            f"must be model or frame, got {o.mask_resolution!r}")
     _check(o.max_publish_fps >= 0, "output.max_publish_fps", "must be >= 0 (0 = unlimited)")
     _check(o.stats_interval_s > 0, "output.stats_interval_s", "must be > 0")
+    _check(o.frame_every >= 0, "output.frame_every", "must be >= 0 (0 = never)")
     q = cfg.mqtt
     _check(bool(q.host) and "/" not in q.host and " " not in q.host, "mqtt.host",
            f"must be a host name or address, got {q.host!r}")

@@ -138,6 +138,11 @@ class MqttComms:
             else:
                 self._stats = payload
 
+    def publish_frame(self, payload: str) -> bool:
+        """Source frames are best effort: sent at QoS 0 when connected, else dropped."""
+        with self._lock:
+            return self._connected and self._send((self.topic("frame"), payload, 0, False))
+
     def publish_mask(self, payload: str) -> bool:
         """True when handed to paho; False when queued for later."""
         item = (self.topic("mask"), payload, self.cfg.qos_mask, False)

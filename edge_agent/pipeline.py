@@ -9,12 +9,15 @@ bound everything in between.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from . import encoding, postprocess
@@ -22,7 +25,7 @@ from .capture import LatestFrame
 from .config import OutputConfig
 from .inference import Engine
 from .messages import Mask
-from .preprocess import to_model_input
+from .preprocess import as_bgr, to_model_input
 from .stats import Counters, LatencyWindow
 from .supervisor import RateLimiter
 
@@ -36,6 +39,7 @@ class FrameMeta:
     captured_at: float
     captured_mono: float
     frame_hw: Tuple[int, int]
+    image: Optional[np.ndarray] = None  # kept only when frames are published
 
 
 class Reorder:
@@ -69,10 +73,11 @@ class Reorder:
 class Pipeline:
     def __init__(self, engine: Engine, out: OutputConfig, device_id: str, slot: LatestFrame,
                  counters: Counters, latency: LatencyWindow, stop: threading.Event,
-                 send: Callable[[str], bool]) -> None:
+                 send: Callable[[str], bool],
+                 send_frame: Optional[Callable[[str], bool]] = None) -> None:
         self.engine, self.out, self.device_id = engine, out, device_id
         self.slot, self.counters, self.latency, self.stop = slot, counters, latency, stop
-        self.send = send
+        self.send, self.send_frame = send, send_frame
         self.reorder = Reorder()
         self.slots = threading.BoundedSemaphore(engine.num_requests + 2)
         self.submitted = 0
@@ -82,6 +87,7 @@ class Pipeline:
         ncls = postprocess.num_classes(self.classes, engine.output_channels)
         self.classes += [f"class{i}" for i in range(len(self.classes), ncls)]
         self._last_bad_log = 0.0
+        self._masks_sent = 0
         self.threads = [threading.Thread(target=self._publish_loop, name="publish", daemon=True),
                         threading.Thread(target=self._infer_loop, name="infer", daemon=True)]
         engine.on_result = self._on_result
@@ -122,7 +128,8 @@ class Pipeline:
                     if self.stop.is_set():
                         return
                 meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
-                                 frame.captured_mono, tuple(frame.image.shape[:2]))
+                                 frame.captured_mono, tuple(frame.image.shape[:2]),
+                                 frame.image if self.out.frame_every else None)
                 self.submitted += 1
                 self.engine.submit(tensor, meta)
         finally:
@@ -156,9 +163,25 @@ class Pipeline:
             except (ValueError, TypeError) as exc:
                 self._bad_frame(meta.frame_id, exc)
                 continue
+            every = self.out.frame_every
+            if every and self.send_frame and self._masks_sent % every == 0:
+                self._send_frame(meta)  # before its mask, so overlays find it
             if self.send(payload):
+                self._masks_sent += 1
                 self.counters.add("published")
                 self.latency.add(latency_ms)
+
+    def _send_frame(self, meta: FrameMeta) -> None:
+        try:
+            ok, jpg = cv2.imencode(".jpg", as_bgr(meta.image), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        except (ValueError, cv2.error):
+            return
+        if ok:
+            self.send_frame(json.dumps({
+                "schema_version": 1, "device_id": self.device_id, "frame_id": meta.frame_id,
+                "captured_at": round(meta.captured_at, 6), "width": int(meta.frame_hw[1]),
+                "height": int(meta.frame_hw[0]), "encoding": "jpeg",
+                "image": base64.b64encode(jpg.tobytes()).decode("ascii")}))
 
     def build_mask(self, meta: FrameMeta, output: np.ndarray) -> Tuple[str, float]:
         mask = postprocess.to_mask(output, self.engine.manifest.output.kind or "logits")

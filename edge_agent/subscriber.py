@@ -1,0 +1,209 @@
+"""``segedge-subscribe``: follow one device or all, decode masks, print live stats.
+
+    segedge-subscribe --host 127.0.0.1 --device cam-01 --out ./masks
+
+With ``--out`` it writes, per device, the class-index mask PNG and an overlay:
+the mask over the source frame when the agent publishes frames
+(``output.frame_every``), otherwise over a blank canvas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .encoding import decode
+
+PALETTE = np.array([[0, 0, 0], [0, 200, 255], [255, 80, 0], [0, 220, 0], [200, 0, 200],
+                    [255, 255, 0], [0, 0, 255], [128, 128, 255]], np.uint8)  # BGR
+
+
+@dataclass
+class DeviceView:
+    device_id: str
+    status: Dict[str, Any] = field(default_factory=dict)
+    stats: Dict[str, Any] = field(default_factory=dict)
+    masks: int = 0
+    first_frame: Optional[int] = None
+    last_frame: Optional[int] = None
+    bad: int = 0
+    frames: Dict[int, np.ndarray] = field(default_factory=dict)  # newest source frames
+
+
+def overlay(mask: np.ndarray, frame: Optional[np.ndarray]) -> np.ndarray:
+    """Colour the classes over ``frame`` (resized mask) or a blank canvas."""
+    colours = PALETTE[mask % len(PALETTE)]
+    if frame is None:
+        return colours
+    if frame.shape[:2] != mask.shape:
+        colours = cv2.resize(colours, (frame.shape[1], frame.shape[0]),
+                             interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(mask, (frame.shape[1], frame.shape[0]),
+                          interpolation=cv2.INTER_NEAREST)
+    out = frame.copy()
+    fg = mask > 0
+    out[fg] = (0.5 * frame[fg] + 0.5 * colours[fg]).astype(np.uint8)
+    return out
+
+
+def stats_line(view: DeviceView) -> str:
+    s, st = view.stats, view.status
+    fps, lat, fr = s.get("fps", {}), s.get("latency_ms", {}), s.get("frames", {})
+
+    def num(v: Any) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    return (f"{view.device_id:<12} {st.get('state', '?'):<8} {s.get('device', st.get('device'))} "
+            f"{s.get('precision', '')} | fps cap {num(fps.get('capture'))} inf "
+            f"{num(fps.get('inference'))} pub {num(fps.get('publish'))} | latency p50 "
+            f"{num(lat.get('p50'))} p95 {num(lat.get('p95'))} p99 {num(lat.get('p99'))} ms | "
+            f"frames cap {fr.get('captured', 0)} inf {fr.get('inferred', 0)} drop "
+            f"{fr.get('dropped', 0)} pub {fr.get('published', 0)} | rx {view.masks} masks")
+
+
+class Subscriber:
+    def __init__(self, host: str, port: int, prefix: str = "segedge", device: str = "+",
+                 out: Optional[str] = None, protocol: str = "5", username: str = "",
+                 password: str = "", tls_ca: str = "", quiet: bool = False,
+                 save_every: int = 1) -> None:
+        self.prefix, self.device = prefix, device
+        self.out = Path(out) if out else None
+        self.quiet, self.save_every = quiet, max(1, save_every)
+        self.views: Dict[str, DeviceView] = {}
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                  protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
+        if username:
+            self.client.username_pw_set(username, password or None)
+        if tls_ca:
+            self.client.tls_set(ca_certs=tls_ca)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.host, self.port = host, port
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(f"{self.prefix}/{self.device}/+", qos=1)
+
+    def _view(self, device_id: str) -> DeviceView:
+        return self.views.setdefault(device_id, DeviceView(device_id))
+
+    def _on_message(self, client, userdata, msg) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) < 3:
+            return
+        device_id, kind = parts[-2], parts[-1]
+        try:
+            data = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self.lock:
+            view = self._view(device_id)
+            if kind == "status":
+                view.status = data
+                if not self.quiet:
+                    print(f"{device_id}: status {data.get('state')}"
+                          f"{' (' + data['reason'] + ')' if data.get('reason') else ''}",
+                          flush=True)
+            elif kind == "stats":
+                view.stats = data
+                if not self.quiet:
+                    print(stats_line(view), flush=True)
+            elif kind == "frame":
+                self._on_frame(view, data)
+            elif kind == "mask":
+                self._on_mask(view, data)
+
+    def _on_frame(self, view: DeviceView, data: Dict[str, Any]) -> None:
+        raw = np.frombuffer(base64.b64decode(data.get("image", "")), np.uint8)
+        image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+        if image is not None:
+            view.frames[int(data["frame_id"])] = image
+            for old in sorted(view.frames)[:-8]:
+                del view.frames[old]
+
+    def _on_mask(self, view: DeviceView, data: Dict[str, Any]) -> None:
+        try:
+            mask = decode(data["mask"], data["encoding"])
+            if mask.shape != (data["height"], data["width"]):
+                raise ValueError(f"mask shape {mask.shape} != {data['height']}x{data['width']}")
+        except (KeyError, ValueError, TypeError) as exc:
+            view.bad += 1
+            print(f"{view.device_id}: undecodable mask: {exc}", file=sys.stderr)
+            return
+        fid = int(data["frame_id"])
+        view.masks += 1
+        view.first_frame = fid if view.first_frame is None else view.first_frame
+        view.last_frame = fid
+        if self.out and view.masks % self.save_every == 0:
+            folder = self.out / view.device_id
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"mask_{fid:08d}.png"), mask)
+            cv2.imwrite(str(folder / f"overlay_{fid:08d}.jpg"),
+                        overlay(mask, view.frames.get(fid)))
+
+    def run(self, duration: float = 0.0, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
+        stop = stop or threading.Event()
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        deadline = time.monotonic() + duration if duration > 0 else None
+        try:
+            while not stop.wait(0.2):
+                if deadline and time.monotonic() >= deadline:
+                    break
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+        return self.summary()
+
+    def summary(self) -> Dict[str, Any]:
+        with self.lock:
+            return {d: {"state": v.status.get("state"), "masks": v.masks, "bad": v.bad,
+                        "first_frame": v.first_frame, "last_frame": v.last_frame,
+                        "stats": v.stats} for d, v in self.views.items()}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="segedge-subscribe", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--prefix", default="segedge")
+    p.add_argument("--device", default="+", help="device id to follow (default: all)")
+    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    p.add_argument("--username", default="")
+    p.add_argument("--password", default="")
+    p.add_argument("--tls-ca", default="")
+    p.add_argument("--out", help="write masks and overlays under this folder")
+    p.add_argument("--save-every", type=int, default=1, help="write every Nth mask")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds (0 = until Ctrl-C)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    sub = Subscriber(args.host, args.port, args.prefix, args.device, args.out, args.protocol,
+                     args.username, args.password, args.tls_ca, args.quiet, args.save_every)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    summary = sub.run(args.duration, stop)
+    if args.quiet:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        got = ", ".join(f"{d} {v['masks']} masks" for d, v in summary.items())
+        print(f"received: {got or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
