@@ -1,0 +1,82 @@
+"""Plots for the training run and the bundle report (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: List[Dict[str, Any]], path: Path) -> Path:
+    """Training loss and validation Dice/IoU per epoch."""
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker=".")
+    ax1.set(xlabel="epoch", ylabel="train loss", title="loss")
+    ax2.plot(epochs, [h["val_dice"] for h in history], marker=".", label="val Dice (micro)")
+    ax2.plot(epochs, [h["val_fg_iou"] for h in history], marker=".", label="val pet IoU")
+    ax2.set(xlabel="epoch", title="validation", ylim=(0, 1))
+    ax2.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_precisions(metrics: Dict[str, Dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Bar chart: Dice and pet IoU per precision (FP32/FP16/INT8), labelled."""
+    plt = _plt()
+    names = list(metrics)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for off, key, label in ((-0.2, "dice", "Dice (micro)"), (0.2, "fg_iou", "pet IoU")):
+        vals = [metrics[n][key] for n in names]
+        bars = ax.bar(x + off, vals, 0.4, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, [f"{n}\n({metrics[n].get('inference_precision', '?')})" for n in names])
+    ax.set(ylim=(0, 1.1), ylabel="score", title=title or "accuracy per precision")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Tint class>0 pixels (pet red, border yellow) on an RGB uint8 image."""
+    colours = np.array([[0, 0, 0], [230, 40, 40], [240, 200, 0]], np.float32)
+    out = image.astype(np.float32)
+    sel = mask > 0
+    out[sel] = (1 - alpha) * out[sel] + alpha * colours[np.clip(mask[sel], 0, 2)]
+    return out.astype(np.uint8)
+
+
+def save_overlays(samples: Sequence[Dict[str, np.ndarray]], path: Path, title: str = "") -> Path:
+    """One row per sample: image | ground truth | prediction."""
+    plt = _plt()
+    n = max(1, len(samples))
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for row, s in zip(axes, samples):
+        for ax, img, label in ((row[0], s["image"], "image"),
+                               (row[1], overlay(s["image"], s["truth"]), "ground truth"),
+                               (row[2], overlay(s["image"], s["pred"]), "prediction")):
+            ax.imshow(img)
+            ax.set_title(label, fontsize=8)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,148 @@
+"""End to end: synthetic Pets -> train a few steps at 64x64 -> all targets -> INT8 -> verified."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent import manifest as mf
+
+pytestmark = pytest.mark.build
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
+    bundle = tiny_build["bundle"]
+    manifest = mf.load_manifest(bundle)
+    assert sorted(manifest.targets) == ["cpu", "gpu", "myriad", "npu"]
+    assert {t: e.precision for t, e in manifest.targets.items()} == {
+        "cpu": "INT8", "gpu": "FP16", "npu": "INT8", "myriad": "FP32"}
+    assert mf.verify_bundle(bundle) == []
+    for name in ("accuracy.png", "overlays.png", "training_curves.png", "report.json"):
+        assert (bundle / "report" / name).is_file(), name
+    listed = {f.path for f in manifest.files}
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert listed == on_disk - {"manifest.json"}
+    assert manifest.input.name == "image" and manifest.input.shape == [1, 3, 64, 64]
+    assert manifest.input.normalization == "inside_model" and manifest.input.color_order == "RGB"
+    assert manifest.output.name == "logits" and manifest.output.shape == [1, 1, 64, 64]
+    assert manifest.classes == ["background", "pet"]
+    assert set(manifest.tools) >= {"torch", "openvino", "nncf", "segmentation_models_pytorch",
+                                   "segedge"}
+    assert manifest.source_checkpoint["sha256"] == mf.sha256_file(tiny_build["checkpoint"])
+    assert manifest.evaluation["split"] == "test" and manifest.evaluation["images"] == 6
+    for precision in ("FP32", "FP16", "INT8"):
+        scores = manifest.evaluation["metrics"][precision]
+        assert 0 <= scores["dice"] <= 1 and scores["inference_precision"] == "f32"
+    for entry in manifest.targets.values():
+        assert {"dice", "fg_iou", "inference_precision", "split", "images"} <= set(entry.accuracy)
+    assert not list(bundle.parent.glob(".*.partial"))
+
+
+def test_manifest_validates_against_json_schema(tiny_build):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "docs/schemas/manifest.schema.json").read_text())
+    data = json.loads((tiny_build["bundle"] / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(data)
+    data["targets"]["cpu"]["files"][0]["sha256"] = "nothex"
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(data))
+
+
+def test_checkpoint_carries_full_metadata(tiny_build):
+    from build_models.train import load_checkpoint
+
+    meta = load_checkpoint(tiny_build["checkpoint"])["meta"]
+    assert meta["preset"] == "mobile" and meta["size"] == 64
+    assert meta["classes"] == ["background", "pet"] and len(meta["mean"]) == 3
+    assert len(meta["data_hash"]) == 64 and meta["code_version"].startswith("0.")
+    report = json.loads((tiny_build["run"] / "report.json").read_text())
+    assert report["epochs_run"] == 3 and len(report["history"]) == 3
+    assert (tiny_build["run"] / "curves.png").is_file()
+
+
+def test_resume_continues_from_last_checkpoint(tiny_build, tmp_path):
+    from build_models import train
+
+    report = train.main(["--data", str(tiny_build["data"]), "--out", str(tmp_path),
+                         "--resume", str(tiny_build["run"] / "last.pt"), "--epochs", "4",
+                         "--batch-size", "6", "--no-progress"])
+    assert report["epochs_run"] == 4
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3, 4]
+
+
+def test_ir_outputs_agree_with_torch(tiny_build):
+    from build_models import data as D
+    from build_models import evaluate as E
+    from build_models import export as X
+    from build_models.train import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(tiny_build["checkpoint"])
+    test = D.PetData(D.scan_split(tiny_build["data"], "test").pairs, meta["size"])
+    images = np.concatenate([b for b, _ in test.batches(6)])
+    fp32, used = E.compile_ov(X.to_openvino(model, meta["size"]), "f32")
+    fp16, used16 = E.compile_ov(tiny_build["bundle"] / "gpu" / "model.xml", "f32")
+    assert used == used16 == "f32"
+    for compiled in (fp32, fp16):
+        assert X.parity(model, compiled, images)["agreement"] >= 0.99
+    int8, _ = E.compile_ov(tiny_build["bundle"] / "cpu" / "model.xml", "f32")
+    assert X.parity(model, int8, images)["agreement"] >= 0.9
+
+
+def test_myriad_onnx_is_opset_13_or_less_and_static(tiny_build):
+    from build_models.export import onnx_info
+
+    info = onnx_info(tiny_build["bundle"] / "myriad" / "model.onnx")
+    assert info["opset"] <= 13 and info["static"]
+    assert info["inputs"] == {"image": [1, 3, 64, 64]}
+    assert info["outputs"] == {"logits": [1, 1, 64, 64]}
+
+
+def test_tampered_file_fails_verify(tiny_build, tmp_path, capsys):
+    from build_models import cli
+
+    bundle = Path(shutil.copytree(tiny_build["bundle"], tmp_path / "b"))
+    assert cli.main(["verify", str(bundle)]) == 0
+    blob = bytearray((bundle / "cpu" / "model.bin").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (bundle / "cpu" / "model.bin").write_bytes(bytes(blob))
+    assert cli.main(["verify", str(bundle)]) == 1
+    assert "cpu/model.bin: sha256 mismatch" in capsys.readouterr().err
+
+
+def test_verify_needs_no_torch(tiny_build):
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from build_models.verify import verify\n"
+            f"r = verify({str(tiny_build['bundle'])!r})\n"
+            "assert r['ok'], r['problems']\n"
+            "assert sorted(r['targets_run']) == ['cpu', 'gpu', 'myriad', 'npu']\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_int8_gate_failure_exits_nonzero_saying_by_how_much(tiny_build, tmp_path, capsys):
+    from build_models import cli
+
+    rc = cli.main(["export", "--checkpoint", str(tiny_build["checkpoint"]),
+                   "--data", str(tiny_build["data"]), "--out", str(tmp_path), "--targets", "cpu",
+                   "--calib-size", "4", "--tolerance", "-1", "--no-accuracy-control",
+                   "--version", "x", "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "INT8 accuracy gate failed" in err and "below FP32" in err and "tolerance -1" in err
+    assert not (tmp_path / "pets-mobile" / "x").exists()
+
+
+def test_targets_are_selectable(tiny_build, tmp_path):
+    from build_models import bundle
+
+    report = bundle.main(["--checkpoint", str(tiny_build["checkpoint"]),
+                          "--data", str(tiny_build["data"]), "--out", str(tmp_path),
+                          "--targets", "gpu", "--name", "g", "--version", "1", "--no-progress"])
+    manifest = mf.load_manifest(Path(report["bundle"]))
+    assert list(manifest.targets) == ["gpu"]
+    assert sorted(manifest.evaluation["metrics"]) == ["FP16", "FP32"]
