@@ -1,0 +1,183 @@
+"""PyTorch eager vs OpenVINO FP32/FP16/INT8 on the same images, same size, same machine.
+
+    python benchmarks/bench_infer.py --preset seed --out runs/bench/seed.json
+    python benchmarks/bench_infer.py --checkpoint runs/demo/best.pt --data DIR
+
+Sync latency (one request, PERFORMANCE_HINT=LATENCY) and throughput (AsyncInferQueue
+with the plugin's optimal number of requests, PERFORMANCE_HINT=THROUGHPUT) per variant;
+torch eager runs batch 1 in a loop. Writes JSON + a bar chart; prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def load_images(data: Optional[str], size: int, count: int, seed: int = 0) -> List[np.ndarray]:
+    """[1,3,H,W] f32 0..255 frames: the test split of a Pet folder, or seeded noise."""
+    if data:
+        from build_models import data as D
+
+        pairs = D.scan_split(Path(data), "test").pairs[:count]
+        return [b for b, _ in D.PetData(pairs, size).batches(1)]
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32) for _ in range(count)]
+
+
+def bench_torch(model: Any, images: List[np.ndarray], iterations: int, warmup: int
+                ) -> Dict[str, Any]:
+    import torch
+
+    model.eval()
+    tensors = [torch.from_numpy(im) for im in images]
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + iterations):
+            start = time.perf_counter()
+            model(tensors[i % len(tensors)])
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return _summary(times, 1.0 / statistics.mean(times), {"threads": torch.get_num_threads()})
+
+
+def bench_ov(core: Any, model: Any, images: List[np.ndarray], iterations: int, warmup: int,
+             precision: Optional[str]) -> Dict[str, Any]:
+    import openvino as ov
+
+    from build_models.evaluate import precision_name
+
+    extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    sync = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
+    request = sync.create_infer_request()
+    times = []
+    for i in range(warmup + iterations):
+        start = time.perf_counter()
+        request.infer({0: images[i % len(images)]})
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    used = precision_name(str(sync.get_property("INFERENCE_PRECISION_HINT")))
+    del request, sync
+    tput = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **extra})
+    nreq = tput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    queue = ov.AsyncInferQueue(tput, nreq)
+    for i in range(nreq):  # warm-up: one per request
+        queue.start_async({0: images[i % len(images)]})
+    queue.wait_all()
+    count = max(iterations, 2 * nreq)
+    start = time.perf_counter()
+    for i in range(count):
+        queue.start_async({0: images[i % len(images)]})
+    queue.wait_all()
+    fps = count / (time.perf_counter() - start)
+    return _summary(times, fps, {"inference_precision": used, "async_requests": nreq})
+
+
+def _summary(times: Sequence[float], fps: float, extra: Dict[str, Any]) -> Dict[str, Any]:
+    ms = sorted(t * 1000 for t in times)
+    return {"latency_ms_mean": statistics.mean(ms), "latency_ms_p50": ms[len(ms) // 2],
+            "latency_ms_p90": ms[min(len(ms) - 1, int(len(ms) * 0.9))], "fps": fps,
+            "iterations": len(ms), **extra}
+
+
+def chart(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((ax1, "fps", "throughput (frames/s)"),
+                           (ax2, "latency_ms_p50", "sync latency p50 (ms)")):
+        bars = ax.bar(names, [results[n][key] for n in names], color="tab:blue")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=20)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="seed", help="random-weight model of this preset")
+    src.add_argument("--checkpoint", help="a best.pt from segedge-build train")
+    p.add_argument("--size", type=int, help="input size (default: the preset's/checkpoint's)")
+    p.add_argument("--data", help="Pet folder: benchmark on its test images (else noise)")
+    p.add_argument("--images", type=int, default=16, help="distinct frames to cycle through")
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--calib", type=int, default=32, help="INT8 calibration frames")
+    p.add_argument("--out", default="runs/bench/bench.json", help="JSON; the PNG goes beside it")
+    args = p.parse_args(argv)
+
+    import nncf
+    import openvino as ov
+    import torch
+
+    from build_models import export as X
+    from build_models import models as M
+    from build_models import tool_versions
+    from build_models.train import model_from_checkpoint
+
+    if args.checkpoint:
+        model, meta = model_from_checkpoint(Path(args.checkpoint))
+        size, what = args.size or int(meta["size"]), f"checkpoint {args.checkpoint}"
+    else:
+        cfg = M.preset(args.preset, size=args.size)
+        torch.manual_seed(0)
+        model, size, what = M.create(cfg).eval(), cfg.size, f"preset {args.preset} (random)"
+    images = load_images(args.data, size, args.images)
+    core = ov.Core()
+    fp32 = X.to_openvino(model, size)
+    int8 = nncf.quantize(fp32, nncf.Dataset((images * args.calib)[: args.calib]),
+                         subset_size=args.calib)
+    results: Dict[str, Dict[str, Any]] = {}
+    results["torch eager FP32"] = bench_torch(model, images, args.iterations, args.warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp16_xml = X.save_ir(fp32, Path(tmp) / "fp16.xml", fp16=True)
+        variants = [("OV FP32 (f32)", fp32, "f32"), ("OV FP32 (default)", fp32, None),
+                    ("OV FP16 IR (f32)", core.read_model(fp16_xml), "f32"),
+                    ("OV INT8", int8, None)]
+        for name, ov_model, precision in variants:
+            results[name] = bench_ov(core, ov_model, images, args.iterations, args.warmup,
+                                     precision)
+    base = results["torch eager FP32"]
+    ratios = {name: {"fps_vs_torch": r["fps"] / base["fps"],
+                     "latency_speedup_vs_torch": base["latency_ms_p50"] / r["latency_ms_p50"]}
+              for name, r in results.items() if name != "torch eager FP32"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"step": "benchmark", "model": what, "size": size, "batch": 1,
+              "images": "test split of " + args.data if args.data else "seeded noise",
+              "machine": {"cpu": platform.processor() or platform.machine(),
+                          "cores": os.cpu_count(), "python": platform.python_version()},
+              "tools": tool_versions(), "results": results, "ratios": ratios,
+              "chart": str(out.with_suffix(".png"))}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    chart(results, out.with_suffix(".png"), f"{what}, {size}x{size}, batch 1")
+    for name, r in results.items():
+        ratio = ratios.get(name, {}).get("fps_vs_torch", 1.0)
+        print(f"{name:<20} {r['fps']:8.1f} fps  p50 {r['latency_ms_p50']:7.1f} ms  "
+              f"x{ratio:.2f} vs torch eager  {r.get('inference_precision', '')}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
