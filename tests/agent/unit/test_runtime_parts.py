@@ -1,0 +1,132 @@
+"""Stats, backoff, rate limit, queue policies, sd_notify, health file, messages vs schemas."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge_agent.capture import Frame, LatestFrame
+from edge_agent.health import write_health
+from edge_agent.messages import Mask, ModelInfo, Stats, Status
+from edge_agent.mqtt import OutboundQueue
+from edge_agent.pipeline import Reorder
+from edge_agent.sdnotify import Notifier
+from edge_agent.stats import Counters, LatencyWindow, ProcessUsage, percentile
+from edge_agent.supervisor import Backoff, RateLimiter
+from tests.agent.helpers import validator
+
+
+def test_percentile_matches_numpy():
+    rng = np.random.default_rng(2)
+    values = rng.random(101).tolist()
+    for q in (0, 50, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+    assert percentile([], 50) is None and percentile([3.0], 99) == 3.0
+
+
+def test_latency_window_and_counters():
+    win = LatencyWindow(maxlen=3)
+    for v in (1, 2, 3, 4):
+        win.add(v)
+    assert win.take() == {"p50": 3, "p95": 3.9, "p99": 3.98, "count": 3}
+    assert win.take()["count"] == 0 and win.take()["p50"] is None
+    c = Counters()
+    c.add("captured", 5)
+    c.rates()
+    c.add("captured", 2)
+    assert c.snapshot()["captured"] == 7 and c.rates()["captured"] > 0
+    usage = ProcessUsage().sample()
+    assert usage["rss_bytes"] > 10 * 2**20 and usage["cpu_percent"] >= 0
+
+
+def test_backoff_grows_caps_jitters_and_resets():
+    b = Backoff(base=0.5, cap=4.0, rand=lambda: 1.0)
+    assert [b.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.reset()
+    assert b.next_delay() == 0.5
+    low = Backoff(base=1.0, cap=8.0, rand=lambda: 0.0)
+    assert low.next_delay() == 0.5  # jitter: between half and all of the ceiling
+    with pytest.raises(ValueError):
+        Backoff(base=0)
+
+
+def test_rate_limiter():
+    lim = RateLimiter(10.0)
+    allowed = sum(lim.allow(i * 0.01) for i in range(300))  # 100 fps for 3 s
+    assert 29 <= allowed <= 31
+    assert all(RateLimiter(0).allow(0.0) for _ in range(5))
+
+
+def test_outbound_queue_drops_oldest():
+    q = OutboundQueue(3)
+    for i in range(5):
+        q.append(("t", str(i), 0, False))
+    assert q.dropped == 2 and [m[1] for m in q.drain()] == ["2", "3", "4"] and len(q) == 0
+
+
+def test_latest_frame_wins_and_counts_drops():
+    slot = LatestFrame()
+    img = np.zeros((1, 1, 3), np.uint8)
+    assert slot.put(Frame(1, img, 0.0, 0.0)) is False
+    assert slot.put(Frame(2, img, 0.0, 0.0)) is True
+    assert slot.depth() == 1 and slot.get(0.01).frame_id == 2 and slot.get(0.01) is None
+    threading.Timer(0.05, lambda: slot.put(Frame(3, img, 0.0, 0.0))).start()
+    assert slot.get(2.0).frame_id == 3
+
+
+def test_reorder_releases_in_submission_order():
+    r = Reorder()
+    for seq in (2, 0, 3):
+        r.put(seq, seq)
+    assert r.pop(0.01) == 0 and r.pop(0.01) is None and len(r) == 2
+    r.put(1, 1)
+    assert [r.pop(0.01) for _ in range(3)] == [1, 2, 3]
+
+
+def test_sd_notify_sends_datagrams(tmp_path):
+    path = str(tmp_path / "n.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(1)
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
+    assert n.enabled and n.watchdog_interval_s == 2.0
+    assert n.ready("ok") and n.watchdog()
+    assert sock.recv(100) == b"READY=1\nSTATUS=ok" and sock.recv(100) == b"WATCHDOG=1"
+    sock.close()
+    off = Notifier({})
+    assert not off.enabled and not off.ready() and off.watchdog_interval_s == 0
+    assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1"}) \
+        .watchdog_interval_s == 0
+
+
+def test_health_file_is_atomic_json(tmp_path):
+    path = tmp_path / "sub" / "health.json"
+    write_health(str(path), {"state": "online", "ts": time.time()})
+    assert json.loads(path.read_text())["state"] == "online"
+    assert [p.name for p in path.parent.iterdir()] == ["health.json"]
+    write_health("", {})  # disabled: no error
+    write_health("/proc/forbidden/health.json", {})  # unwritable: no error
+
+
+def test_messages_match_schemas():
+    info = ModelInfo("m", "1", "INT8")
+    st = Status("cam", "degraded", 1.0, "0.1.0", info, "CPU", "source: gone", {"NPU": "x"})
+    validator("status").validate(json.loads(st.to_json()))
+    mk = Mask("cam", 3, 1.0, 1.1, 100.0, 4, 2, 8, 4, ["bg", "pet"], {"bg": 0.5, "pet": 0.5},
+              "rle", {"size": [2, 4], "counts": "04"}, info, "CPU")
+    validator("mask").validate(json.loads(mk.to_json()))
+    sx = Stats("cam", 1.0, 2.0, 5.0, {"capture": 1, "inference": 1, "publish": 1},
+               {"p50": None, "p95": None, "p99": None, "count": 0},
+               {"captured": 1, "inferred": 1, "dropped": 0, "published": 1},
+               {"capture": 0, "inflight": 0, "reorder": 0, "mqtt_outbound": 0}, "CPU", "INT8",
+               "f32", 2, info, {"rss_bytes": 1, "cpu_percent": 0.0, "threads": 3}, "online")
+    validator("stats").validate(json.loads(sx.to_json()))
+    bad = json.loads(st.to_json())
+    bad["state"] = "sleepy"
+    with pytest.raises(Exception, match="sleepy"):
+        validator("status").validate(bad)
