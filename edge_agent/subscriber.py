@@ -148,7 +148,9 @@ class Subscriber:
         view.masks += 1
         view.first_frame = fid if view.first_frame is None else view.first_frame
         view.last_frame = fid
-        if self.out and view.masks % self.save_every == 0:
+        # with published frames, save the masks that have one; otherwise every Nth
+        wanted = fid in view.frames if view.frames else view.masks % self.save_every == 0
+        if self.out and wanted:
             folder = self.out / view.device_id
             folder.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(folder / f"mask_{fid:08d}.png"), mask)
