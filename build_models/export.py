@@ -38,11 +38,14 @@ def save_ir(ov_model: Any, xml: Path, fp16: bool = False) -> Path:
 
 def export_onnx(model: Any, size: int, path: Path, opset: int = MYRIAD_OPSET) -> Path:
     """Static-shape ONNX at ``opset`` (TorchScript exporter; the dynamo one needs onnxscript)."""
+    import warnings
+
     import torch
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter, on purpose
         torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path),
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           opset_version=opset, dynamic_axes=None, dynamo=False)

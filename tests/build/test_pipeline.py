@@ -146,3 +146,13 @@ def test_targets_are_selectable(tiny_build, tmp_path):
     manifest = mf.load_manifest(Path(report["bundle"]))
     assert list(manifest.targets) == ["gpu"]
     assert sorted(manifest.evaluation["metrics"]) == ["FP16", "FP32"]
+
+
+def test_trimap_mode_trains_three_classes(pets_dir, tmp_path):
+    from build_models import train
+
+    report = train.main(["--data", str(pets_dir), "--out", str(tmp_path), "--size", "64",
+                         "--label-mode", "trimap", "--epochs", "1", "--max-steps", "1",
+                         "--limit", "4", "--batch-size", "4", "--no-progress"])
+    assert report["meta"]["classes"] == ["background", "pet", "border"]
+    assert report["stopped_by"] == "max_steps" and report["steps"] == 1
