@@ -116,7 +116,6 @@ class Agent:
         next_stats = time.monotonic() + interval
         wd = self.notifier.watchdog_interval_s
         next_wd = time.monotonic()
-        stall = self.cfg.source.stall_timeout_s
         while not self.stop.wait(0.2):
             now = time.monotonic()
             if not self.pipeline.alive():
@@ -126,9 +125,7 @@ class Agent:
                 log.info("source finished; stopping")
                 self.stop.wait(0.5)  # let the last frames through
                 break
-            age = now - self.capture.last_frame_mono
-            if stall and self.capture.frame_id and age > stall and self.state() == "online":
-                self.set_reason("source", False, f"source: no frame for {age:.0f}s")
+            self.capture.check_stall(now)
             if now >= next_stats:
                 next_stats = now + interval
                 self.publish_stats(interval)

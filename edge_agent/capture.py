@@ -132,6 +132,7 @@ class Capture(threading.Thread):
         self.frame_id = 0
         self.last_frame_mono = time.monotonic()
         self.backoff = Backoff(0.5, cfg.reconnect_max_s)
+        self._ok = False  # frames are flowing
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -157,7 +158,17 @@ class Capture(threading.Thread):
             self._lost(reason)
         self.finished.set()
 
+    def check_stall(self, now: float) -> None:
+        """Called by the supervisor loop: report a stall even while read() is blocked."""
+        limit = self.cfg.stall_timeout_s
+        age = now - self.last_frame_mono
+        if limit and self._ok and self.frame_id and age > limit:
+            self._ok = False
+            log.warning("no frame for %.1fs", age)
+            self.on_state(False, f"source: no frame for {age:.0f}s")
+
     def _lost(self, reason: str) -> None:
+        self._ok = False
         delay = self.backoff.next_delay()
         log.warning("camera unavailable: %s; retry in %.1fs", reason, delay)
         self.on_state(False, f"source: {reason}")
@@ -168,7 +179,7 @@ class Capture(threading.Thread):
         pace = self.cfg.fps or reader.fps or (10.0 if reader.kind == "dir" else 0.0)
         period = 1.0 / pace if reader.is_file and pace > 0 else 0.0
         next_t = time.monotonic()
-        started = False
+        started = False  # on this connection
         while not self.stop.is_set():
             ok, image = reader.read()
             now = time.monotonic()
@@ -184,8 +195,9 @@ class Capture(threading.Thread):
             self.last_frame_mono = now
             dropped = self.slot.put(Frame(self.frame_id, image, time.time(), now))
             self.on_frame(dropped)
-            if not started:
-                started = True
+            started = True
+            if not self._ok:
+                self._ok = True
                 self.backoff.reset()
                 self.on_state(True, "")
             if period:

@@ -32,6 +32,9 @@ class _Handler(BaseHTTPRequestHandler):
         i = 0
         owner = self.server.owner
         while not owner.halt.is_set():
+            if owner.frozen.is_set():  # connection stays open, no frames (a hung camera)
+                owner.halt.wait(0.05)
+                continue
             ok, jpg = cv2.imencode(".jpg", owner.frame_fn(i))
             data = jpg.tobytes()
             try:
@@ -54,6 +57,7 @@ class MjpegServer:
     def __init__(self, frame_fn: Callable[[int], np.ndarray], port: int, fps: float = 10.0):
         self.frame_fn, self.port, self.fps = frame_fn, port, fps
         self.halt = threading.Event()
+        self.frozen = threading.Event()
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
 

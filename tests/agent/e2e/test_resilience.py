@@ -59,3 +59,22 @@ def test_camera_loss_and_return(broker, tiny_bundle, unique_id, agents, collecto
         assert agent.terminate() == 0, agent.log()
     finally:
         cam.stop()
+
+
+def test_frozen_camera_is_a_stall(broker, tiny_bundle, unique_id, agents, collectors):
+    cam = MjpegServer(lambda i: scene(i), free_port(), fps=10).start()
+    try:
+        col = collectors(broker, unique_id)
+        agent = agents(agent_config(tiny_bundle, cam.url, broker.host, broker.port, unique_id,
+                                    source={"stall_timeout_s": 1.5, "reconnect_max_s": 1.0}))
+        assert wait_until(lambda: len(col.of("mask")) >= 3, 30), agent.log()
+        cam.frozen.set()
+        assert wait_until(lambda: col.last_state() == "degraded", 10), agent.log()
+        assert "no frame for" in col.of("status")[-1]["reason"]
+        cam.frozen.clear()
+        col.clear()
+        assert wait_until(lambda: col.last_state() == "online" and col.of("mask"), 20), \
+            agent.log()
+        assert agent.terminate() == 0, agent.log()
+    finally:
+        cam.stop()
