@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from build_models.speed import measure, summary  # noqa: E402
 
 
 def load_images(data: Optional[str], size: int, count: int, seed: int = 0) -> List[np.ndarray]:
@@ -50,46 +51,7 @@ def bench_torch(model: Any, images: List[np.ndarray], iterations: int, warmup: i
             model(tensors[i % len(tensors)])
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return _summary(times, 1.0 / statistics.mean(times), {"threads": torch.get_num_threads()})
-
-
-def bench_ov(core: Any, model: Any, images: List[np.ndarray], iterations: int, warmup: int,
-             precision: Optional[str]) -> Dict[str, Any]:
-    import openvino as ov
-
-    from build_models.evaluate import precision_name
-
-    extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-    sync = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
-    request = sync.create_infer_request()
-    times = []
-    for i in range(warmup + iterations):
-        start = time.perf_counter()
-        request.infer({0: images[i % len(images)]})
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    used = precision_name(str(sync.get_property("INFERENCE_PRECISION_HINT")))
-    del request, sync
-    tput = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **extra})
-    nreq = tput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-    queue = ov.AsyncInferQueue(tput, nreq)
-    for i in range(nreq):  # warm-up: one per request
-        queue.start_async({0: images[i % len(images)]})
-    queue.wait_all()
-    count = max(iterations, 2 * nreq)
-    start = time.perf_counter()
-    for i in range(count):
-        queue.start_async({0: images[i % len(images)]})
-    queue.wait_all()
-    fps = count / (time.perf_counter() - start)
-    return _summary(times, fps, {"inference_precision": used, "async_requests": nreq})
-
-
-def _summary(times: Sequence[float], fps: float, extra: Dict[str, Any]) -> Dict[str, Any]:
-    ms = sorted(t * 1000 for t in times)
-    return {"latency_ms_mean": statistics.mean(ms), "latency_ms_p50": ms[len(ms) // 2],
-            "latency_ms_p90": ms[min(len(ms) - 1, int(len(ms) * 0.9))], "fps": fps,
-            "iterations": len(ms), **extra}
+    return summary(times, 1.0 / statistics.mean(times), threads=torch.get_num_threads())
 
 
 def chart(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> None:
@@ -156,8 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     ("OV FP16 IR (f32)", core.read_model(fp16_xml), "f32"),
                     ("OV INT8", int8, None)]
         for name, ov_model, precision in variants:
-            results[name] = bench_ov(core, ov_model, images, args.iterations, args.warmup,
-                                     precision)
+            results[name] = measure(core, ov_model, images, args.iterations, args.warmup,
+                                    precision)
     base = results["torch eager FP32"]
     ratios = {name: {"fps_vs_torch": r["fps"] / base["fps"],
                      "latency_speedup_vs_torch": base["latency_ms_p50"] / r["latency_ms_p50"]}

@@ -46,6 +46,7 @@ class BuildConfig:
     eval_split: str = "test"
     eval_limit: Optional[int] = None
     overlays: int = 4
+    speed_iterations: int = 30  # CPU latency/throughput per precision in the report; 0: skip
     strict: bool = False
     force: bool = False
     progress: bool = True
@@ -56,11 +57,18 @@ def _now() -> dt.datetime:
 
 
 def _evaluate(model: Any, test: D.PetData, classes: int, cfg: BuildConfig, label: str,
-              core: Any) -> Dict[str, Any]:
+              core: Any, speed: Optional[Dict[str, Any]] = None,
+              frames: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """Accuracy of ``model`` on ``test``; with ``speed``, also its CPU speed into it."""
     from build_models import evaluate as E
+    from build_models.speed import measure
 
     compiled, used = E.compile_ov(model, cfg.inference_precision, core=core)
     result = E.validate(E.ov_infer(compiled), test, classes, desc=label, progress=cfg.progress)
+    if speed is not None and cfg.speed_iterations > 0 and frames is not None:
+        hint = None if cfg.inference_precision == "auto" else cfg.inference_precision
+        speed[label] = measure(core, model, [f[None] for f in frames], cfg.speed_iterations,
+                               precision=hint)
     return {**result, "inference_precision": used}
 
 
@@ -84,7 +92,7 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
 
     from build_models import export as X
     from build_models import quantize as Q
-    from build_models.report import plot_precisions, save_overlays
+    from build_models.report import plot_precisions, plot_speed, save_overlays
     from build_models.train import model_from_checkpoint
 
     started = time.monotonic()
@@ -118,13 +126,14 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
     metrics: Dict[str, Dict[str, Any]] = {}
     per_target: Dict[str, Dict[str, Any]] = {}
     quant_info: Dict[str, Any] = {}
+    speed: Dict[str, Any] = {}
     nc = len(classes)
     with tempfile.TemporaryDirectory(prefix="segedge-build-") as tmp:
         fp32_xml = X.save_ir(fp32, Path(tmp) / "fp32" / "model.xml")
-        metrics["FP32"] = _evaluate(fp32_xml, test, nc, cfg, "FP32", core)
+        metrics["FP32"] = _evaluate(fp32_xml, test, nc, cfg, "FP32", core, speed, images)
         fp16_xml = X.save_ir(fp32, (stage if "gpu" in targets else Path(tmp)) / "gpu" /
                              "model.xml", fp16=True)
-        metrics["FP16"] = _evaluate(fp16_xml, test, nc, cfg, "FP16", core)
+        metrics["FP16"] = _evaluate(fp16_xml, test, nc, cfg, "FP16", core, speed, images)
         parity["FP16"] = X.parity(model, compile_ov(fp16_xml, "f32", core=core)[0], images)
         best = fp32_xml
         if {"cpu", "npu"} & set(targets):
@@ -132,7 +141,7 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
             calib = D.PetData(calib_scan.pairs[: cfg.calib_size], size, mode)
             qcfg = Q.QuantConfig(cfg.calib_size, cfg.tolerance, cfg.accuracy_control)
             int8, quant_info = Q.quantize(core.read_model(fp32_xml), calib, qcfg)
-            metrics["INT8"] = _evaluate(int8, test, nc, cfg, "INT8", core)
+            metrics["INT8"] = _evaluate(int8, test, nc, cfg, "INT8", core, speed, images)
             drop = metrics["FP32"]["dice"] - metrics["INT8"]["dice"]
             quant_info["ptq_drop"] = drop
             if drop > cfg.tolerance and cfg.accuracy_control:
@@ -140,7 +149,7 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
                     core.read_model(fp32_xml), calib, test,
                     lambda compiled, items: Q.dice_of_items(compiled, items, nc), qcfg)
                 quant_info.update(info)
-                metrics["INT8"] = _evaluate(int8, test, nc, cfg, "INT8", core)
+                metrics["INT8"] = _evaluate(int8, test, nc, cfg, "INT8", core, speed, images)
                 drop = metrics["FP32"]["dice"] - metrics["INT8"]["dice"]
             quant_info["drop"] = drop
             if drop > cfg.tolerance:
@@ -172,6 +181,8 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
                     f"{name} {version}: {cfg.eval_split} split, {len(test)} images")
     save_overlays(samples, stage / "report" / "overlays.png",
                   f"{'INT8' if 'INT8' in metrics else 'FP32'} predictions ({cfg.eval_split})")
+    if speed:
+        plot_speed(speed, stage / "report" / "speed.png", f"{name} {version}: CPU, batch 1")
     curves = ckpt.parent / "curves.png"
     if curves.is_file():
         shutil.copyfile(curves, stage / "report" / "training_curves.png")
@@ -184,7 +195,7 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
     report = {"step": "export", "status": "ok", "name": name, "version": version,
               "created": _now().isoformat(), "checkpoint": str(ckpt), "targets": targets,
               "evaluation": evaluation, "per_target": per_target, "parity": parity,
-              "quantization": quant_info, "config": asdict(cfg),
+              "quantization": quant_info, "speed": speed, "config": asdict(cfg),
               "data_summary": {cfg.eval_split: test_scan.summary()},
               "train_meta": {k: meta.get(k) for k in ("preset", "data_hash", "code_version",
                                                        "train_images", "val_images", "val")}}
@@ -261,6 +272,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-split", choices=("test", "val"), default="test")
     p.add_argument("--eval-limit", type=int, help="evaluate on at most N images")
     p.add_argument("--overlays", type=int, default=4, help="sample overlays in the report")
+    p.add_argument("--speed-iterations", type=int, default=30,
+                   help="CPU latency/throughput iterations per precision (0: skip)")
     p.add_argument("--strict", action="store_true", help="bad data is fatal")
     p.add_argument("--force", action="store_true", help="replace an existing version")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -30,7 +30,7 @@ def run_all(argv: Sequence[str]) -> Dict[str, Any]:
     p.add_argument("--out", required=True, help="bundle root: OUT/<name>/<version>")
     p.add_argument("--run-dir", help="training run directory (default runs/<name>)")
     for flag in ("--name", "--version", "--targets", "--eval-limit", "--calib-size",
-                 "--tolerance", "--inference-precision", "--overlays"):
+                 "--tolerance", "--inference-precision", "--overlays", "--speed-iterations"):
         p.add_argument(flag)
     p.add_argument("--force", action="store_true")
     p.add_argument("--strict", action="store_true")
@@ -42,7 +42,7 @@ def run_all(argv: Sequence[str]) -> Dict[str, Any]:
     export_args = ["--checkpoint", trained["checkpoint"], "--data", args.data, "--out", args.out,
                    *common, *(["--force"] if args.force else [])]
     for key in ("name", "version", "targets", "eval_limit", "calib_size", "tolerance",
-                "inference_precision", "overlays"):
+                "inference_precision", "overlays", "speed_iterations"):
         value = getattr(args, key)
         if value is not None:
             export_args += [f"--{key.replace('_', '-')}", str(value)]

@@ -53,6 +53,25 @@ def plot_precisions(metrics: Dict[str, Dict[str, Any]], path: Path, title: str =
     return Path(path)
 
 
+def plot_speed(speed: Dict[str, Dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Bar charts: async throughput and sync p50 latency per precision."""
+    plt = _plt()
+    names = list(speed)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, key, label in ((ax1, "fps", "throughput, async (frames/s)"),
+                           (ax2, "latency_ms_p50", "latency, sync p50 (ms)")):
+        bars = ax.bar([f"{n}\n({speed[n]['inference_precision']})" for n in names],
+                      [speed[n][key] for n in names])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_title(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Tint class>0 pixels (pet red, border yellow) on an RGB uint8 image."""
     colours = np.array([[0, 0, 0], [230, 40, 40], [240, 200, 0]], np.float32)

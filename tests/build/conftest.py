@@ -34,7 +34,8 @@ def tiny_build(pets_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("build")
     argv = ["all", "--data", str(pets_dir), "--out", str(work / "models"),
             "--run-dir", str(work / "run"), "--name", "tiny", "--version", "0.0.1",
-            "--calib-size", "8", "--tolerance", "0.05", "--overlays", "2", "--no-progress",
+            "--calib-size", "8", "--tolerance", "0.05", "--overlays", "2",
+            "--speed-iterations", "3", "--no-progress",
             "--", "--size", str(SIZE), "--epochs", "3", "--batch-size", "6", "--lr", "3e-3",
             "--threads", "2"]
     assert cli.main(argv) == 0

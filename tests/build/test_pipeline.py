@@ -24,7 +24,8 @@ def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
     assert {t: e.precision for t, e in manifest.targets.items()} == {
         "cpu": "INT8", "gpu": "FP16", "npu": "INT8", "myriad": "FP32"}
     assert mf.verify_bundle(bundle) == []
-    for name in ("accuracy.png", "overlays.png", "training_curves.png", "report.json"):
+    for name in ("accuracy.png", "overlays.png", "training_curves.png", "speed.png",
+                 "report.json"):
         assert (bundle / "report" / name).is_file(), name
     listed = {f.path for f in manifest.files}
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
@@ -43,6 +44,9 @@ def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
     for entry in manifest.targets.values():
         assert {"dice", "fg_iou", "inference_precision", "split", "images"} <= set(entry.accuracy)
     assert not list(bundle.parent.glob(".*.partial"))
+    speed = json.loads((bundle / "report" / "report.json").read_text())["speed"]
+    assert set(speed) == {"FP32", "FP16", "INT8"}
+    assert all(s["fps"] > 0 and s["inference_precision"] == "f32" for s in speed.values())
 
 
 def test_manifest_validates_against_json_schema(tiny_build):
@@ -130,7 +134,7 @@ def test_int8_gate_failure_exits_nonzero_saying_by_how_much(tiny_build, tmp_path
     rc = cli.main(["export", "--checkpoint", str(tiny_build["checkpoint"]),
                    "--data", str(tiny_build["data"]), "--out", str(tmp_path), "--targets", "cpu",
                    "--calib-size", "4", "--tolerance", "-1", "--no-accuracy-control",
-                   "--version", "x", "--no-progress"])
+                   "--version", "x", "--speed-iterations", "0", "--no-progress"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "INT8 accuracy gate failed" in err and "below FP32" in err and "tolerance -1" in err
@@ -142,7 +146,8 @@ def test_targets_are_selectable(tiny_build, tmp_path):
 
     report = bundle.main(["--checkpoint", str(tiny_build["checkpoint"]),
                           "--data", str(tiny_build["data"]), "--out", str(tmp_path),
-                          "--targets", "gpu", "--name", "g", "--version", "1", "--no-progress"])
+                          "--targets", "gpu", "--name", "g", "--version", "1",
+                          "--speed-iterations", "0", "--no-progress"])
     manifest = mf.load_manifest(Path(report["bundle"]))
     assert list(manifest.targets) == ["gpu"]
     assert sorted(manifest.evaluation["metrics"]) == ["FP16", "FP32"]
