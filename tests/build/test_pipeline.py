@@ -161,3 +161,42 @@ def test_trimap_mode_trains_three_classes(pets_dir, tmp_path):
                          "--limit", "4", "--batch-size", "4", "--no-progress"])
     assert report["meta"]["classes"] == ["background", "pet", "border"]
     assert report["stopped_by"] == "max_steps" and report["steps"] == 1
+
+
+def test_failed_gate_retries_with_accuracy_control_then_says_by_how_much(
+        tiny_build, tmp_path, monkeypatch):
+    from build_models import bundle
+    from build_models import quantize as Q
+
+    calls = []
+
+    def fake_accuracy_control(ov_model, calib, validation, score, cfg):
+        calls.append(cfg.tolerance)
+        return ov_model, {"method": "accuracy_control", "calibration_images": 0}
+
+    monkeypatch.setattr(Q, "quantize_accuracy_control", fake_accuracy_control)
+    with pytest.raises(bundle.BuildError, match=r"below FP32 .*method accuracy_control"):
+        bundle.main(["--checkpoint", str(tiny_build["checkpoint"]), "--data",
+                     str(tiny_build["data"]), "--out", str(tmp_path), "--targets", "cpu",
+                     "--calib-size", "4", "--tolerance", "-1", "--speed-iterations", "0",
+                     "--no-progress"])
+    assert calls == [-1.0]
+
+
+def test_accuracy_control_runs_with_nncf(tiny_build):
+    import openvino as ov
+
+    from build_models import data as D
+    from build_models import export as X
+    from build_models import quantize as Q
+    from build_models.train import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(tiny_build["checkpoint"])
+    pairs = D.scan_split(tiny_build["data"], "test").pairs
+    data = D.PetData(pairs, meta["size"])
+    int8, info = Q.quantize_accuracy_control(
+        X.to_openvino(model, meta["size"]), data, data,
+        lambda compiled, items: Q.dice_of_items(compiled, items, 2),
+        Q.QuantConfig(subset_size=4, tolerance=1.0))
+    assert info["method"] == "accuracy_control" and info["validation_images"] == 6
+    assert isinstance(int8, ov.Model)
