@@ -65,6 +65,21 @@ class Engine:
             props["INFERENCE_PRECISION_HINT"] = self.cfg.inference_precision
         return props
 
+    def _compile(self, core: Any, model: Any, device: str) -> Any:
+        props = self._properties(device)
+        try:
+            return ovcompat.compile_model(core, model, device, props)
+        except Exception as first:  # noqa: BLE001 - an old plugin may reject a hint
+            if not props:
+                raise
+            try:
+                compiled = ovcompat.compile_model(core, model, device, {})
+            except Exception:  # noqa: BLE001
+                raise first from None
+            log.warning("device %s rejected %s (%s); compiled with its defaults", device,
+                        props, " ".join(str(first).split())[:200])
+            return compiled
+
     def load(self) -> None:
         core = ovcompat.new_core(self.cfg.cache_dir)
         spec = self.manifest.input
@@ -78,7 +93,7 @@ class Engine:
         for device in self.cfg.devices:
             t0 = time.monotonic()
             try:
-                compiled = ovcompat.compile_model(core, model, device, self._properties(device))
+                compiled = self._compile(core, model, device)
             except Exception as exc:  # noqa: BLE001 - every plugin error is a reason to report
                 reason = " ".join(str(exc).split())[:300] or type(exc).__name__
                 if device.split(".")[0] not in present:
