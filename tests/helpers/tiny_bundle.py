@@ -69,3 +69,47 @@ def make_tiny_bundle(root: Path, name: str = "tiny", version: str = "0.0.1",
     )
     mf.write_manifest(bundle, manifest)
     return bundle
+
+
+def tiny_onnx_bytes(height: int = 64, width: int = 64) -> bytes:
+    """The same red-vs-blue model as ONNX (opset 13, IR version 7: OpenVINO 2022.3 reads it)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.zeros((2, 3, 3, 3), dtype=np.float32)
+    weights[0, 2, 1, 1], weights[0, 0, 1, 1] = 1.0, -1.0
+    weights[1, 0, 1, 1], weights[1, 2, 1, 1] = 1.0, -1.0
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["logits"], pads=[1, 1, 1, 1],
+                          kernel_shape=[3, 3])],
+        "tiny_red_vs_blue",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, height, width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, height, width])],
+        initializer=[numpy_helper.from_array(weights, "w"),
+                     numpy_helper.from_array(np.array([0.5, -0.5], np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              producer_name="segedge-tests")
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def add_myriad_target(bundle: Path) -> Path:
+    """Add a ``myriad/model.onnx`` target (FP16 on the NCS2) to an existing tiny bundle."""
+    import dataclasses
+
+    bundle = Path(bundle)
+    manifest = mf.load_manifest(bundle)
+    height, width = manifest.input.shape[2], manifest.input.shape[3]
+    out = bundle / "myriad"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.onnx").write_bytes(tiny_onnx_bytes(height, width))
+    files = [mf.file_entry(bundle, out / "model.onnx")]
+    targets = dict(manifest.targets)
+    targets["myriad"] = mf.TargetEntry(
+        name="myriad", device="MYRIAD", precision="FP16", format="onnx",
+        model="myriad/model.onnx", files=files, min_runtime="2022.3", static_shape=True,
+        accuracy={"dice": 1.0, "fg_iou": 1.0, "inference_precision": "f16"})
+    all_files = sorted((f for e in targets.values() for f in e.files), key=lambda f: f.path)
+    mf.write_manifest(bundle, dataclasses.replace(manifest, targets=targets, files=all_files))
+    return bundle
