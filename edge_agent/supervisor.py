@@ -41,5 +41,6 @@ class RateLimiter:
             return True
         if now < self._next:
             return False
-        self._next = max(self._next + self.period, now + self.period / 2)
+        # at most half a period of credit: the average holds, bursts stay short
+        self._next = max(self._next + self.period, now - self.period / 2)
         return True

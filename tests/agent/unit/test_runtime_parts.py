@@ -130,3 +130,11 @@ def test_messages_match_schemas():
     bad["state"] = "sleepy"
     with pytest.raises(Exception, match="sleepy"):
         validator("status").validate(bad)
+
+
+def test_rate_limiter_averages_with_uneven_input():
+    lim = RateLimiter(10.0)
+    allowed = [t for t in (i / 12.0 for i in range(120)) if lim.allow(t)]  # 12 fps for 10 s
+    assert 98 <= len(allowed) <= 101
+    gaps = np.diff(allowed)
+    assert gaps.min() >= 0.05 - 1e-9  # never closer than half a period
