@@ -40,9 +40,10 @@ $PIP download -q --only-binary=:all: "${platforms[@]}" --python-version "$py" \
   --implementation cp --abi "$abi" -d "$out" "$out"/segedge-*.whl "${pins[@]}"
 # Exact pins for every wheel in the wheelhouse (it holds exactly what pip resolved).
 .venv/bin/python - "$out" <<'PY'
-import pathlib, sys
+import pathlib, re, sys
 out = pathlib.Path(sys.argv[1])
-lines = sorted("==".join(w.name.split("-")[:2]) for w in out.glob("*.whl"))
+lines = sorted(re.sub(r"[-_.]+", "-", w.name.split("-")[0]).lower() + "==" + w.name.split("-")[1]
+             for w in out.glob("*.whl"))
 (out / "requirements.txt").write_text("\n".join(lines) + "\n")
 print(f"{out}: " + ", ".join(lines))
 PY

@@ -11,7 +11,7 @@ APT_AGENT=(mosquitto mosquitto-clients)
 # Test rig: camera stand-in (ffmpeg), device roots and their boot (mmdebstrap, systemd-nspawn),
 # network namespaces (iproute2), Ansible transport (ssh).
 APT_ALL=("${APT_AGENT[@]}" ffmpeg mmdebstrap debootstrap systemd-container iproute2 openssh-client
-         openssh-server openssl)
+         openssh-server openssl procps)
 
 case "$profile" in
   agent) apt_pkgs=("${APT_AGENT[@]}"); extras="agent" ;;

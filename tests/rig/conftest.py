@@ -49,7 +49,8 @@ def log(msg: str) -> None:
 
 
 def _wheelhouses() -> Dict[str, Path]:
-    out = {"cp311": RIG_DIR / "wheelhouse" / "cp311", "cp39": RIG_DIR / "wheelhouse" / "cp39-ov2022.3"}
+    out = {"cp311": RIG_DIR / "wheelhouse" / "cp311",
+           "cp39": RIG_DIR / "wheelhouse" / "cp39-ov2022.3"}
     env = dict(os.environ, PIP=f"{sys.executable} -m pip")
     sh(["bash", "deploy/build_wheelhouse.sh", "--python", "3.11", "--out", str(out["cp311"])],
        cwd=REPO, env=env, timeout=600)
@@ -119,7 +120,8 @@ def _inventory(rig: Rig, key: Path, wheelhouses: Dict[str, Path], bundle: Path,
 
 class RigSession:
     def __init__(self, rig: Rig, inventory: Path, vault_pass: Path, bundles: Dict[str, Path]):
-        self.rig, self.inventory, self.vault_pass, self.bundles = rig, inventory, vault_pass, bundles
+        self.rig, self.inventory, self.vault_pass = rig, inventory, vault_pass
+        self.bundles = bundles
         self.runs = 0
 
     @property
@@ -128,7 +130,8 @@ class RigSession:
 
     def playbook(self, *args: str, timeout: float = 600) -> Tuple[int, str, Dict]:
         self.runs += 1
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "deploy/ansible.cfg"), ANSIBLE_NOCOLOR="1",
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "deploy/ansible.cfg"),
+                   ANSIBLE_NOCOLOR="1",
                    ANSIBLE_FORCE_COLOR="0", ANSIBLE_HOST_KEY_CHECKING="False",
                    ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=30s",
                    ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.rig.rundir / "cp"),

@@ -27,7 +27,8 @@ SUBNET = "127.77.0"
 CONTROLLER_IP = f"{SUBNET}.1"
 
 
-def sh(argv: List[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+def sh(argv: List[str], check: bool = True, timeout: float = 60,
+       **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -68,7 +69,8 @@ class Device:
             raise RuntimeError(f"{self.name}: no systemd under nspawn pid {self.process.pid}")
         return pids[0]
 
-    def run(self, cmd: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(self, cmd: str, check: bool = False,
+            timeout: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command inside the device (all its namespaces, as root)."""
         return sh(["nsenter", "-t", str(self.leader), "-a", "/bin/sh", "-c", cmd],
                   check=check, timeout=timeout)
@@ -116,14 +118,14 @@ class Rig:
         return sh(["ip", "netns", "exec", self.controller, *argv], **kw)
 
     def start_in_controller(self, argv: List[str], log: Path, **kw) -> subprocess.Popen:
-        handle = open(log, "wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", self.controller, *argv],
-                                stdout=handle, stderr=subprocess.STDOUT, **kw)
-        handle.close()
+        with open(log, "wb") as handle:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.controller, *argv],
+                                    stdout=handle, stderr=subprocess.STDOUT, **kw)
         self.processes.append(proc)
         return proc
 
-    def wait_port(self, host: str, port: int, timeout: float = 30, ns: Optional[str] = None) -> None:
+    def wait_port(self, host: str, port: int, timeout: float = 30,
+                  ns: Optional[str] = None) -> None:
         ns = ns or self.controller
 
         def probe():
@@ -160,13 +162,13 @@ class Rig:
         return dev
 
     def boot(self, dev: Device, timeout: float = 60) -> None:
-        log = open(dev.rundir / "console.log", "wb")
-        dev.process = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(dev.root), "-M", f"{self.name}{dev.name}"[:64],
-             "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{dev.netns}",
-             "-b", "--console=read-only"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
+        with open(dev.rundir / "console.log", "wb") as log:
+            dev.process = subprocess.Popen(
+                ["systemd-nspawn", "-D", str(dev.root), "-M", f"{self.name}{dev.name}"[:64],
+                 "--register=no", "--keep-unit",
+                 f"--network-namespace-path=/run/netns/{dev.netns}", "-b",
+                 "--console=read-only"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.processes.append(dev.process)
 
     def wait_booted(self, dev: Device, timeout: float = 90) -> None:

@@ -1,0 +1,76 @@
+"""Static checks of the deploy role and the unit (no devices, no root): fast, always run."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import require
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = REPO / "deploy/roles/segedge_agent"
+UNIT = REPO / "systemd/segedge-agent.service"
+
+
+def test_ansible_lint_production_profile():
+    lint = Path(sys.executable).parent / "ansible-lint"
+    require(lint.exists(), "ansible-lint (the deploy extra)")
+    proc = subprocess.run([str(lint), "--profile", "production", "--offline", "-q",
+                           "site.yml", "roles/segedge_agent"],
+                          cwd=REPO / "deploy", capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, NO_COLOR="1", ANSIBLE_CONFIG="ansible.cfg"))
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+
+
+def test_every_default_is_specified_and_documented():
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    assert set(defaults) - set(options) == set(), "defaults without an argument spec"
+    assert set(options) - set(defaults) == set(), "argument specs without a default"
+    text = (ROLE / "defaults/main.yml").read_text()
+    for name, spec in options.items():
+        assert spec.get("description"), f"{name}: no description in argument_specs"
+        # a comment line somewhere above the variable in defaults/main.yml
+        block = text.split(f"\n{name}:")[0].rstrip().splitlines()
+        assert any(line.startswith("#") for line in block[-6:]), f"{name}: undocumented default"
+
+
+def test_templates_carry_ansible_managed():
+    for tpl in (ROLE / "templates").glob("*.j2"):
+        assert tpl.read_text().startswith("{{ ansible_managed | comment }}"), tpl.name
+
+
+def test_playbook_rolls_out_in_batches():
+    play = yaml.safe_load((REPO / "deploy/site.yml").read_text())[0]
+    assert "serial" in play and "max_fail_percentage" in play
+
+
+def test_unit_has_the_required_settings():
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    text = re.sub(r"^(DeviceAllow|SystemCallFilter)=", lambda m: f"{m.group(1)}_{id(m)}=",
+                  UNIT.read_text(), flags=re.M)
+    parser.read_string(text)
+    svc = parser["Service"]
+    expected = {
+        "Type": "notify", "Restart": "on-failure", "RestartPreventExitStatus": "78",
+        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+        "PrivateTmp": "yes", "DevicePolicy": "closed", "StateDirectory": "segedge",
+        "CacheDirectory": "segedge", "User": "segedge",
+    }
+    for key, value in expected.items():
+        assert svc.get(key) == value, f"{key}={svc.get(key)!r}, expected {value}"
+    assert "WatchdogSec" in svc and "EnvironmentFile" in svc and "RestrictAddressFamilies" in svc
+    assert "MemoryDenyWriteExecute" not in svc, "breaks OpenVINO's JIT (oneDNN/Xbyak)"
+    raw = UNIT.read_text()
+    assert "SystemCallFilter=@system-service" in raw
+    allows = re.findall(r"^DeviceAllow=(.+)$", raw, flags=re.M)
+    assert sorted(a.split()[0] for a in allows) == ["char-accel", "char-drm", "char-video4linux"]
+    assert parser["Unit"].get("StartLimitBurst") and parser["Unit"].get("StartLimitIntervalSec")
