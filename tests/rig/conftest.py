@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -85,6 +86,21 @@ def _bundles(root: Path) -> Dict[str, Path]:
     return {"good": good, "tampered": tampered, "broken": broken}
 
 
+def _standin_deb(root: Path) -> Path:
+    """A tiny .deb in place of Intel's NPU driver packages (not in Debian, not downloadable
+    here): exercises the role's ship-and-install path for controller-side .deb files."""
+    pkg = root / "segedge-npu-driver-standin"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "usr/share/segedge-npu-driver-standin").mkdir(parents=True)
+    (pkg / "usr/share/segedge-npu-driver-standin/README").write_text("rig stand-in\n")
+    (pkg / "DEBIAN/control").write_text(
+        "Package: segedge-npu-driver-standin\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: segedge rig <rig@localhost>\nDescription: stand-in for the NPU driver\n")
+    out = root / "segedge-npu-driver-standin_1.0_all.deb"
+    sh(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(out)])
+    return out
+
+
 def _inventory(rig: Rig, key: Path, wheelhouses: Dict[str, Path], bundle: Path,
                vault_block: str) -> Path:
     inv_dir = rig.rundir / "inventory"
@@ -96,6 +112,8 @@ def _inventory(rig: Rig, key: Path, wheelhouses: Dict[str, Path], bundle: Path,
         hv = {k: v for k, v in hostvars.items() if k != "wheelhouse"}
         hv["ansible_host"] = dev.ip
         hv["segedge_agent_wheelhouse_dir"] = str(wheelhouses[hostvars.get("wheelhouse", "cp311")])
+        if group == "npu":
+            hv["segedge_agent_deb_files"] = [str(_standin_deb(rig.rundir / "debs"))]
         groups.setdefault(group, {"hosts": {}})["hosts"][name] = hv
     svars = {
         "ansible_user": "root",
@@ -190,7 +208,9 @@ def rig_session(tmp_path_factory):
     from tests.rig.roots import ensure_root
 
     t0 = time.monotonic()
-    roots = {suite: ensure_root(suite, log) for suite in ("bookworm", "bullseye")}
+    with ThreadPoolExecutor(2) as pool:  # a cold cache builds both roots at once
+        futures = {s: pool.submit(ensure_root, s, log) for s in ("bookworm", "bullseye")}
+        roots = {suite: future.result() for suite, future in futures.items()}
     TIMINGS["roots_s"] = time.monotonic() - t0
     t1 = time.monotonic()
     wheelhouses = _wheelhouses()
@@ -198,6 +218,12 @@ def rig_session(tmp_path_factory):
 
     session = uuid.uuid4().hex[:5]
     rundir = RIG_DIR / "run" / session
+    # Logs of earlier rig sessions: keep the newest few (their devices are gone already).
+    old = sorted((RIG_DIR / "run").glob("*"), key=lambda p: p.stat().st_mtime)[:-3] \
+        if (RIG_DIR / "run").exists() else []
+    for stale in old:
+        if not any((stale / "devices").glob("*/root")):
+            shutil.rmtree(stale, ignore_errors=True)
     rundir.mkdir(parents=True)
     rig = Rig(name=f"sg{session}", rundir=rundir / "devices")
     rig.rundir.mkdir()
@@ -226,7 +252,9 @@ def rig_session(tmp_path_factory):
             rig.wait_booted(dev)
         TIMINGS["boot_s"] = time.monotonic() - t2
         inventory = _inventory(rig, key, wheelhouses, bundles["good"], vault_block)
-        yield RigSession(rig, inventory, vault_pass, bundles)
+        session_obj = RigSession(rig, inventory, vault_pass, bundles)
+        session_obj.wheelhouses = wheelhouses
+        yield session_obj
     finally:
         t3 = time.monotonic()
         cp = rig.rundir / "cp"

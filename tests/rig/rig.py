@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -196,8 +195,11 @@ class Rig:
         for ns in reversed(self.netns):
             sh(["ip", "netns", "delete", ns], check=False)
         self.netns.clear()
-        for dev in self.devices.values():
-            shutil.rmtree(dev.rundir, ignore_errors=True)
+        # In parallel, and never across a mount point (a device root could still hold one).
+        removers = [subprocess.Popen(["rm", "-rf", "--one-file-system", str(dev.rundir)])
+                    for dev in self.devices.values() if dev.rundir.exists()]
+        for proc in removers:
+            proc.wait(timeout=600)
         log(f"namespaces and device roots removed, {time.monotonic() - t0:.1f}s in all")
 
 

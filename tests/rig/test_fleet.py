@@ -51,6 +51,10 @@ def test_service_runs_as_dedicated_user(fleet):
     shipped = dev.run("cd /opt/segedge/models/current && find . -type f | sort").stdout.split()
     assert sorted(shipped) == ["./cpu/model.bin", "./cpu/model.xml", "./manifest.json"], shipped
     assert dev.run("ls /var/cache/segedge | wc -l").stdout.strip() != "0", "model cache empty"
+    # systemd says nothing about the unit's settings (unknown device classes, bad lines, ...)
+    warnings = dev.run(f"journalctl -b --no-pager -o cat -u {SERVICE} | "
+                       "grep -i -E 'unknown|ignoring|invalid|failed to parse|not supported'")
+    assert warnings.stdout.strip() == "", warnings.stdout
 
 
 def test_status_online_and_masks_arrive(fleet):
@@ -78,6 +82,9 @@ def test_accelerator_lanes_fall_back_to_cpu(fleet):
         files = dev.run("cd /opt/segedge/models/current && find . -type f | sort").stdout.split()
         assert sorted(files) == sorted([f"./{target}/model.bin", f"./{target}/model.xml",
                                         "./manifest.json"]), files
+    standin = fleet.devices["dev-npu"].run(
+        "dpkg-query -W -f='${Status}' segedge-npu-driver-standin").stdout
+    assert standin.endswith("installed"), standin
     rules = fleet.devices["dev-npu"].run("cat /etc/udev/rules.d/60-segedge.rules").stdout
     assert 'SUBSYSTEM=="accel"' in rules and 'GROUP="render"' in rules, rules
 
@@ -165,3 +172,14 @@ def test_unhealthy_release_is_rolled_back(fleet):
     health = _health(dev)
     assert health["state"] == "online" and health["model"]["version"] == "0.0.1", health
     assert dev.unit("ActiveState")["ActiveState"] == "active", dev.journal()
+
+
+def test_wheelhouse_for_another_python_is_refused_before_any_change(fleet):
+    dev = fleet.devices["dev-myriad"]
+    pid = dev.unit("MainPID")["MainPID"]
+    cp311 = fleet.wheelhouses["cp311"]
+    rc, out, rec = fleet.playbook("--limit", "dev-myriad",
+                                  "-e", f"segedge_agent_wheelhouse_dir={cp311}")
+    assert rc != 0 and rec["dev-myriad"]["changed"] == 0, out[-4000:]
+    assert "runs Python cp39" in out and "no openvino wheel" in out, out[-4000:]
+    assert dev.unit("MainPID")["MainPID"] == pid
