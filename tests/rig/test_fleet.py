@@ -183,3 +183,15 @@ def test_wheelhouse_for_another_python_is_refused_before_any_change(fleet):
     assert rc != 0 and rec["dev-myriad"]["changed"] == 0, out[-4000:]
     assert "runs Python cp39" in out and "no openvino wheel" in out, out[-4000:]
     assert dev.unit("MainPID")["MainPID"] == pid
+
+
+def test_config_the_agent_rejects_never_lands(fleet):
+    dev = fleet.devices["dev-cpu"]
+    before = dev.run("sha256sum /etc/segedge/agent.toml").stdout
+    pid = dev.unit("MainPID")["MainPID"]
+    rc, out, rec = fleet.playbook("--limit", "dev-cpu",
+                                  "-e", '{"segedge_agent_devices": ["AUTO:GPU,CPU"]}')
+    assert rc != 0 and rec["dev-cpu"]["failed"] == 1, out[-4000:]
+    assert "configuration error" in out and "AUTO" in out, out[-4000:]
+    assert dev.run("sha256sum /etc/segedge/agent.toml").stdout == before
+    assert dev.unit("MainPID")["MainPID"] == pid
