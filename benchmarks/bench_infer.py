@@ -5,7 +5,8 @@
 
 Sync latency (one request, PERFORMANCE_HINT=LATENCY) and throughput (AsyncInferQueue
 with the plugin's optimal number of requests, PERFORMANCE_HINT=THROUGHPUT) per variant;
-torch eager runs batch 1 in a loop. Writes JSON + a bar chart; prints the ratios.
+torch eager runs batch 1 in a loop. The variants are measured in interleaved rounds so a
+busy shared machine slows them alike. Writes JSON + a bar chart; prints the ratios.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from build_models.speed import measure, summary  # noqa: E402
+from build_models.speed import summary  # noqa: E402
 
 
 def load_images(data: Optional[str], size: int, count: int, seed: int = 0) -> List[np.ndarray]:
@@ -38,20 +38,80 @@ def load_images(data: Optional[str], size: int, count: int, seed: int = 0) -> Li
     return [rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32) for _ in range(count)]
 
 
-def bench_torch(model: Any, images: List[np.ndarray], iterations: int, warmup: int
-                ) -> Dict[str, Any]:
-    import torch
+class TorchRunner:
+    """PyTorch eager, batch 1; its throughput is the sequential loop."""
 
-    model.eval()
-    tensors = [torch.from_numpy(im) for im in images]
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + iterations):
+    def __init__(self, model: Any, images: List[np.ndarray]):
+        import torch
+
+        self.torch, self.model = torch, model.eval()
+        self.tensors = [torch.from_numpy(im) for im in images]
+        self.info = {"threads": torch.get_num_threads(), "inference_precision": "f32"}
+
+    def sync(self, i: int) -> None:
+        with self.torch.inference_mode():
+            self.model(self.tensors[i % len(self.tensors)])
+
+    def burst(self, count: int) -> None:
+        for i in range(count):
+            self.sync(i)
+
+
+class OVRunner:
+    """One LATENCY-compiled request for sync latency, a THROUGHPUT-compiled
+    AsyncInferQueue (the plugin's optimal size) for throughput."""
+
+    def __init__(self, core: Any, model: Any, images: List[np.ndarray],
+                 precision: Optional[str]):
+        import openvino as ov
+
+        from build_models.evaluate import precision_name
+
+        extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        self.images = images
+        latency = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
+        self.request = latency.create_infer_request()
+        tput = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **extra})
+        nreq = int(tput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.queue = ov.AsyncInferQueue(tput, nreq)
+        self.info = {"async_requests": nreq, "inference_precision": precision_name(
+            str(latency.get_property("INFERENCE_PRECISION_HINT")))}
+
+    def sync(self, i: int) -> None:
+        self.request.infer({0: self.images[i % len(self.images)]})
+
+    def burst(self, count: int) -> None:
+        for i in range(count):
+            self.queue.start_async({0: self.images[i % len(self.images)]})
+        self.queue.wait_all()
+
+
+def interleaved(runners: Dict[str, Any], iterations: int, warmup: int, rounds: int
+                ) -> Dict[str, Dict[str, Any]]:
+    """Measure every runner in alternating short rounds (rotating the order), so load
+    from other processes on a shared machine hits all variants alike."""
+    names = list(runners)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    busy = dict.fromkeys(names, 0.0)
+    frames = dict.fromkeys(names, 0)
+    for name in names:
+        for i in range(warmup):
+            runners[name].sync(i)
+        runners[name].burst(max(1, warmup))
+    per_round = max(1, iterations // rounds)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            runner = runners[name]
+            for i in range(per_round):
+                start = time.perf_counter()
+                runner.sync(i)
+                times[name].append(time.perf_counter() - start)
             start = time.perf_counter()
-            model(tensors[i % len(tensors)])
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return summary(times, 1.0 / statistics.mean(times), threads=torch.get_num_threads())
+            runner.burst(per_round)
+            busy[name] += time.perf_counter() - start
+            frames[name] += per_round
+    return {n: summary(times[n], frames[n] / busy[n], rounds=rounds, **runners[n].info)
+            for n in names}
 
 
 def chart(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> None:
@@ -85,6 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--images", type=int, default=16, help="distinct frames to cycle through")
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant")
     p.add_argument("--calib", type=int, default=32, help="INT8 calibration frames")
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON; the PNG goes beside it")
     args = p.parse_args(argv)
@@ -110,16 +171,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     fp32 = X.to_openvino(model, size)
     int8 = nncf.quantize(fp32, nncf.Dataset((images * args.calib)[: args.calib]),
                          subset_size=args.calib)
-    results: Dict[str, Dict[str, Any]] = {}
-    results["torch eager FP32"] = bench_torch(model, images, args.iterations, args.warmup)
+    runners: Dict[str, Any] = {"torch eager FP32": TorchRunner(model, images)}
     with tempfile.TemporaryDirectory() as tmp:
         fp16_xml = X.save_ir(fp32, Path(tmp) / "fp16.xml", fp16=True)
         variants = [("OV FP32 (f32)", fp32, "f32"), ("OV FP32 (default)", fp32, None),
                     ("OV FP16 IR (f32)", core.read_model(fp16_xml), "f32"),
                     ("OV INT8", int8, None)]
         for name, ov_model, precision in variants:
-            results[name] = measure(core, ov_model, images, args.iterations, args.warmup,
-                                    precision)
+            runners[name] = OVRunner(core, ov_model, images, precision)
+    results = interleaved(runners, args.iterations, args.warmup, args.rounds)
     base = results["torch eager FP32"]
     ratios = {name: {"fps_vs_torch": r["fps"] / base["fps"],
                      "latency_speedup_vs_torch": base["latency_ms_p50"] / r["latency_ms_p50"]}

@@ -19,7 +19,8 @@ def test_bench_writes_json_and_chart(tmp_path, pets_dir):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     bench.main(["--preset", "mobile", "--size", "64", "--data", str(pets_dir), "--images", "2",
-                "--iterations", "3", "--warmup", "1", "--calib", "2", "--out", str(out)])
+                "--iterations", "3", "--warmup", "1", "--rounds", "3", "--calib", "2",
+                "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"torch eager FP32", "OV FP32 (f32)", "OV FP32 (default)",
                                       "OV FP16 IR (f32)", "OV INT8"}
