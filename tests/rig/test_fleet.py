@@ -163,9 +163,12 @@ def test_tampered_release_is_refused(fleet):
 
 def test_unhealthy_release_is_rolled_back(fleet):
     dev = fleet.devices["dev-cpu"]
-    rc, out, rec = fleet.playbook("--limit", "dev-cpu",
+    # Rolling: one host per batch; the failed first batch stops the rollout, so dev-npu
+    # (listed after dev-cpu; the broken bundle has no npu target) is never touched.
+    rc, out, rec = fleet.playbook("--limit", "dev-cpu,dev-npu", "-e", "segedge_serial=1",
                                   "-e", f"segedge_agent_bundle_dir={fleet.bundles['broken']}")
     assert rc != 0 and rec["dev-cpu"]["failed"] == 1, out[-4000:]
+    assert "dev-npu" not in rec, f"the rollout went on after a failed batch: {rec}"
     assert "release tiny-0.0.3 failed its health check" in out, out[-4000:]
     assert "rolled back to tiny-0.0.1 (healthy again)" in out, out[-4000:]
     assert dev.run("readlink /opt/segedge/models/current").stdout.strip().endswith("tiny-0.0.1")
