@@ -52,6 +52,17 @@ def run_all(argv: Sequence[str]) -> Dict[str, Any]:
             "bundle": built["bundle"], "evaluation": built["evaluation"]}
 
 
+def _expected_errors() -> tuple:
+    """Errors that get a one-line message; looked up lazily so that ``verify`` runs on an
+    agent-only install (no torch, Pillow or tqdm)."""
+    errors = [ValueError]
+    for module, name in (("build_models.bundle", "BuildError"), ("build_models.data",
+                         "DataError"), ("build_models.fetch", "FetchError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
 def dispatch(command: str, argv: List[str]) -> Dict[str, Any]:
     if command == "fetch":
         from build_models.fetch import main as step
@@ -74,13 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"usage: segedge-build COMMAND [options]\n\ncommands:\n{lines}\n\n"
               f"'segedge-build COMMAND --help' for a command's options", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from build_models.bundle import BuildError
-    from build_models.data import DataError
-    from build_models.fetch import FetchError
-
     try:
         result = dispatch(argv[0], argv[1:])
-    except (BuildError, DataError, FetchError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _expected_errors()):
+            raise
         print(f"segedge-build {argv[0]}: error: {exc}", file=sys.stderr)
         return 1
     if argv[0] != "verify":

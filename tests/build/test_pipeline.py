@@ -120,11 +120,16 @@ def test_tampered_file_fails_verify(tiny_build, tmp_path, capsys):
 
 
 def test_verify_needs_no_torch(tiny_build):
-    code = ("import sys; sys.modules['torch'] = None\n"
+    # an agent-only install: no torch, nncf, smp, Pillow or tqdm
+    code = ("import sys\n"
+            "for m in ('torch', 'nncf', 'segmentation_models_pytorch', 'PIL', 'tqdm'):\n"
+            "    sys.modules[m] = None\n"
             "from build_models.verify import verify\n"
+            "from build_models.cli import main\n"
             f"r = verify({str(tiny_build['bundle'])!r})\n"
             "assert r['ok'], r['problems']\n"
-            "assert sorted(r['targets_run']) == ['cpu', 'gpu', 'myriad', 'npu']\n")
+            "assert sorted(r['targets_run']) == ['cpu', 'gpu', 'myriad', 'npu']\n"
+            f"assert main(['verify', {str(tiny_build['bundle'])!r}]) == 0\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 
