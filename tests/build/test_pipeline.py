@@ -32,6 +32,7 @@ def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
     assert listed == on_disk - {"manifest.json"}
     assert manifest.input.name == "image" and manifest.input.shape == [1, 3, 64, 64]
     assert manifest.input.normalization == "inside_model" and manifest.input.color_order == "RGB"
+    assert manifest.input.mean is None and manifest.input.std is None
     assert manifest.output.name == "logits" and manifest.output.shape == [1, 1, 64, 64]
     assert manifest.classes == ["background", "pet"]
     assert set(manifest.tools) >= {"torch", "openvino", "nncf", "segmentation_models_pytorch",
