@@ -151,6 +151,19 @@ def test_kill_9_restarts_the_agent(fleet):
     wait_for(lambda: fleet.status("dev-cpu")["state"] == "online", 30, 1, "online again")
 
 
+def test_config_change_alone_restarts_and_checks_health(fleet):
+    dev = fleet.devices["dev-cpu"]
+    pid = dev.unit("MainPID")["MainPID"]
+    rc, out, rec = fleet.playbook("--limit", "dev-cpu", "--tags",
+                                  "segedge_config,segedge_service,segedge_health",
+                                  "-e", "segedge_agent_log_level=DEBUG")
+    assert rc == 0 and rec["dev-cpu"]["changed"] >= 1, _fail_msg(fleet, out, "dev-cpu")
+    assert "Wait until the agent reports healthy" in out
+    assert 'log_level = "DEBUG"' in dev.run("cat /etc/segedge/agent.toml").stdout
+    now = dev.unit("MainPID", "ActiveState")
+    assert now["ActiveState"] == "active" and now["MainPID"] != pid, now
+
+
 def test_tampered_release_is_refused(fleet):
     dev = fleet.devices["dev-cpu"]
     pid = dev.unit("MainPID")["MainPID"]
