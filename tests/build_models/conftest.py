@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.build.pets import make_pets
+from tests.build_models.pets import make_pets
 
 SIZE = 64
 

@@ -13,7 +13,7 @@ import pytest
 
 from build_models import data as D
 from build_models import fetch as F
-from tests.build.pets import make_pets, make_tarballs
+from tests.build_models.pets import make_pets, make_tarballs
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
