@@ -101,6 +101,10 @@ def download(source: Source, folder: Path, timeout: float = 60.0, progress: bool
     return final
 
 
+def _has_data_filter() -> bool:
+    return hasattr(tarfile, "data_filter")
+
+
 def unpack(archive: Path, dest: Path) -> List[str]:
     """Extract a tarball under ``dest`` refusing paths that leave it; return top-level names."""
     dest = dest.resolve()
@@ -110,9 +114,14 @@ def unpack(archive: Path, dest: Path) -> List[str]:
             target = (dest / m.name).resolve()
             if dest != target and dest not in target.parents:
                 raise FetchError(f"{archive}: member '{m.name}' would extract outside {dest}")
-        if hasattr(tarfile, "data_filter"):
+        if _has_data_filter():
             tar.extractall(dest, filter="data")
-        else:  # pragma: no cover - Python < 3.11.4
+        else:  # Python < 3.11.4: no filter, so refuse links and special files ourselves
+            for m in members:
+                if not (m.isfile() or m.isdir()):
+                    kind = "link" if (m.issym() or m.islnk()) else "special file"
+                    raise FetchError(f"{archive}: member '{m.name}' is a {kind}; "
+                                     "only regular files and directories are extracted")
             tar.extractall(dest)
     return sorted({m.name.split("/", 1)[0] for m in members})
 

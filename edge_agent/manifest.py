@@ -101,12 +101,19 @@ def _require(data: Dict[str, Any], key: str, where: str) -> Any:
     return data[key]
 
 
+def _safe_path(path: str) -> bool:
+    """A non-empty relative path with forward slashes that cannot leave the bundle."""
+    if not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
 def _files(items: Iterable[Dict[str, Any]], where: str) -> List[FileEntry]:
     out = []
     for i, item in enumerate(items):
         loc = f"{where}[{i}]"
         path = str(_require(item, "path", loc))
-        if path.startswith("/") or ".." in Path(path).parts:
+        if not _safe_path(path):
             raise BundleError(f"{loc}: path '{path}' must be relative and stay inside the bundle")
         out.append(FileEntry(path=path, sha256=str(_require(item, "sha256", loc)),
                              size=int(_require(item, "size", loc))))
@@ -133,13 +140,19 @@ def parse_manifest(data: Dict[str, Any], where: str = MANIFEST_NAME) -> Manifest
         loc = f"{where}: targets.{name}"
         if name not in TARGETS:
             raise BundleError(f"{loc}: unknown target (known: {', '.join(TARGETS)})")
+        model = str(_require(entry, "model", loc))
+        files = _files(_require(entry, "files", loc), f"{loc}.files")
+        # The model is compiled from bundle/model: it must be one of the checksummed files.
+        if not _safe_path(model) or model not in {f.path for f in files}:
+            raise BundleError(f"{loc}.model: '{model}' must be a relative path listed in "
+                              f"targets.{name}.files (only checksummed files are compiled)")
         targets[name] = TargetEntry(
             name=name,
             device=str(_require(entry, "device", loc)),
             precision=str(_require(entry, "precision", loc)),
             format=str(_require(entry, "format", loc)),
-            model=str(_require(entry, "model", loc)),
-            files=_files(_require(entry, "files", loc), f"{loc}.files"),
+            model=model,
+            files=files,
             min_runtime=str(_require(entry, "min_runtime", loc)),
             static_shape=bool(_require(entry, "static_shape", loc)),
             accuracy=dict(entry.get("accuracy", {})),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import re
+import tarfile
 import threading
 from functools import partial
 from pathlib import Path
@@ -101,3 +103,35 @@ def test_fetch_reports_an_unreachable_server(tmp_path):
     with pytest.raises(F.FetchError, match="HTTP 404|refused|offline"):
         F.fetch(tmp_path, [F.Source("http://127.0.0.1:9/images.tar.gz")], progress=False,
                 timeout=5)
+
+
+@pytest.mark.parametrize("data_filter", [True, False])
+def test_unpack_refuses_a_symlink_member(tmp_path, monkeypatch, data_filter):
+    data_filter = data_filter and hasattr(tarfile, "data_filter")
+    monkeypatch.setattr(F, "_has_data_filter", lambda: data_filter)
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        link = tarfile.TarInfo("images/escape")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc"
+        tar.addfile(link)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    if data_filter:  # the stdlib "data" filter refuses the absolute link
+        with pytest.raises(tarfile.TarError):
+            F.unpack(archive, dest)
+    else:
+        with pytest.raises(F.FetchError, match="member 'images/escape' is a link"):
+            F.unpack(archive, dest)
+    assert not (dest / "images" / "escape").is_symlink()
+
+
+def test_unpack_fallback_still_extracts_regular_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "_has_data_filter", lambda: False)
+    archive = tmp_path / "ok.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("images/a.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    assert F.unpack(archive, tmp_path / "out") == ["images"]
+    assert (tmp_path / "out" / "images" / "a.txt").read_bytes() == b"hi"

@@ -74,3 +74,25 @@ def test_unit_has_the_required_settings():
     allows = re.findall(r"^DeviceAllow=(.+)$", raw, flags=re.M)
     assert sorted(a.split()[0] for a in allows) == ["char-accel", "char-drm", "char-video4linux"]
     assert parser["Unit"].get("StartLimitBurst") and parser["Unit"].get("StartLimitIntervalSec")
+
+
+def test_preflight_refuses_bundle_paths_that_leave_the_release(tmp_path):
+    """The role copies files as root to paths from the manifest: check them on the controller."""
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    require(playbook_bin.exists(), "ansible-playbook (the deploy extra)")
+    tasks = yaml.safe_load((ROLE / "tasks/preflight.yml").read_text())
+    name = "Assert the target's file paths stay inside the release"
+    task = next(t for t in tasks if t["name"] == name)
+    good, bad = ["cpu/model.xml", "cpu/model.bin"], ["../x", "/etc/passwd", "cpu/../../x", "a b"]
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [task], "vars": {
+        "segedge_agent_bundle_dir": "b", "segedge_agent_target": "cpu",
+        "segedge_agent__target_entry": {"model": "cpu/model.xml",
+                                        "files": [{"path": p} for p in good + bad]}}}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run([str(playbook_bin), "-i", "localhost,", "-c", "local", "play.yml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, NO_COLOR="1", ANSIBLE_NOCOLOR="1"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    failed = set(re.findall(r"failed: \[localhost\] \(item=(.*?)\)", out))
+    assert failed == set(bad), out[-3000:]

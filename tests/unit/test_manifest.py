@@ -66,6 +66,13 @@ def test_missing_target_lists_what_was_built(bundle):
         (lambda d: d["targets"]["cpu"].pop("files"), "targets.cpu: missing key 'files'"),
         (lambda d: d["targets"].update(tpu=d["targets"]["cpu"]), "targets.tpu: unknown target"),
         (lambda d: d["files"][0].update(path="../../etc/passwd"), "must be relative"),
+        (lambda d: d["files"][0].update(path=""), "must be relative"),
+        (lambda d: d["files"][0].update(path="C:/Windows/x"), "must be relative"),
+        (lambda d: d["files"][0].update(path="cpu\\..\\..\\x"), "must be relative"),
+        (lambda d: d["targets"]["cpu"].update(model="/etc/passwd"), "targets.cpu.model"),
+        (lambda d: d["targets"]["cpu"].update(model="cpu/../../x.xml"), "targets.cpu.model"),
+        (lambda d: d["targets"]["cpu"].update(model="gpu/model.xml"), "targets.cpu.model"),
+        (lambda d: d["targets"]["cpu"].update(model="cpu/other.xml"), "targets.cpu.model"),
     ],
 )
 def test_malformed_manifest_says_what_is_wrong(bundle, edit, message):
