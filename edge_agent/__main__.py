@@ -44,7 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg, ignored = load(args.config)
-        manifest, entry, _ = open_target(cfg.model.bundle, cfg.model.target)
+        opened = open_target(cfg.model.bundle, cfg.model.target)
+        manifest, entry, _ = opened
     except ConfigError as exc:
         return _config_error(str(exc))
     except BundleError as exc:
@@ -57,10 +58,11 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{manifest.name} {manifest.version} target {entry.name} ({entry.precision}), "
               f"devices {','.join(cfg.model.devices)}, mqtt {cfg.mqtt.host}:{cfg.mqtt.port}")
         return EX_OK
-    return run(cfg)
+    return run(cfg, opened)
 
 
-def run(cfg) -> int:
+def run(cfg, opened=None) -> int:
+    """``opened``: open_target's result, so the bundle is not hashed a second time."""
     from .app import Agent  # openvino and cv2 load only when the agent really runs
     from .inference import InferenceError
 
@@ -78,7 +80,7 @@ def run(cfg) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        agent = Agent(cfg, stop)
+        agent = Agent(cfg, stop, opened=opened)
         return agent.run()
     except BundleError as exc:
         return _config_error(f"model.bundle: {exc}")

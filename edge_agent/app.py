@@ -20,11 +20,18 @@ from .sdnotify import Notifier
 from .stats import Counters, LatencyWindow, ProcessUsage
 
 log = logging.getLogger("segedge.agent")
+INFER_STALL_MIN_S = 10.0  # requests in flight and no result for this long: exit non-zero
+WAITING_FOR_FRAME = "source: waiting for first frame"
+
+
+def infer_stall_s(watchdog_interval_s: float) -> float:
+    """How long in-flight requests may go without a result before the agent gives up."""
+    return max(INFER_STALL_MIN_S, 2.0 * (watchdog_interval_s or 0.0))
 
 
 class Agent:
     def __init__(self, cfg: Config, stop: threading.Event,
-                 notifier: Optional[Notifier] = None) -> None:
+                 notifier: Optional[Notifier] = None, opened: Optional[tuple] = None) -> None:
         self.cfg, self.stop = cfg, stop
         self.notifier = notifier or Notifier()
         self.counters = Counters()
@@ -35,7 +42,8 @@ class Agent:
         self._lock = threading.Lock()
         self._reasons: Dict[str, str] = {}
         self._state = ""
-        self.engine = Engine(cfg.model.bundle, cfg.model, on_result=lambda _u, _o: None)
+        self.engine = Engine(cfg.model.bundle, cfg.model, on_result=lambda _u, _o: None,
+                             opened=opened)
         self.comms: Optional[MqttComms] = None
         self.pipeline: Optional[Pipeline] = None
         self.capture: Optional[Capture] = None
@@ -61,14 +69,15 @@ class Agent:
             if key == self._state:
                 return
             self._state = key
-        if state == "degraded":
-            log.warning("status degraded: %s", text)
-        else:
-            log.info("status online")
-        status = self._status(state, text)
-        if self.comms:
-            self.comms.publish_status(status.to_json())
-        self._health(state, text)
+            if state == "degraded":
+                log.warning("status degraded: %s", text)
+            else:
+                log.info("status online")
+            # under the lock (both non-blocking), so the last state set is the last published
+            status = self._status(state, text)
+            if self.comms:
+                self.comms.publish_status(status.to_json())
+            self._health(state, text)
         self.notifier.status(f"{state}{': ' + text if text else ''}")
 
     def state(self) -> str:
@@ -91,7 +100,8 @@ class Agent:
                         "; ".join(f"{d}: {r}" for d, r in engine.failures.items()))
         will = self._status("offline", "connection lost").to_json()
         self.comms = MqttComms(self.cfg.mqtt, self.cfg.device_id, will)
-        self.set_reason("agent", True)
+        # not online before the source delivers: capture's first frame clears this
+        self.set_reason("source", False, WAITING_FOR_FRAME)
         self.comms.start()
         self.pipeline = Pipeline(engine, self.cfg.output, self.cfg.device_id, self.slot,
                                  self.counters, self.latency, self.stop, self.comms.publish_mask,
@@ -116,10 +126,22 @@ class Agent:
         next_stats = time.monotonic() + interval
         wd = self.notifier.watchdog_interval_s
         next_wd = time.monotonic()
+        stall_s = infer_stall_s(wd)
+        last_inferred, progress_mono = -1, time.monotonic()
         while not self.stop.wait(0.2):
             now = time.monotonic()
             if not self.pipeline.alive():
                 log.error("pipeline thread died; exiting")
+                return 1
+            if not self.capture.is_alive() and not self.capture.finished.is_set():
+                log.error("capture thread died; exiting")
+                return 1
+            inferred = self.counters.snapshot()["inferred"]
+            if inferred != last_inferred or not self.pipeline.inflight():
+                last_inferred, progress_mono = inferred, now
+            elif now - progress_mono > stall_s:
+                log.error("inference stalled: %d request(s) in flight, no result for %.0fs; "
+                          "exiting", self.pipeline.inflight(), now - progress_mono)
                 return 1
             if self.capture.finished.is_set() and not self.capture.is_alive():
                 log.info("source finished; stopping")
@@ -135,6 +157,8 @@ class Agent:
         return 0
 
     def publish_stats(self, interval: float) -> Stats:
+        with self._lock:
+            state = self.state()
         rates = self.counters.rates()
         frames = self.counters.snapshot()
         frames["mqtt_dropped"] = self.comms.queue.dropped
@@ -149,9 +173,10 @@ class Agent:
             device=self.engine.device, precision=self.engine.info.precision,
             inference_precision=self.engine.inference_precision,
             num_requests=self.engine.num_requests, model=self.engine.info,
-            process=self.usage.sample(), state=self.state())
+            process=self.usage.sample(), state=state)
         self.comms.publish_stats(stats.to_json())
-        self._health(self.state(), "; ".join(self._reasons.values()) or None)
+        with self._lock:  # the state may have changed meanwhile: write the current one
+            self._health(self.state(), "; ".join(self._reasons.values()) or None)
         log.debug("stats %s", stats.fps)
         return stats
 

@@ -132,7 +132,8 @@ class Capture(threading.Thread):
         self.frame_id = 0
         self.last_frame_mono = time.monotonic()
         self.backoff = Backoff(0.5, cfg.reconnect_max_s)
-        self._ok = False  # frames are flowing
+        self._ok = False  # frames are flowing; read and written under _state_lock
+        self._state_lock = threading.Lock()
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -162,16 +163,18 @@ class Capture(threading.Thread):
         """Called by the supervisor loop: report a stall even while read() is blocked."""
         limit = self.cfg.stall_timeout_s
         age = now - self.last_frame_mono
-        if limit and self._ok and self.frame_id and age > limit:
-            self._ok = False
-            log.warning("no frame for %.1fs", age)
-            self.on_state(False, f"source: no frame for {age:.0f}s")
+        with self._state_lock:
+            if limit and self._ok and self.frame_id and age > limit:
+                self._ok = False
+                log.warning("no frame for %.1fs", age)
+                self.on_state(False, f"source: no frame for {age:.0f}s")
 
     def _lost(self, reason: str) -> None:
-        self._ok = False
         delay = self.backoff.next_delay()
         log.warning("camera unavailable: %s; retry in %.1fs", reason, delay)
-        self.on_state(False, f"source: {reason}")
+        with self._state_lock:
+            self._ok = False
+            self.on_state(False, f"source: {reason}")
         self.stop.wait(delay)
 
     def _pump(self, reader: Reader) -> Optional[str]:
@@ -181,7 +184,10 @@ class Capture(threading.Thread):
         next_t = time.monotonic()
         started = False  # on this connection
         while not self.stop.is_set():
-            ok, image = reader.read()
+            try:
+                ok, image = reader.read()
+            except cv2.error as exc:
+                return f"read failed: {' '.join(str(exc).split())[:200]}"
             now = time.monotonic()
             if not ok:
                 if reader.is_file:
@@ -196,10 +202,11 @@ class Capture(threading.Thread):
             dropped = self.slot.put(Frame(self.frame_id, image, time.time(), now))
             self.on_frame(dropped)
             started = True
-            if not self._ok:
-                self._ok = True
-                self.backoff.reset()
-                self.on_state(True, "")
+            with self._state_lock:
+                if not self._ok:
+                    self._ok = True
+                    self.backoff.reset()
+                    self.on_state(True, "")
             if period:
                 next_t = max(next_t + period, now - period)
                 self.stop.wait(max(0.0, next_t - time.monotonic()))

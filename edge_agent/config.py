@@ -19,12 +19,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on the Python 3.9 lane
     import tomli as tomllib
 
+from .manifest import TARGETS
+
 DEFAULT_PATH = "/etc/segedge/agent.toml"
 ENV_PREFIX = "SEGEDGE_"
 ENV_IGNORED = {"SEGEDGE_CONFIG"}
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-TARGETS = ("cpu", "gpu", "npu", "myriad")
 PRECISIONS = ("", "f32", "bf16", "f16")
 
 

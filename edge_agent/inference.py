@@ -40,9 +40,11 @@ class Engine:
     """Compile once, then ``submit(frame, userdata)``; results via ``on_result``."""
 
     def __init__(self, bundle: str, cfg: ModelConfig,
-                 on_result: Callable[[Any, Optional[np.ndarray]], None]) -> None:
+                 on_result: Callable[[Any, Optional[np.ndarray]], None],
+                 opened: Optional[Tuple[Manifest, TargetEntry, Path]] = None) -> None:
+        """``opened``: open_target's result when the caller already checked the bundle."""
         self.cfg, self.on_result = cfg, on_result
-        manifest, entry, path = open_target(Path(bundle), cfg.target)  # BundleError
+        manifest, entry, path = opened or open_target(Path(bundle), cfg.target)  # BundleError
         self.manifest: Manifest = manifest
         self.target: TargetEntry = entry
         self.model_path = path

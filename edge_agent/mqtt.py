@@ -34,9 +34,15 @@ class OutboundQueue:
             self.dropped += 1
         self._items.append(item)
 
-    def drain(self):
+    def drain(self, send: Callable[[Message], bool]) -> int:
+        """Send queued items oldest first; stop at the first failure, keeping the rest."""
+        sent = 0
         while self._items:
-            yield self._items.popleft()
+            if not send(self._items[0]):
+                break
+            self._items.popleft()
+            sent += 1
+        return sent
 
     def __len__(self) -> int:
         return len(self._items)
@@ -106,8 +112,7 @@ class MqttComms:
             if self._stats is not None:
                 self._send((self.topic("stats"), self._stats, 1, False))
                 self._stats = None
-            for item in self.queue.drain():
-                self._send(item)
+            self.queue.drain(self._send)
         log.info("mqtt connected (%s)", "reconnect" if self.connects > 1 else "first")
         if self.on_connected:
             self.on_connected(True)
@@ -144,12 +149,20 @@ class MqttComms:
             return self._connected and self._send((self.topic("frame"), payload, 0, False))
 
     def publish_mask(self, payload: str) -> bool:
-        """True when handed to paho; False when queued for later."""
+        """True when handed to paho; False when queued (disconnected) or dropped.
+
+        Masks queue only while disconnected (the queue drains on reconnect); a
+        failed send while connected is dropped and counted, never queued behind
+        newer masks.
+        """
         item = (self.topic("mask"), payload, self.cfg.qos_mask, False)
         with self._lock:
-            if self._connected and self._send(item):
+            if not self._connected:
+                self.queue.append(item)
+                return False
+            if self._send(item):
                 return True
-            self.queue.append(item)
+            self.queue.dropped += 1
             return False
 
     def stop(self, offline_payload: str, timeout: float = 3.0) -> None:

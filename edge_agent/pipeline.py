@@ -42,16 +42,29 @@ class FrameMeta:
     image: Optional[np.ndarray] = None  # kept only when frames are published
 
 
-class Reorder:
-    """Results keyed by submission number, released strictly in order."""
+SKIPPED = object()  # Reorder.pop: a result that never came, given up on
+GAP_TIMEOUT_S = 5.0
 
-    def __init__(self) -> None:
+
+class Reorder:
+    """Results keyed by submission number, released strictly in order.
+
+    A number still missing ``gap_timeout`` seconds after a later result arrived
+    (a request whose callback never came) is skipped: pop returns ``SKIPPED``.
+    """
+
+    def __init__(self, gap_timeout: float = GAP_TIMEOUT_S) -> None:
         self._cond = threading.Condition()
         self._items: Dict[int, Any] = {}
         self._next = 0
+        self.gap_timeout = gap_timeout
+        self._gap_since: Optional[float] = None
+        self.skipped = 0
 
     def put(self, seq: int, item: Any) -> None:
         with self._cond:
+            if seq < self._next:  # arrived after it was skipped
+                return
             self._items[seq] = item
             self._cond.notify_all()
 
@@ -60,7 +73,21 @@ class Reorder:
             if self._next not in self._items:
                 self._cond.wait(timeout)
             if self._next not in self._items:
-                return None
+                if not self._items:
+                    self._gap_since = None
+                    return None
+                now = time.monotonic()
+                if self._gap_since is None:
+                    self._gap_since = now
+                if now - self._gap_since < self.gap_timeout:
+                    return None
+                log.error("result %d never arrived after %.0fs; skipped", self._next,
+                          now - self._gap_since)
+                self._gap_since = None
+                self._next += 1
+                self.skipped += 1
+                return SKIPPED
+            self._gap_since = None
             item = self._items.pop(self._next)
             self._next += 1
             return item
@@ -105,7 +132,8 @@ class Pipeline:
         return all(t.is_alive() for t in self.threads)
 
     def inflight(self) -> int:
-        return self.submitted - self.counters.snapshot()["inferred"]
+        done = self.counters.snapshot()["inferred"] + self.reorder.skipped
+        return max(0, self.submitted - done)
 
     def _on_result(self, meta: Optional[FrameMeta], output: Optional[np.ndarray]) -> None:
         if meta is None:
@@ -151,6 +179,9 @@ class Pipeline:
                     return
                 continue
             self.slots.release()
+            if item is SKIPPED:
+                self.counters.add("errors")
+                continue
             meta, output = item
             if output is None:
                 self.counters.add("errors")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import json
 import signal
 import sys
@@ -26,6 +27,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .encoding import decode
+
+BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
+
+
+def safe_device_id(device_id: str) -> bool:
+    """A device id usable as one folder name under ``--out``."""
+    return bool(device_id) and device_id not in (".", "..") and "/" not in device_id \
+        and "\\" not in device_id and "\0" not in device_id
+
 
 PALETTE = np.array([[0, 0, 0], [0, 200, 255], [255, 80, 0], [0, 220, 0], [200, 0, 200],
                     [255, 255, 0], [0, 0, 255], [128, 128, 255]], np.uint8)  # BGR
@@ -83,6 +93,7 @@ class Subscriber:
         self.out = Path(out) if out else None
         self.quiet, self.save_every = quiet, max(1, save_every)
         self.views: Dict[str, DeviceView] = {}
+        self.bad_messages = 0  # not JSON objects, or failing in handling
         self.lock = threading.Lock()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
@@ -102,14 +113,34 @@ class Subscriber:
         return self.views.setdefault(device_id, DeviceView(device_id))
 
     def _on_message(self, client, userdata, msg) -> None:
+        # an exception escaping here would end paho's network thread silently
+        try:
+            self._handle(msg)
+        except Exception as exc:  # noqa: BLE001 - count and go on with the next message
+            self._bad(msg.topic, exc)
+
+    def _bad(self, topic: str, exc: Exception) -> None:
+        with self.lock:
+            self.bad_messages += 1
+            count = self.bad_messages
+            device_id = topic.split("/")[-2] if topic.count("/") >= 2 else ""
+            if device_id in self.views:
+                self.views[device_id].bad += 1
+        if count % BAD_LOG_EVERY == 1 or BAD_LOG_EVERY == 1:
+            print(f"bad message on {topic} ({count} so far): {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+
+    def _handle(self, msg) -> None:
         parts = msg.topic.split("/")
         if len(parts) < 3:
             return
         device_id, kind = parts[-2], parts[-1]
         try:
             data = json.loads(msg.payload)
-        except ValueError:
-            return
+        except ValueError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object: {type(data).__name__}")
         with self.lock:
             view = self._view(device_id)
             if kind == "status":
@@ -128,7 +159,10 @@ class Subscriber:
                 self._on_mask(view, data)
 
     def _on_frame(self, view: DeviceView, data: Dict[str, Any]) -> None:
-        raw = np.frombuffer(base64.b64decode(data.get("image", "")), np.uint8)
+        try:
+            raw = np.frombuffer(base64.b64decode(data.get("image", ""), validate=True), np.uint8)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise ValueError(f"frame image is not base64: {exc}") from None
         image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
         if image is not None:
             view.frames[int(data["frame_id"])] = image
@@ -150,6 +184,8 @@ class Subscriber:
         view.last_frame = fid
         # with published frames, save the masks that have one; otherwise every Nth
         wanted = fid in view.frames if view.frames else view.masks % self.save_every == 0
+        if self.out and wanted and not safe_device_id(view.device_id):
+            raise ValueError(f"device id {view.device_id!r} is not usable as a folder name")
         if self.out and wanted:
             folder = self.out / view.device_id
             folder.mkdir(parents=True, exist_ok=True)

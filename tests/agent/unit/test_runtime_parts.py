@@ -66,7 +66,38 @@ def test_outbound_queue_drops_oldest():
     q = OutboundQueue(3)
     for i in range(5):
         q.append(("t", str(i), 0, False))
-    assert q.dropped == 2 and [m[1] for m in q.drain()] == ["2", "3", "4"] and len(q) == 0
+    got = []
+    assert q.drain(lambda m: got.append(m[1]) or True) == 3
+    assert q.dropped == 2 and got == ["2", "3", "4"] and len(q) == 0
+
+
+def test_outbound_queue_drain_stops_at_first_failure():
+    q = OutboundQueue(5)
+    for i in range(4):
+        q.append(("t", str(i), 0, False))
+    sent = []
+
+    def send(m):
+        if m[1] == "2":
+            return False
+        sent.append(m[1])
+        return True
+
+    assert q.drain(send) == 2 and sent == ["0", "1"] and len(q) == 2
+    assert q.drain(lambda m: sent.append(m[1]) or True) == 2 and sent == ["0", "1", "2", "3"]
+
+
+def test_publish_mask_queues_only_while_disconnected():
+    from edge_agent.config import MqttConfig
+    from edge_agent.mqtt import MqttComms
+
+    comms = MqttComms(MqttConfig(), "dev", "{}")
+    results = []
+    comms._send = lambda item: results.append(item) or False  # paho refuses
+    assert comms.publish_mask("a") is False and len(comms.queue) == 1  # disconnected: queued
+    comms._connected = True
+    assert comms.publish_mask("b") is False
+    assert len(comms.queue) == 1 and comms.queue.dropped == 1  # connected: dropped, not queued
 
 
 def test_latest_frame_wins_and_counts_drops():
@@ -86,6 +117,19 @@ def test_reorder_releases_in_submission_order():
     assert r.pop(0.01) == 0 and r.pop(0.01) is None and len(r) == 2
     r.put(1, 1)
     assert [r.pop(0.01) for _ in range(3)] == [1, 2, 3]
+
+
+def test_reorder_skips_a_result_that_never_comes():
+    from edge_agent.pipeline import SKIPPED
+
+    r = Reorder(gap_timeout=0.05)
+    r.put(1, "one")
+    assert r.pop(0.01) is None  # 0 missing, not yet given up
+    time.sleep(0.06)
+    assert r.pop(0.01) is SKIPPED and r.skipped == 1
+    assert r.pop(0.01) == "one"
+    r.put(0, "late")  # a late result for a skipped number is ignored
+    assert len(r) == 0 and r.pop(0.01) is None
 
 
 def test_sd_notify_sends_datagrams(tmp_path):
@@ -138,3 +182,44 @@ def test_rate_limiter_averages_with_uneven_input():
     assert 98 <= len(allowed) <= 101
     gaps = np.diff(allowed)
     assert gaps.min() >= 0.05 - 1e-9  # never closer than half a period
+
+
+def test_infer_stall_period():
+    from edge_agent.app import INFER_STALL_MIN_S, infer_stall_s
+
+    assert infer_stall_s(0.0) == INFER_STALL_MIN_S and infer_stall_s(30.0) == 60.0
+
+
+class _Msg:
+    def __init__(self, topic, payload):
+        self.topic, self.payload = topic, payload
+
+
+def test_subscriber_survives_bad_messages(tmp_path):
+    from edge_agent.subscriber import Subscriber, safe_device_id
+
+    sub = Subscriber("127.0.0.1", 1, out=str(tmp_path), quiet=True)
+    for topic, payload in (("segedge/d/status", b"[1, 2]"), ("segedge/d/frame", b'{"image": "!!"}'),
+                           ("segedge/d/mask", b"not json"), ("segedge/d/frame", b"{}"),
+                           ("segedge/../mask", b'{"mask": "", "encoding": "png"}')):
+        sub._on_message(None, None, _Msg(topic, payload))  # must not raise
+    assert sub.bad_messages >= 3
+    assert not any(safe_device_id(d) for d in (".", "..", "a/b", ""))
+    assert safe_device_id("cam-01")
+
+
+def test_capture_read_error_is_a_read_failure():
+    import cv2
+
+    from edge_agent.capture import Capture
+    from edge_agent.config import SourceConfig
+
+    class BadReader:
+        is_file, kind, fps = False, "network", 0.0
+
+        def read(self):
+            raise cv2.error("boom")
+
+    cap = Capture(SourceConfig(uri="rtsp://x/y"), LatestFrame(), threading.Event(),
+                  on_state=lambda ok, r: None, on_frame=lambda d: None)
+    assert cap._pump(BadReader()).startswith("read failed")
