@@ -17,6 +17,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, dpi: int = 80) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return Path(path)
+
+
 def plot_curves(history: List[Dict[str, Any]], path: Path) -> Path:
     """Training loss and validation Dice/IoU per epoch."""
     plt = _plt()
@@ -28,10 +35,7 @@ def plot_curves(history: List[Dict[str, Any]], path: Path) -> Path:
     ax2.plot(epochs, [h["val_fg_iou"] for h in history], marker=".", label="val pet IoU")
     ax2.set(xlabel="epoch", title="validation", ylim=(0, 1))
     ax2.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_precisions(metrics: Dict[str, Dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -47,10 +51,7 @@ def plot_precisions(metrics: Dict[str, Dict[str, Any]], path: Path, title: str =
     ax.set_xticks(x, [f"{n}\n({metrics[n].get('inference_precision', '?')})" for n in names])
     ax.set(ylim=(0, 1.1), ylabel="score", title=title or "accuracy per precision")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_speed(speed: Dict[str, Dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -66,10 +67,7 @@ def plot_speed(speed: Dict[str, Dict[str, Any]], path: Path, title: str = "") ->
         ax.set_title(label, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -95,7 +93,4 @@ def save_overlays(samples: Sequence[Dict[str, np.ndarray]], path: Path, title: s
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, dpi=72)
