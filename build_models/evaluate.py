@@ -14,17 +14,17 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
+from edge_agent.postprocess import to_mask
+
 PET = 1  # class index of the foreground in both label modes
 
 InferFn = Callable[[np.ndarray], np.ndarray]  # images NCHW f32 0..255 -> logits NCHW
 
 
 def classes_from_logits(logits: np.ndarray) -> np.ndarray:
-    """[N,C,H,W] -> [N,H,W] class indices; C == 1 means logit > 0 is class 1."""
-    logits = np.asarray(logits)
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).astype(np.int64)
-    return logits.argmax(1).astype(np.int64)
+    """[N,C,H,W] -> [N,H,W] class indices, by the agent's own rule (edge_agent.postprocess),
+    so the accuracy measured here is that of the masks a device publishes."""
+    return np.stack([to_mask(item) for item in np.asarray(logits)]).astype(np.int64)
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
