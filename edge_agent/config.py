@@ -283,9 +283,11 @@ def _value(cfg: Config, key: str) -> Any:
     return obj
 
 
-def _range_text(rng: Tuple[float, float, bool]) -> str:
+def _range_text(rng: Tuple[float, float, bool], integer: bool) -> str:
     lo, hi, above = rng
-    return f"> {lo} and <= {hi}" if above else f"{lo}..{hi}"
+    if integer:
+        return f"{lo}..{hi}"
+    return f"{'>' if above else '>='} {lo} and <= {hi}"
 
 
 def _check_values(cfg: Config) -> None:
@@ -297,7 +299,7 @@ def _check_values(cfg: Config) -> None:
             lo, hi, above = rng
             fine = math.isfinite(value) and (value > lo if above else value >= lo) \
                 and value <= hi
-            _check(fine, key, f"must be {_range_text(rng)}, got {_short(value)}")
+            _check(fine, key, f"must be {_range_text(rng, f.type == 'int')}, got {_short(value)}")
         texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
         for text in texts:
             shown = "" if key in SECRETS else f": {_short(text)}"
@@ -472,5 +474,5 @@ def key_table() -> str:
         default = json.dumps(getattr(_cls(), f.name))
         rng = f.metadata.get("range")
         lines.append(f"| `{key}` | {types.get(f.type, f.type)} | `{default}` | "
-                     f"{_range_text(rng) if rng else ''} | {f.metadata['help']} |")
+                     f"{_range_text(rng, f.type == 'int') if rng else ''} | {f.metadata['help']} |")
     return "\n".join(lines) + "\n"

@@ -19,16 +19,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .encoding import decode
+from .encoding import MAX_PIXELS, MaskError, decode, image_size
 
 BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
+MAX_PAYLOAD_BYTES = 16 << 20  # larger messages are refused before JSON parsing
+MAX_DEVICES = 1000  # device ids followed at once; messages for more are counted as bad
+FRAMES_KEPT = 8  # newest source frames kept per device, for overlays
+FRAME_BUDGET_BYTES = 256 << 20  # all kept frames together; the oldest go first
 
 
 def safe_device_id(device_id: str) -> bool:
@@ -93,6 +97,9 @@ class Subscriber:
         self.out = Path(out) if out else None
         self.quiet, self.save_every = quiet, max(1, save_every)
         self.views: Dict[str, DeviceView] = {}
+        self._kept: Dict[Tuple[str, int], int] = {}  # (device, frame_id) -> arrival number
+        self._arrivals = 0
+        self._frame_bytes = 0
         self.bad_messages = 0  # not JSON objects, or failing in handling
         self.lock = threading.Lock()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -110,6 +117,9 @@ class Subscriber:
             client.subscribe(f"{self.prefix}/{self.device}/+", qos=1)
 
     def _view(self, device_id: str) -> DeviceView:
+        if device_id not in self.views and len(self.views) >= MAX_DEVICES:
+            raise ValueError(f"already following {MAX_DEVICES} devices; {device_id!r:.40} "
+                             f"ignored")
         return self.views.setdefault(device_id, DeviceView(device_id))
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -135,6 +145,9 @@ class Subscriber:
         if len(parts) < 3:
             return
         device_id, kind = parts[-2], parts[-1]
+        if len(msg.payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"{len(msg.payload)} bytes, more than the {MAX_PAYLOAD_BYTES} "
+                             f"a message may have")
         try:
             data = json.loads(msg.payload)
         except ValueError as exc:
@@ -159,26 +172,57 @@ class Subscriber:
                 self._on_mask(view, data)
 
     def _on_frame(self, view: DeviceView, data: Dict[str, Any]) -> None:
+        image_b64 = data.get("image", "")
+        if not isinstance(image_b64, str) or len(image_b64) > MAX_PAYLOAD_BYTES:
+            raise ValueError("frame image must be base64 text")
         try:
-            raw = np.frombuffer(base64.b64decode(data.get("image", ""), validate=True), np.uint8)
-        except (binascii.Error, TypeError, ValueError) as exc:
+            raw = base64.b64decode(image_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
             raise ValueError(f"frame image is not base64: {exc}") from None
-        image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+        fid = _frame_id(data)
+        width, height = image_size(raw)  # from the header: bound pixels before decoding
+        if not 0 < width * height <= MAX_PIXELS:
+            raise ValueError(f"frame of {width}x{height} is outside 1..{MAX_PIXELS} pixels")
+        if not self.out:  # frames only serve the overlays written under --out
+            return
+        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        if image is None or image.shape[:2] != (height, width):
+            raise ValueError("frame image does not decode to its declared size")
+        self._keep_frame(view, fid, image)
+
+    def _keep_frame(self, view: DeviceView, fid: int, image: np.ndarray) -> None:
+        """Keep the newest FRAMES_KEPT frames per device, all within FRAME_BUDGET_BYTES."""
+        self._drop_frame(view, fid)
+        view.frames[fid] = image
+        self._frame_bytes += image.nbytes
+        self._arrivals += 1
+        self._kept[(view.device_id, fid)] = self._arrivals
+        for old in sorted(view.frames)[:-FRAMES_KEPT]:
+            self._drop_frame(view, old)
+        while self._frame_bytes > FRAME_BUDGET_BYTES and self._kept:
+            device_id, old = min(self._kept, key=self._kept.__getitem__)  # oldest arrival
+            self._drop_frame(self.views[device_id], old)
+
+    def _drop_frame(self, view: DeviceView, fid: int) -> None:
+        image = view.frames.pop(fid, None)
+        self._kept.pop((view.device_id, fid), None)
         if image is not None:
-            view.frames[int(data["frame_id"])] = image
-            for old in sorted(view.frames)[:-8]:
-                del view.frames[old]
+            self._frame_bytes -= image.nbytes
 
     def _on_mask(self, view: DeviceView, data: Dict[str, Any]) -> None:
         try:
-            mask = decode(data["mask"], data["encoding"])
-            if mask.shape != (data["height"], data["width"]):
-                raise ValueError(f"mask shape {mask.shape} != {data['height']}x{data['width']}")
-        except (KeyError, ValueError, TypeError) as exc:
+            fid = _frame_id(data)
+            height, width = data.get("height"), data.get("width")
+            if not (isinstance(height, int) and isinstance(width, int)
+                    and 0 < height * width <= MAX_PIXELS):
+                raise MaskError(f"height x width must be 1..{MAX_PIXELS} pixels")
+            mask = decode(data.get("mask"), data.get("encoding"), max_pixels=height * width)
+            if mask.shape != (height, width):
+                raise MaskError(f"mask shape {mask.shape} != {height}x{width}")
+        except MaskError as exc:
             view.bad += 1
             print(f"{view.device_id}: undecodable mask: {exc}", file=sys.stderr)
             return
-        fid = int(data["frame_id"])
         view.masks += 1
         view.first_frame = fid if view.first_frame is None else view.first_frame
         view.last_frame = fid
@@ -212,6 +256,13 @@ class Subscriber:
             return {d: {"state": v.status.get("state"), "masks": v.masks, "bad": v.bad,
                         "first_frame": v.first_frame, "last_frame": v.last_frame,
                         "stats": v.stats} for d, v in self.views.items()}
+
+
+def _frame_id(data: Dict[str, Any]) -> int:
+    fid = data.get("frame_id")
+    if isinstance(fid, bool) or not isinstance(fid, int) or not 0 <= fid < 1 << 63:
+        raise MaskError(f"frame_id must be a non-negative integer, got {str(fid)[:20]!r}")
+    return fid
 
 
 def main(argv: Optional[List[str]] = None) -> int:
