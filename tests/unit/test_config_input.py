@@ -20,7 +20,8 @@ def base(tmp_path):
     bundle.mkdir()
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"x")
-    return tmp_path, f'device_id = "cam-01"\n[source]\nuri = "{clip}"\n[model]\nbundle = "{bundle}"\n'
+    return tmp_path, (f'device_id = "cam-01"\n[source]\nuri = "{clip}"\n'
+                      f'[model]\nbundle = "{bundle}"\n')
 
 
 def _load(tmp_path, text, env=None):
