@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -143,6 +144,12 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _key(text: str) -> str:
+    """A key as written when it is a plain name, quoted and shortened otherwise."""
+    plain = text.replace("_", "").replace(".", "").isalnum() and text.isascii()
+    return text if plain and len(text) <= 80 else _short(text)
+
+
 def _type_name(tp: Any) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(
         tp, "a list of strings")
@@ -207,7 +214,7 @@ def _apply(obj: Any, cls: type, data: Mapping[str, Any], prefix: str) -> None:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in known:
-            raise ConfigError(f"{_short(full)}: unknown key (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{_key(full)}: unknown key (known: {', '.join(sorted(known))})")
         setattr(obj, key, _coerce_toml(full, _field_type(cls, key), value))
 
 
@@ -233,7 +240,7 @@ def _env_overrides(cfg: Config, environ: Mapping[str, str]) -> List[str]:
             section = env[len(ENV_PREFIX):].split("_", 1)[0].lower()
             if section in SECTIONS:
                 name = env[len(ENV_PREFIX) + len(section) + 1:].lower()
-                raise ConfigError(f"{_short(env)}: unknown key {_short(section + '.' + name)}")
+                raise ConfigError(f"{_key(env)}: unknown key '{_key(section + '.' + name)}'")
             unknown.append(env)
             continue
         obj, cls, name = targets[env]
@@ -410,20 +417,31 @@ def _read_toml(path: str) -> Dict[str, Any]:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"config file {_short(path)}: not found") from None
+        raise ConfigError(f"config file {_short(path, 200)}: not found") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"config file {_short(path)}: {reason}") from None
+        raise ConfigError(f"config file {_short(path, 200)}: {reason}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {_short(path)}: larger than {MAX_CONFIG_BYTES} bytes")
+        raise ConfigError(f"config file {_short(path, 200)}: larger than {MAX_CONFIG_BYTES} "
+                          f"bytes")
+    where = f"config file {_short(path, 200)}"
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {_short(path)}: not UTF-8 text") from None
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
     except RecursionError:
-        raise ConfigError(f"config file {_short(path)}: invalid TOML: nested too deep") from None
-    except ValueError as exc:  # TOMLDecodeError, and integers with too many digits
-        raise ConfigError(f"config file {_short(path)}: invalid TOML: {exc}") from None
+        raise ConfigError(f"{where}: invalid TOML: nested too deep") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    except ValueError:  # an integer with more digits than Python converts
+        for number, line in enumerate(text.splitlines(), 1):
+            if re.search(r"\d{1000}", line):
+                key = line.split("=", 1)[0].strip() if "=" in line else "?"
+                raise ConfigError(f"{where}: line {number}: {_key(key)}: number too long"
+                                  ) from None
+        raise ConfigError(f"{where}: invalid TOML: a value Python cannot convert") from None
 
 
 def load(path: Optional[str],

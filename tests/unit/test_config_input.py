@@ -84,7 +84,7 @@ def test_toml_nested_1000_deep_is_refused(base):
 def test_5000_digit_integer_in_toml(base):
     tmp, text = base
     message = _refused(tmp, text.replace("[model]", "[model]\nnum_requests = " + "9" * 5000))
-    assert "invalid TOML" in message or "model.num_requests" in message
+    assert "line 5: num_requests: number too long" in message
 
 
 def test_bad_bytes_and_huge_files(base):
@@ -163,3 +163,46 @@ def test_docs_key_table_is_the_generated_one():
                            "; regenerate it:\n" + table)
     rows = [line for line in docs.splitlines() if re.match(r"^\| `[a-z_.]+` \|", line)]
     assert len(rows) == len(cf.describe())
+
+
+@pytest.mark.e2e
+def test_observed_cases_exit_78_with_one_line(tmp_path, tiny_bundle):
+    """The CLI path systemd and the role's validate: rely on (exit 78, one line, no traceback)."""
+    import hashlib
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x")
+    bad = tmp_path / "truncated"
+    shutil.copytree(tiny_bundle, bad)
+    xml = (bad / "cpu" / "model.xml").read_bytes()[:300]
+    (bad / "cpu" / "model.xml").write_bytes(xml)
+    data = json.loads((bad / "manifest.json").read_text())
+    for entries in [data["files"]] + [t["files"] for t in data["targets"].values()]:
+        for entry in entries:
+            if entry["path"] == "cpu/model.xml":
+                entry.update(sha256=hashlib.sha256(xml).hexdigest(), size=len(xml))
+    (bad / "manifest.json").write_text(json.dumps(data))
+    good = f'[source]\nuri = "{clip}"\n[model]\nbundle = "{tiny_bundle}"\n'
+    cases = [
+        (good.replace(str(clip), "http://[::1"), {}, "source.uri: bad URL"),
+        (good, {"SEGEDGE_MODEL_BUNDLE": "/" + "b" * 300}, "model.bundle"),
+        (good, {"SEGEDGE_MQTT_TLS_CA": "/" + "c" * 300}, "mqtt.tls_ca"),
+        (good, {"SEGEDGE_MODEL_DEVICES": "[" * 100_000}, "model.devices"),
+        ("deep = " + "[" * 1000 + "]" * 1000 + "\n" + good, {}, "config"),
+        (good + "num_requests = " + "9" * 5000 + "\n", {}, "num_requests"),
+        (good + "[mqtt]\nkeepalive_s = 70000\n", {}, "mqtt.keepalive_s: must be 5..65535"),
+        (good.replace(str(tiny_bundle), str(bad)), {}, "not a readable OpenVINO IR"),
+    ]
+    for text, env, needle in cases:
+        path = tmp_path / "agent.toml"
+        path.write_text(text)
+        res = subprocess.run([sys.executable, "-m", "edge_agent", "--config", str(path),
+                              "--check-config"], capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env})
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 78 and len(lines) == 1 and needle in lines[0], (needle, lines)
+        assert "Traceback" not in res.stderr
