@@ -161,7 +161,7 @@ def _field_type(cls: type, name: str) -> Any:
 
 
 def _shown(key: str, value: Any) -> str:
-    return "(value not shown)" if key in SECRETS else f"got {_short(value)}"
+    return " (value not shown)" if key in SECRETS else f", got {_short(value)}"
 
 
 def _coerce_toml(key: str, tp: Any, value: Any) -> Any:
@@ -173,7 +173,7 @@ def _coerce_toml(key: str, tp: Any, value: Any) -> Any:
         list: isinstance(value, list) and all(isinstance(v, str) for v in value),
     }[tp]
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, {_shown(key, value)}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}{_shown(key, value)}")
     if tp is float:
         try:
             return float(value)
@@ -206,7 +206,7 @@ def _coerce_env(key: str, env: str, tp: Any, raw: str) -> Any:
             return value
         return [p.strip() for p in text.split(",") if p.strip()]
     except (ValueError, RecursionError):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, {_shown(key, raw)}") from None
+        raise ConfigError(f"{where}: expected {_type_name(tp)}{_shown(key, raw)}") from None
 
 
 def _apply(obj: Any, cls: type, data: Mapping[str, Any], prefix: str) -> None:
@@ -432,16 +432,22 @@ def _read_toml(path: str) -> Dict[str, Any]:
     try:
         return tomllib.loads(text)
     except RecursionError:
-        raise ConfigError(f"{where}: invalid TOML: nested too deep") from None
+        line = _line_of(text, r"[\[{]{100}")
+        raise ConfigError(f"{where}: {line}invalid TOML: nested too deep") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
     except ValueError:  # an integer with more digits than Python converts
-        for number, line in enumerate(text.splitlines(), 1):
-            if re.search(r"\d{1000}", line):
-                key = line.split("=", 1)[0].strip() if "=" in line else "?"
-                raise ConfigError(f"{where}: line {number}: {_key(key)}: number too long"
-                                  ) from None
-        raise ConfigError(f"{where}: invalid TOML: a value Python cannot convert") from None
+        line = _line_of(text, r"[0-9_]{1000}")
+        raise ConfigError(f"{where}: {line}number too long") from None
+
+
+def _line_of(text: str, pattern: str) -> str:
+    """'line N: key: ' for the first line matching ``pattern`` (the parser does not say)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.search(pattern, line):
+            key = line.split("=", 1)[0].strip() if "=" in line else ""
+            return f"line {number}: {_key(key) + ': ' if key else ''}"
+    return ""
 
 
 def load(path: Optional[str],

@@ -78,7 +78,7 @@ def test_toml_nested_1000_deep_is_refused(base):
     tmp, text = base
     message = _refused(tmp, text.replace('device_id = "cam-01"',
                                          "device_id = " + "[" * 1000 + "]" * 1000))
-    assert "device_id" in message or "nested too deep" in message
+    assert "line 1: device_id: invalid TOML: nested too deep" in message
 
 
 def test_5000_digit_integer_in_toml(base):
