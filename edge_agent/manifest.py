@@ -217,6 +217,8 @@ def parse_manifest(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         raise BundleError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     try:
         errors = schema_errors(data)
+    except schemas.SchemaError as exc:  # a broken install: refuse, never pass unchecked
+        raise BundleError(f"{where}: cannot be checked: {exc}") from None
     except RecursionError:  # pragma: no cover - depth is checked above
         raise BundleError(f"{where}: nested too deep") from None
     if errors:
