@@ -5,6 +5,11 @@
 With ``--out`` it writes, per device, the class-index mask PNG and an overlay:
 the mask over the source frame when the agent publishes frames
 (``output.frame_every``), otherwise over a blank canvas.
+
+Every message is untrusted: one over MAX_PAYLOAD_BYTES, a mask or frame whose declared
+or header size exceeds MAX_PIXELS (checked before decoding), or anything else unusable
+is counted as bad and skipped, and handling goes on. Frames are decoded only with
+``--out`` and kept within FRAMES_KEPT per device and FRAME_BUDGET_BYTES in all.
 """
 
 from __future__ import annotations
