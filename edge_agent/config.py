@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import reprlib
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -140,7 +141,10 @@ log = logging.getLogger("segedge.config")
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    """A bounded repr: cheap and flat whatever the value (huge, deeply nested)."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxlong, shown.maxother = 3, limit, 40, limit
+    text = shown.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

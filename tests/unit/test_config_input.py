@@ -206,3 +206,11 @@ def test_observed_cases_exit_78_with_one_line(tmp_path, tiny_bundle):
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 78 and len(lines) == 1 and needle in lines[0], (needle, lines)
         assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_a_deeply_nested_value_still_names_its_key(base, depth):
+    tmp, text = base
+    message = _refused(tmp, text.replace('device_id = "cam-01"',
+                                         "device_id = " + "[" * depth + "]" * depth))
+    assert "device_id" in message
