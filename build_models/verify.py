@@ -37,9 +37,13 @@ def schema_problems(bundle: Path) -> List[str]:
 def run_target(bundle: Path, manifest: mf.Manifest, entry: mf.TargetEntry,
                core: Any) -> Optional[str]:
     """Compile the target's model on CPU and run one zero frame; None when fine."""
+    from edge_agent import ovcompat  # openvino loads only when models run
+
     path = Path(bundle) / entry.model
     try:
-        model = core.read_model(str(path))
+        blob = mf.read_model(bundle, entry)  # run the bytes that were hashed
+        model = ovcompat.read_model_bytes(core, blob.model, blob.weights, path.suffix,
+                                          manifest.input.name, list(manifest.input.shape))
         names = {n for o in model.outputs for n in o.get_names()}
         if manifest.output.name not in names:
             return f"{path}: no output named '{manifest.output.name}' (has {sorted(names)})"
