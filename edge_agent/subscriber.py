@@ -142,7 +142,8 @@ class Subscriber:
             if device_id in self.views:
                 self.views[device_id].bad += 1
         if count % BAD_LOG_EVERY == 1 or BAD_LOG_EVERY == 1:
-            print(f"bad message on {topic} ({count} so far): {type(exc).__name__}: {exc}",
+            print(printable(f"bad message on {topic} ({count} so far): {type(exc).__name__}: "
+                            f"{exc}"),
                   file=sys.stderr, flush=True)
 
     def _handle(self, msg) -> None:
@@ -164,13 +165,13 @@ class Subscriber:
             if kind == "status":
                 view.status = data
                 if not self.quiet:
-                    print(f"{device_id}: status {data.get('state')}"
-                          f"{' (' + data['reason'] + ')' if data.get('reason') else ''}",
+                    reason = f" ({data['reason']})" if data.get("reason") else ""
+                    print(printable(f"{device_id}: status {data.get('state')}{reason}"),
                           flush=True)
             elif kind == "stats":
                 view.stats = data
                 if not self.quiet:
-                    print(stats_line(view), flush=True)
+                    print(printable(stats_line(view)), flush=True)
             elif kind == "frame":
                 self._on_frame(view, data)
             elif kind == "mask":
@@ -226,7 +227,7 @@ class Subscriber:
                 raise MaskError(f"mask shape {mask.shape} != {height}x{width}")
         except MaskError as exc:
             view.bad += 1
-            print(f"{view.device_id}: undecodable mask: {exc}", file=sys.stderr)
+            print(printable(f"{view.device_id}: undecodable mask: {exc}"), file=sys.stderr)
             return
         view.masks += 1
         view.first_frame = fid if view.first_frame is None else view.first_frame
@@ -261,6 +262,11 @@ class Subscriber:
             return {d: {"state": v.status.get("state"), "masks": v.masks, "bad": v.bad,
                         "first_frame": v.first_frame, "last_frame": v.last_frame,
                         "stats": v.stats} for d, v in self.views.items()}
+
+
+def printable(text: str, limit: int = 1000) -> str:
+    """A line safe for a terminal: no control characters (escape sequences) from messages."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def _frame_id(data: Dict[str, Any]) -> int:

@@ -171,3 +171,11 @@ def test_subscriber_follows_a_bounded_number_of_devices(monkeypatch):
     for i in range(10):
         sub._on_message(None, None, _msg("status", {"state": "online"}, f"cam{i}"))
     assert len(sub.views) == 3 and sub.bad_messages == 7
+
+
+def test_subscriber_prints_no_escape_sequences(capsys):
+    sub = Subscriber("127.0.0.1", 1)
+    sub._on_message(None, None, _msg("status", {"state": "\x1b[2J\x1b]0;owned\x07online",
+                                                "reason": "a\nb"}))
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and out.count("\n") == 1
