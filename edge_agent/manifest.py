@@ -32,7 +32,10 @@ TARGET_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "myriad": "MYRIAD"}
 
 
 class BundleError(Exception):
-    """A bundle that must not be used; the message says what and where."""
+    """A bundle that must not be used; the message (one line) says what and where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ def file_entry(bundle_dir: Path, path: Path) -> FileEntry:
 
 def _safe_path(path: str) -> bool:
     """A non-empty relative path with forward slashes that cannot leave the bundle."""
-    if not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path or "\0" in path:
+    if not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path \
+            or not path.isprintable():
         return False
     return all(part not in ("", ".", "..") for part in path.split("/"))
 

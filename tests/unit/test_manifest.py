@@ -73,6 +73,7 @@ def test_missing_target_lists_what_was_built(bundle):
          r"files\[0\].path: '\.\./\.\./etc"),
         (lambda d: d["files"][0].update(path=""), r"files\[0\].path: '' does not match"),
         (lambda d: d["files"][0].update(path="C:/Windows/x"), "must be relative"),
+        (lambda d: d["files"][0].update(path="cpu/model.bin\n"), "must be relative"),
         (lambda d: d["files"][0].update(path="cpu\\..\\..\\x"), "must be relative"),
         (lambda d: d["targets"]["cpu"].update(model="/etc/passwd"), "targets.cpu.model"),
         (lambda d: d["targets"]["cpu"].update(model="cpu/../../x.xml"), "targets.cpu.model"),
