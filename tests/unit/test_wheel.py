@@ -29,6 +29,17 @@ assert "torch" not in sys.modules
 """
 
 
+def _isolation():
+    """Build with this venv's setuptools when it can (offline, fast); else let pip fetch it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(x) for x in version("setuptools").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return []
+    return ["--no-build-isolation"] if (major, minor) >= (70, 1) else []
+
+
 def _run(cmd, **kw):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -42,7 +53,7 @@ def test_wheel_in_a_fresh_venv_checks_the_schema(tmp_path, tiny_bundle):
         shutil.copy(ROOT / name, src / name)
     for pkg in ("edge_agent", "build_models"):
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *_isolation(), "-q",
           "-w", str(tmp_path / "dist"), str(src)])
     wheel = next((tmp_path / "dist").glob("segedge-*.whl"))
     venv = tmp_path / "venv"
