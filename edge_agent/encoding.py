@@ -27,7 +27,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class MaskError(ValueError):
-    """A mask that cannot be encoded or decoded; the message says why."""
+    """A mask that cannot be encoded or decoded; the message (one line) says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 def encode_png(mask: np.ndarray) -> str:
@@ -177,7 +180,7 @@ def _size(rle: Dict[str, Any]) -> Tuple[int, int]:
     size = rle.get("size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
-        raise MaskError(f"RLE size must be [height, width] integers, got {str(size)[:40]}")
+        raise MaskError(f"RLE size must be [height, width] integers, got {size!r:.40}")
     return int(size[0]), int(size[1])
 
 
@@ -246,4 +249,4 @@ def decode(data: Any, encoding: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray
         return decode_png(data, max_pixels)
     if encoding == "rle":
         return decode_rle(data, max_pixels)
-    raise MaskError(f"unknown mask encoding {str(encoding)[:20]!r} (png or rle)")
+    raise MaskError(f"unknown mask encoding {encoding!r:.20} (png or rle)")

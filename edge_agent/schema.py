@@ -178,7 +178,8 @@ class Validator:
             yield path, f"should have at least {schema['minProperties']} properties"
         props = schema.get("properties", {})
         for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
+            name = key if isinstance(key, str) and key.isidentifier() else repr(key)
+            where = f"{path}.{name}" if path else name
             if "propertyNames" in schema:
                 for _, message in self._validate(key, schema["propertyNames"], where):
                     yield where, f"unknown key: {message}"

@@ -179,3 +179,9 @@ def test_subscriber_prints_no_escape_sequences(capsys):
                                                 "reason": "a\nb"}))
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and out.count("\n") == 1
+
+
+def test_found_by_fuzzing_a_newline_in_a_size_stays_on_one_line():
+    with pytest.raises(enc.MaskError) as err:
+        enc.decode({"size": "\n", "counts": ""}, "rle")
+    assert "\n" not in str(err.value)

@@ -280,3 +280,11 @@ def test_a_model_openvino_cannot_read_is_a_bundle_error_at_start(bundle):
             as err:
         engine.load()
     assert "\n" not in str(err.value)
+
+
+def test_found_by_fuzzing_a_newline_in_a_key_stays_on_one_line(bundle):
+    data = _data(bundle)
+    data["targets"] = {"\n": None}
+    with pytest.raises(mf.BundleError) as err:
+        mf.parse_manifest_bytes(json.dumps(data).encode())
+    assert "\n" not in str(err.value) and r"targets.'\n'" in str(err.value)
