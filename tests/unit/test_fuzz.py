@@ -40,6 +40,15 @@ json_values = st.recursive(scalars, lambda inner: st.one_of(
     max_leaves=12)
 
 
+# numbers around every range's ends, and the strings valid keys take
+near_bounds = st.one_of(
+    st.sampled_from(sorted({b + d for _k, _t, _d, _h in cf.describe() for b in (0, 1, 5, 64, 1000,
+                                                                           3600, 65535, 86400)
+                            for d in (-1, 0, 1)})),
+    st.floats(-1, 70000), st.sampled_from(["png", "rle", "model", "frame", "5", "3.1.1", "cpu",
+                                           "f32", "INFO", "debug", ["CPU"], ["AUTO"], []]))
+
+
 def _one_line(message: str) -> None:
     assert message and "\n" not in message
 
@@ -47,6 +56,24 @@ def _one_line(message: str) -> None:
 # ---- config ------------------------------------------------------------------------------
 
 KEYS = [key for key, *_ in cf.describe()]
+
+
+TYPES = {key: tp for key, tp, _d, _h in cf.describe()}
+
+
+def _typed(key):
+    """Values of the key's own type, so the fuzzing reaches the range and value checks."""
+    return {"int": st.one_of(near_bounds.filter(lambda v: isinstance(v, int)),
+                             st.integers(-(10 ** 20), 10 ** 20)),
+            "float": st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                               near_bounds.filter(lambda v: isinstance(v, int))),
+            "bool": st.booleans(),
+            "str": st.one_of(st.text(max_size=20), near_bounds.filter(
+                lambda v: isinstance(v, str)), st.sampled_from(["", "http://[::1", "x" * 300])),
+            }.get(TYPES[key], st.lists(st.text(max_size=8), max_size=3))
+
+
+typed_assignment = st.sampled_from(KEYS).flatmap(lambda k: st.tuples(st.just(k), _typed(k)))
 
 
 def _toml_value(value):
@@ -59,11 +86,18 @@ def _toml_value(value):
             "-inf" if value == float("-inf") else repr(value)
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, str):  # TOML has no lone surrogates (the env fuzzing sends them)
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return "{" + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items()) \
+        + "}"
+
+
+def _toml_string(text):
+    """A TOML basic string: JSON's escapes minus its surrogate pairs (TOML wants \\U...)."""
+    clean = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return json.dumps(clean, ensure_ascii=False)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +111,12 @@ def place(tmp_path_factory):
 def _config_text(place, assignments, nesting):
     lines = [f'[source]\nuri = "{place / "clip.mp4"}"', f'[model]\nbundle = "{place / "bundle"}"']
     sections = {"": [], "source": [], "model": [], "output": [], "mqtt": []}
-    for key, value in assignments:
+    for key, value in dict(assignments).items():  # TOML refuses a key set twice
         section, _, name = key.rpartition(".")
-        sections.setdefault(section, []).append(f"{json.dumps(name)} = {_toml_value(value)}")
+        sections.setdefault(section, []).append(f"{_toml_string(name)} = {_toml_value(value)}")
     text = "\n".join(sections.pop("")) + "\n"
     for section, body in sections.items():
-        head = f'[{json.dumps(section)}]' if section not in ("source", "model") else ""
+        head = f'[{_toml_string(section)}]' if section not in ("source", "model") else ""
         own = [line for line in lines if line.startswith(f"[{section}]")]
         text += "\n".join(own or [head]) + "\n" + "\n".join(body) + "\n"
     if nesting:
@@ -91,8 +125,10 @@ def _config_text(place, assignments, nesting):
 
 
 @FUZZ
-@given(assignments=st.lists(st.tuples(st.one_of(st.sampled_from(KEYS), st.text(max_size=10)),
-                                      json_values), max_size=5),
+@given(assignments=st.lists(st.one_of(
+           typed_assignment, typed_assignment,
+           st.tuples(st.one_of(st.sampled_from(KEYS), st.text(max_size=10)),
+                     st.one_of(near_bounds, scalars, json_values))), max_size=4),
        nesting=st.sampled_from([0, 0, 0, 3, 1000]))
 def test_fuzz_config_file(place, assignments, nesting):
     path = place / "agent.toml"
