@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 
 import pytest
@@ -77,8 +78,8 @@ json_values = st.recursive(
     max_leaves=15)
 
 
-@settings(max_examples=1000, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("SEGEDGE_FUZZ_EXAMPLES", "1000")), derandomize=True,
+          deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(name=st.sampled_from(NAMES), value=json_values)
 def test_fuzz_verdicts_equal_jsonschema_on_every_schema(name, value):
     loaded = schema.load(name)
