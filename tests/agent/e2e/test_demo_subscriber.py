@@ -10,7 +10,7 @@ import pytest
 
 from tests.agent.helpers import ROOT, agent_config
 from tests.conftest import require
-from tests.helpers.broker import mosquitto_binary
+from tools.broker import mosquitto_binary
 
 pytestmark = pytest.mark.e2e
 
