@@ -57,25 +57,27 @@ def parse_host_port(text: str) -> tuple:
     return host.strip("[]"), int(port)
 
 
-def open_broker(spec: str, protocol: str, work: Path) -> DemoBroker:
+def open_broker(spec: str, protocol: str, work: Path, embedded: bool = False) -> DemoBroker:
     """The broker the demo publishes to (see the module docstring for the order)."""
     if spec:
         host, port = parse_host_port(spec)
         return DemoBroker(host, port, f"existing broker {host}:{port}", protocol or "5",
                           lambda: None)
-    if mosquitto_binary():
+    why = "as asked" if embedded else "Mosquitto not found"
+    if mosquitto_binary() and not embedded:
         try:
             broker = Broker(work / "mosquitto").start()
             return DemoBroker(broker.host, broker.port, "Mosquitto (" + str(mosquitto_binary())
                               + ")", protocol or "5", broker.stop)
         except RuntimeError as exc:
             print(f"demo: Mosquitto did not start ({exc}); using the embedded broker")
+            why = "Mosquitto did not start"
     from tools.mqtt_broker import MqttBroker
 
-    embedded = MqttBroker("127.0.0.1", 0).start()
-    return DemoBroker(embedded.host, embedded.port,
-                      "embedded broker (tools/mqtt_broker.py, MQTT 3.1.1; Mosquitto not found)",
-                      "3.1.1", embedded.stop)
+    own = MqttBroker("127.0.0.1", 0).start()
+    return DemoBroker(own.host, own.port,
+                      f"embedded broker (tools/mqtt_broker.py, MQTT 3.1.1; {why})", "3.1.1",
+                      own.stop)
 
 
 def agent_config(clip: Path, bundle: Path, broker: DemoBroker, target: str,
@@ -95,6 +97,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--out", default="demo-out", help="folder for masks, overlays and logs")
     p.add_argument("--broker", default="", metavar="HOST:PORT",
                    help="use this running broker (anonymous) instead of starting one")
+    p.add_argument("--embedded-broker", action="store_true",
+                   help="use the embedded broker even where Mosquitto is installed")
     p.add_argument("--protocol", choices=("5", "3.1.1"), default="",
                    help="MQTT protocol (default: 5, or 3.1.1 for the embedded broker)")
     p.add_argument("--clip", default=str(ROOT / "demo" / "clip.mp4"))
@@ -128,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary: Dict[str, Any] = {}
     t0 = time.monotonic()
     try:
-        broker = open_broker(args.broker, args.protocol, work)
+        broker = open_broker(args.broker, args.protocol, work, args.embedded_broker)
         config = work / "agent.toml"
         config.write_text(agent_config(clip, bundle, broker, args.target,
                                        args.device.split(",")))
@@ -188,9 +192,9 @@ def report(view: Dict[str, Any], broker: str, elapsed: float, code: Optional[int
     print(f"ran {elapsed:.0f}s; agent exit code {code}"
           f"{'' if code == 0 else f' (see {agent_log})'}")
     print(f"received: {masks} masks (frame ids {view.get('first_frame')}.."
-          f"{view.get('last_frame')}), {view.get('bad', 0)} undecodable, "
-          f"{masks / elapsed if elapsed else 0:.1f} masks/s; latency capture->publish of the "
-          f"received masks p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms")
+          f"{view.get('last_frame')}), {view.get('bad', 0)} undecodable; latency "
+          f"capture->publish of the received masks p50 {lat.get('p50')} ms, "
+          f"p95 {lat.get('p95')} ms")
     if stats:
         print(f"agent's last stats (uptime {stats.get('uptime_s')} s): {frames.get('captured')} "
               f"frames captured, {frames.get('inferred')} inferred, {frames.get('dropped')} "
