@@ -101,6 +101,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="use the embedded broker even where Mosquitto is installed")
     p.add_argument("--protocol", choices=("5", "3.1.1"), default="",
                    help="MQTT protocol (default: 5, or 3.1.1 for the embedded broker)")
+    p.add_argument("--snapshot", default="", metavar="PATH",
+                   help="also copy one overlay here (the README's: docs/img/overlay.jpg)")
+    p.add_argument("--snapshot-frame", type=int, default=96,
+                   help="the snapshot is the first saved overlay from this frame id on")
     p.add_argument("--clip", default=str(ROOT / "demo" / "clip.mp4"))
     p.add_argument("--bundle", default="", help="bundle version dir (default: newest in demo/)")
     p.add_argument("--target", default="cpu")
@@ -165,8 +169,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         if broker is not None:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
-    return report(summary.get(DEVICE_ID, {}), broker.name if broker else "",
-                  time.monotonic() - t0, code, out, agent_log)
+    result = report(summary.get(DEVICE_ID, {}), broker.name if broker else "",
+                    time.monotonic() - t0, code, out, agent_log)
+    if args.snapshot and not snapshot(out / "masks" / DEVICE_ID, args.snapshot_frame,
+                                      Path(args.snapshot)):
+        return 1
+    return result
+
+
+def snapshot(folder: Path, first: int, dest: Path) -> bool:
+    """Copy the first overlay with frame id >= ``first`` to ``dest`` (JPEG, quality 85)."""
+    import cv2
+
+    found = [p for p in sorted(folder.glob("overlay_*.jpg")) if int(p.stem[8:]) >= first]
+    image = cv2.imread(str(found[0])) if found else None
+    if image is None:
+        print(f"demo: no overlay from frame {first} on in {folder}; run longer", file=sys.stderr)
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(dest), image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    print(f"demo: snapshot {found[0].name} -> {dest}")
+    return True
 
 
 def stop_agent(agent: subprocess.Popen) -> int:
