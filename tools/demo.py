@@ -14,6 +14,7 @@ import argparse
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,11 @@ def open_broker(spec: str, protocol: str, work: Path, embedded: bool = False) ->
     """The broker the demo publishes to (see the module docstring for the order)."""
     if spec:
         host, port = parse_host_port(spec)
-        return DemoBroker(host, port, f"existing broker {host}:{port}", protocol or "5",
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError as exc:
+            raise SystemExit(f"demo: --broker {host}:{port}: cannot connect ({exc})") from None
+        return DemoBroker(host, port, "existing broker (--broker)", protocol or "5",
                           lambda: None)
     why = "as asked" if embedded else "Mosquitto not found"
     if mosquitto_binary() and not embedded:
@@ -169,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if broker is not None:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
-    result = report(summary.get(DEVICE_ID, {}), broker.name if broker else "",
+    result = report(summary.get(DEVICE_ID, {}), f"{broker.name} on {broker.host}:{broker.port},"
+                    f" MQTT {broker.protocol}" if broker else "",
                     time.monotonic() - t0, code, out, agent_log)
     if args.snapshot and not snapshot(out / "masks" / DEVICE_ID, args.snapshot_frame,
                                       Path(args.snapshot)):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.agent.helpers import ROOT, agent_config
 from tests.conftest import require
-from tools.broker import mosquitto_binary
+from tools.broker import free_port, mosquitto_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,13 @@ def test_demo_with_embedded_broker(tmp_path):
 def test_demo_with_existing_broker(broker, tmp_path):
     out = tmp_path / "out"
     check_demo(run_demo(out, "--broker", f"{broker.host}:{broker.port}"), out,
-               f"existing broker {broker.host}:{broker.port}")
+               f"existing broker (--broker) on {broker.host}:{broker.port}, MQTT 5")
+
+
+def test_demo_gives_up_in_one_line_on_an_unreachable_broker(tmp_path):
+    res = run_demo(tmp_path / "out", "--broker", f"127.0.0.1:{free_port()}")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "cannot connect" in res.stderr.strip().splitlines()[-1], res.stderr
 
 
 def test_subscriber_cli_decodes_and_writes(broker, tiny_bundle, clip, unique_id, agents,
