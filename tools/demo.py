@@ -139,6 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     code: Optional[int] = None
     agent_log = out / "agent.log"
     summary: Dict[str, Any] = {}
+    sub_stop = threading.Event()
     t0 = time.monotonic()
     try:
         broker = open_broker(args.broker, args.protocol, work, args.embedded_broker)
@@ -151,7 +152,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"demo: agent log {agent_log}; Ctrl-C stops", flush=True)
         sub = Subscriber(broker.host, broker.port, device=DEVICE_ID, out=str(out / "masks"),
                          protocol=broker.protocol)
-        sub_stop = threading.Event()
         listener = threading.Thread(target=lambda: summary.update(sub.run(0, sub_stop)),
                                     name="subscriber")
         listener.start()
@@ -171,6 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if agent is not None:
             code = stop_agent(agent)
+        sub_stop.set()
         if broker is not None:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
