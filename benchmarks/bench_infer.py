@@ -65,7 +65,7 @@ class OVRunner:
                  precision: Optional[str]):
         import openvino as ov
 
-        from build_models.evaluate import precision_name
+        from edge_agent.ovcompat import precision_name
 
         extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         self.images = images
