@@ -68,7 +68,7 @@ class TorchRunner:
         model = model.eval()
         with torch.inference_mode():
             if mode == "torchscript":
-                with warnings.catch_warnings():  # deprecated since torch 2.10, still works
+                with warnings.catch_warnings():  # deprecated in the pinned torch, still works
                     warnings.simplefilter("ignore", FutureWarning)
                     traced = torch.jit.trace(model, self.tensors[0], check_trace=False)
                     model = torch.jit.freeze(traced.eval())
