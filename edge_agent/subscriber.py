@@ -2,9 +2,10 @@
 
     segedge-subscribe --host 127.0.0.1 --device cam-01 --out ./masks
 
-With ``--out`` it writes, per device, the class-index mask PNG and an overlay:
-the mask over the source frame when the agent publishes frames
-(``output.frame_every``), otherwise over a blank canvas.
+With ``--out`` it writes, per device, the mask as a palette PNG (pixel values are the
+class indices, a viewer shows colours) and an overlay with outlines, legend and caption:
+over the source frame when the agent publishes frames (``output.frame_every``),
+otherwise over a grey canvas.
 
 Every message is untrusted: one over MAX_PAYLOAD_BYTES, a mask or frame whose declared
 or header size exceeds MAX_PIXELS (checked before decoding), or anything else unusable
@@ -22,15 +23,17 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from . import overlay
 from .encoding import MAX_PIXELS, MaskError, decode, image_size
 
 BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
@@ -46,8 +49,7 @@ def safe_device_id(device_id: str) -> bool:
         and "\\" not in device_id and "\0" not in device_id
 
 
-PALETTE = np.array([[0, 0, 0], [0, 200, 255], [255, 80, 0], [0, 220, 0], [200, 0, 200],
-                    [255, 255, 0], [0, 0, 255], [128, 128, 255]], np.uint8)  # BGR
+LATENCY_KEEP = 1000  # latencies of the newest received masks, for the summary
 
 
 @dataclass
@@ -60,22 +62,19 @@ class DeviceView:
     last_frame: Optional[int] = None
     bad: int = 0
     frames: Dict[int, np.ndarray] = field(default_factory=dict)  # newest source frames
+    latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_KEEP))
 
 
-def overlay(mask: np.ndarray, frame: Optional[np.ndarray]) -> np.ndarray:
-    """Colour the classes over ``frame`` (resized mask) or a blank canvas."""
-    colours = PALETTE[mask % len(PALETTE)]
-    if frame is None:
-        return colours
-    if frame.shape[:2] != mask.shape:
-        colours = cv2.resize(colours, (frame.shape[1], frame.shape[0]),
-                             interpolation=cv2.INTER_NEAREST)
-        mask = cv2.resize(mask, (frame.shape[1], frame.shape[0]),
-                          interpolation=cv2.INTER_NEAREST)
-    out = frame.copy()
-    fg = mask > 0
-    out[fg] = (0.5 * frame[fg] + 0.5 * colours[fg]).astype(np.uint8)
-    return out
+def latency_summary(values: Sequence[float]) -> Dict[str, Any]:
+    """p50/p95 and count of the received masks' capture->publish latencies."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0, "p50": None, "p95": None}
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"count": len(ordered), "p50": pct(0.50), "p95": pct(0.95)}
 
 
 def stats_line(view: DeviceView) -> str:
@@ -229,9 +228,17 @@ class Subscriber:
             view.bad += 1
             print(printable(f"{view.device_id}: undecodable mask: {exc}"), file=sys.stderr)
             return
+        classes, coverage = data.get("classes"), data.get("coverage")
+        if not (isinstance(classes, list) and len(classes) <= 256
+                and all(isinstance(c, str) and len(c) <= 64 for c in classes)):
+            data["classes"] = []  # only drawn in captions: bounded, or left out
+        if not (isinstance(coverage, dict) and len(coverage) <= 256):
+            data["coverage"] = None
         view.masks += 1
         view.first_frame = fid if view.first_frame is None else view.first_frame
         view.last_frame = fid
+        if isinstance(data.get("latency_ms"), (int, float)):
+            view.latencies_ms.append(float(data["latency_ms"]))
         # with published frames, save the masks that have one; otherwise every Nth
         wanted = fid in view.frames if view.frames else view.masks % self.save_every == 0
         if self.out and wanted and not safe_device_id(view.device_id):
@@ -239,9 +246,19 @@ class Subscriber:
         if self.out and wanted:
             folder = self.out / view.device_id
             folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / f"mask_{fid:08d}.png"), mask)
-            cv2.imwrite(str(folder / f"overlay_{fid:08d}.jpg"),
-                        overlay(mask, view.frames.get(fid)))
+            self._save(folder, fid, mask, data, view.frames.get(fid))
+
+    def _save(self, folder: Path, fid: int, mask: np.ndarray, data: Dict[str, Any],
+              frame: Optional[np.ndarray]) -> None:
+        """The palette mask PNG and the overlay of one mask message."""
+        classes = [str(c) for c in data.get("classes") or []]
+        latency = data.get("latency_ms")
+        label = overlay.Caption(data.get("device_id") or folder.name, fid,
+                                float(latency) if isinstance(latency, (int, float)) else None,
+                                overlay.coverage_pairs(classes, data.get("coverage")))
+        (folder / f"mask_{fid:08d}.png").write_bytes(overlay.palette_png(mask))
+        cv2.imwrite(str(folder / f"overlay_{fid:08d}.jpg"),
+                    overlay.draw(mask, frame, classes, label), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
     def run(self, duration: float = 0.0, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
         stop = stop or threading.Event()
@@ -261,7 +278,8 @@ class Subscriber:
         with self.lock:
             return {d: {"state": v.status.get("state"), "masks": v.masks, "bad": v.bad,
                         "first_frame": v.first_frame, "last_frame": v.last_frame,
-                        "stats": v.stats} for d, v in self.views.items()}
+                        "latency_ms": latency_summary(v.latencies_ms), "stats": v.stats}
+                    for d, v in self.views.items()}
 
 
 def printable(text: str, limit: int = 1000) -> str:
