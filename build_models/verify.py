@@ -65,8 +65,10 @@ def verify(bundle: Path, run: bool = True, targets: Optional[Sequence[str]] = No
     problems = mf.verify_bundle(bundle, targets)
     warnings: List[str] = []
     checked: List[str] = []
-    if (bundle / mf.MANIFEST_NAME).is_file():
-        problems += [p for p in schema_problems(bundle) if p not in problems]
+    schema_lines = schema_problems(bundle) if (bundle / mf.MANIFEST_NAME).is_file() else []
+    if schema_lines:  # every violation, in place of the reader's first one
+        problems = [p for p in problems if ": schema: " not in p and p not in schema_lines]
+        problems += schema_lines
     if (bundle / mf.MANIFEST_NAME).is_file() and not problems:
         manifest = mf.load_manifest(bundle)
         listed = {f.path: f for f in manifest.files}
