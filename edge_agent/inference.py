@@ -16,7 +16,7 @@ import numpy as np
 
 from . import ovcompat
 from .config import ModelConfig
-from .manifest import Manifest, TargetEntry, open_target
+from .manifest import BundleError, Manifest, TargetEntry, open_target, read_model
 from .messages import ModelInfo
 
 log = logging.getLogger("segedge.inference")
@@ -48,6 +48,7 @@ class Engine:
         self.manifest: Manifest = manifest
         self.target: TargetEntry = entry
         self.model_path = path
+        self.bundle_dir = Path(bundle)
         self.size_hw = input_size(manifest)
         self.info = ModelInfo(manifest.name, manifest.version, entry.precision)
         self.device = ""
@@ -86,7 +87,13 @@ class Engine:
         core = ovcompat.new_core(self.cfg.cache_dir)
         spec = self.manifest.input
         scale = 255.0 if spec.value_range and float(spec.value_range[-1]) <= 1.0 else 1.0
-        model = ovcompat.read_model(core, str(self.model_path), spec.name, list(spec.shape))
+        blob = read_model(self.bundle_dir, self.target)  # compile the bytes that were hashed
+        try:
+            model = ovcompat.read_model_bytes(core, blob.model, blob.weights, blob.path.suffix,
+                                              spec.name, list(spec.shape))
+        except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot read: exit 78
+            raise BundleError(f"bundle refused: {blob.path}: OpenVINO cannot read the model: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
         model = ovcompat.add_preprocessing(
             model, spec.name, spec.color_order,
             mean=spec.mean if spec.normalization == "caller" else None,
