@@ -88,8 +88,8 @@ class ModelConfig:
 class OutputConfig:
     mask_encoding: str = _f("png", "`png` (base64 single-channel PNG of class indices) or `rle` "
                                    "(COCO-style)")
-    mask_resolution: str = _f("model", "`model` (network size) or `frame` (source frame size, "
-                                       "nearest-neighbour)")
+    mask_resolution: str = _f("model", "`model` (network size) or `frame` (source frame size: "
+                                       "logits upsampled bilinearly, then the class decision)")
     max_publish_fps: float = _f(10.0, "mask publish rate limit, independent of inference fps "
                                       "(0 = unlimited)", 0, 1000)
     stats_interval_s: float = _f(5.0, "seconds between stats messages", 0, 3600, above=True)
