@@ -169,9 +169,10 @@ def camera_discovery(prefix: str, agent_id: str, camera: CameraInfo, sw_version:
         "unit_of_measurement": "fps", "state_class": "measurement",
         "suggested_display_precision": 1, "icon": "mdi:speedometer"})
     b.add("sensor", "latency_p50", "Latency p50", {
+        # no ``duration`` device class: HA would show it converted to seconds
         "state_topic": stats, "value_template": "{{ value_json.latency_ms.p50 }}",
-        "device_class": "duration", "unit_of_measurement": "ms", "state_class": "measurement",
-        "suggested_display_precision": 1})
+        "unit_of_measurement": "ms", "state_class": "measurement",
+        "suggested_display_precision": 1, "icon": "mdi:timer-outline"})
     b.add("sensor", "dropped_frames", "Dropped frames", {
         "state_topic": stats, "value_template": "{{ value_json.frames.dropped }}",
         "state_class": "total_increasing", "entity_category": "diagnostic",
