@@ -11,6 +11,10 @@ state; actions (``snapshot``, ``reload``) have none. ``reload`` is addressed to 
 agent id (the model is shared by all cameras); with one camera the agent id is the
 camera id. See docs/integrations.md for payloads and replies.
 
+``parse_command`` -> ``CommandState.apply`` -> ``Reply`` are the pure rules;
+``CommandRouter`` strings them together behind a ``TokenBucket`` and returns the messages
+to publish, so the MQTT client only does the I/O.
+
 Commands change only the running process: nothing is written to disk, so a restart
 comes back to the configured values, unless the (future) ``[commands] persist`` knob
 says otherwise (``CommandState.to_dict`` / ``from_dict`` are the file format).
@@ -102,8 +106,8 @@ def _one_line(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _unwrap(feature: str, text: str) -> Union[Tuple[Any, bool], Refusal]:
-    """Payload text -> (value, came_from_json). JSON forms: a scalar or {"value": x}."""
+def _unwrap(feature: str, text: str) -> Union[Tuple[Any], Refusal]:
+    """Payload text -> (value,). JSON forms: a scalar or {"value": x}; else the bare word."""
     stripped = text.strip()
     if stripped[:1] in ("{", "[", '"'):
         try:
@@ -115,14 +119,14 @@ def _unwrap(feature: str, text: str) -> Union[Tuple[Any, bool], Refusal]:
             if extra:
                 return Refusal(feature, f"{feature}: unknown key(s) {', '.join(extra)} "
                                         "(expected {\"value\": ...})")
-            return data.get("value"), True
+            return (data.get("value"),)
         if isinstance(data, list):
             return Refusal(feature, f"{feature}: a JSON list is not a command value")
-        return data, True
+        return (data,)
     try:  # bare JSON numbers/booleans also come this way
-        return json.loads(stripped), True
+        return (json.loads(stripped),)
     except ValueError:
-        return stripped, False
+        return (stripped,)
 
 
 def _number(feature: str, value: Any, lo: float, hi: float,
@@ -191,7 +195,7 @@ def parse_command(topic_suffix: str, payload: bytes, retained: bool = False,
     unwrapped = _unwrap(feature, text)
     if isinstance(unwrapped, Refusal):
         return unwrapped
-    value, _ = unwrapped
+    (value,) = unwrapped
     if feature == PAUSED:
         if isinstance(value, bool):
             return Command(feature, value)
