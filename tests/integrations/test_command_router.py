@@ -16,7 +16,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent import commands as c
-from edge_agent.commands import CommandRouter, CommandState, TokenBucket
+from edge_agent.command_router import CommandRouter, Outgoing
+from edge_agent.commands import CommandState, TokenBucket
 
 SCHEMAS = Path(c.__file__).parent / "schemas"
 
@@ -133,7 +134,7 @@ class Responder:
         self.client.subscribe([(t, 1) for t in r.subscriptions()])
         assert self.ready.wait(10)
 
-    def publish(self, o: c.Outgoing) -> None:
+    def publish(self, o: Outgoing) -> None:
         props = None
         if o.correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
