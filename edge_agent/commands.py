@@ -102,6 +102,7 @@ class Refusal:
 
 
 def one_line(text: str, limit: int = 60) -> str:
+    """Untrusted text made safe for a one-line reason: whitespace folded, length capped."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
 
