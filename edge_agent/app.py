@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 from . import __version__, ovcompat
 from .capture import Capture, LatestFrame
 from .config import Config
-from .health import Health, HealthView
+from .health import Health
 from .inference import Engine
 from .messages import Stats, Status
 from .mqtt import MqttComms
@@ -44,35 +44,38 @@ class Agent:
         self.slot = LatestFrame()
         self.started_mono = time.monotonic()
         self._seq_lock = threading.Lock()
-        self._status_seq = 0
         self._stats_seq = 0
         opened = opened or OpenedBundle.open(cfg.model.bundle, cfg.model.target)  # BundleError
         self.engine = Engine(cfg.model, opened)
-        self.health = Health(cfg.health_file, self.notifier, facts=self._facts,
-                             on_change=self._on_health)
+        self.wake = threading.Event()  # a health change or a new connection: publish now
+        self.health = Health(cfg.health_file, self.notifier, facts=self._facts, wake=self.wake)
         self.comms: Optional[MqttComms] = None
         self.pipeline: Optional[Pipeline] = None
         self.capture: Optional[Capture] = None
 
     # --- what the status and the health file say ------------------------------------
-    def _status(self, state: str, reason: Optional[str], new: bool = True) -> Status:
-        with self._seq_lock:
-            if new:
-                self._status_seq += 1
-            seq = max(1, self._status_seq)
-        return Status(device_id=self.cfg.device_id, state=state, ts=round(time.time(), 3),
+    def _status(self, state: str, reason: Optional[str], ts: float = 0.0) -> Status:
+        """``seq`` and ``connection`` are stamped by MqttComms as it sends."""
+        return Status(device_id=self.cfg.device_id, state=state,
+                      ts=round(ts or time.time(), 3),
                       agent_version=__version__, model=self.engine.info,
                       device=self.engine.device or None, reason=reason,
                       device_errors=dict(self.engine.failures),
                       runtime=ovcompat.runtime_version(), pid=os.getpid(),
-                      session=self.session, seq=seq)
+                      session=self.session)
 
     def _will(self, connection: int) -> Status:
-        return self._status("offline", "connection lost", new=False)
+        return self._status("offline", "connection lost")
 
-    def _on_health(self, view: HealthView) -> None:
-        if self.comms:
-            self.comms.publish_status(self._status(view.state, view.reason))
+    def _publish_status(self, now: float) -> None:
+        """Once per tick: the newest health view, and the current one after each connect."""
+        self.health.set("mqtt", self.comms.problem(now))
+        announce = self.comms.take_announce()
+        view = self.health.take_change()
+        if view is None and announce:
+            view = self.health.view()  # a new connection hears the current state
+        if view is not None:
+            self.comms.publish_status(self._status(view.state, view.reason, view.since))
 
     def _facts(self) -> Dict[str, Any]:
         info = self.engine.info
@@ -93,9 +96,11 @@ class Agent:
         if engine.failures:
             log.warning("running on %s after failures: %s", engine.device,
                         "; ".join(f"{d}: {r}" for d, r in engine.failures.items()))
-        self.comms = MqttComms(self.cfg.mqtt, self.cfg.device_id, self._will)
+        self.comms = MqttComms(self.cfg.mqtt, self.cfg.device_id, self._will,
+                               on_connected=self.wake.set)
         # not online before the source delivers: capture's first frames clear this
         self.health.set("source", WAITING_FOR_FRAME)
+        self.health.set("mqtt", self.comms.problem())  # not delivering before connected
         self.comms.start()
         self.pipeline = Pipeline(engine, self.cfg.output, self.cfg.device_id, self.slot,
                                  self.counters, self.latency, self.stop, self.comms.publish_mask,
@@ -121,7 +126,11 @@ class Agent:
     def _loop(self, watchdog: Watchdog) -> int:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
-        while not self.stop.wait(TICK_S):
+        while not self.stop.is_set():
+            self.wake.wait(TICK_S)
+            self.wake.clear()
+            if self.stop.is_set():
+                break
             now = time.monotonic()
             fatal = watchdog.check(now)
             if fatal:
@@ -131,7 +140,7 @@ class Agent:
                 log.info("source finished; stopping")
                 self.stop.wait(0.5)  # let the last frames through
                 break
-            self.health.set("mqtt", self.comms.problem(now))
+            self._publish_status(now)
             self.comms.pump()
             if now >= next_stats:
                 next_stats = now + interval

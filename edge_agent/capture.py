@@ -150,7 +150,7 @@ def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> Optional[str]:
         port = url.port or DEFAULT_PORTS.get(scheme)
     except ValueError:
         port = None
-    if not host or not port:  # udp://, odd URLs: let the open decide
+    if scheme == "udp" or not host or not port:  # nothing to connect to: the open decides
         return None
     where = f"{host}:{port}"
     try:
@@ -187,12 +187,14 @@ class Liveness:
     A frame after a gap of ``stall_s`` or more is stale (dropped). After one, frames
     stay suspect (dropped) and the source not live until ``recover`` frames arrive in a
     row, each within ``stall_s / 2`` of the previous one. Frames of a fresh connection
-    are published at once; the source is called live after ``recover`` of them.
+    are published at once; after a loss the source is called live again only after
+    ``recover`` of them (the very first frame of the agent's life is enough).
     """
 
     def __init__(self, stall_s: float, recover: int = RECOVER_FRAMES) -> None:
         self.stall_s, self.recover = stall_s, recover
         self.live = False
+        self._was_lost = False
         self._suspect = False
         self._streak = 0
         self._last: Optional[float] = None
@@ -203,6 +205,7 @@ class Liveness:
 
     def lost(self) -> None:
         self.live = False
+        self._was_lost = True
         self._streak = 0
 
     def frame(self, now: float) -> Tuple[bool, bool]:
@@ -210,14 +213,14 @@ class Liveness:
         gap = None if self._last is None else now - self._last
         self._last = now
         if gap is not None and self.stall_s and gap >= self.stall_s:
-            self.live, self._suspect, self._streak = False, True, 0
+            self.live, self._suspect, self._streak, self._was_lost = False, True, 0, True
             return False, False
         if gap is None or not self.stall_s or gap <= self.stall_s / 2:
             self._streak += 1
         else:
             self._streak = 1
         became = False
-        if self._streak >= self.recover:
+        if self._streak >= (self.recover if self._was_lost else 1):
             self._suspect = False
             if not self.live:
                 self.live = became = True

@@ -3,9 +3,11 @@
 Each component (``source``, ``inference``, ``mqtt``; later one per camera, e.g.
 ``source:cam-02``) is either fine or has a reason. The agent is ``online`` when no
 component has a reason, else ``degraded`` with every reason joined. A change of the
-overall view is logged once, told to systemd (``STATUS=``), written to the health
-file and handed to ``on_change`` (the status message); a retry that repeats the same
-reason changes nothing.
+overall view is logged once, told to systemd (``STATUS=``) and written to the health
+file at once, and wakes the main loop, which publishes the status message: it
+takes the newest view (``take_change``) after refreshing the MQTT component, so a
+view that is already out of date (MQTT just connected) is never published. A retry
+that repeats the same reason changes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -31,6 +33,7 @@ class HealthView:
     state: str  # online | degraded | offline
     reason: Optional[str]
     components: Dict[str, str] = field(default_factory=dict)
+    since: float = field(default=0.0, compare=False)  # Unix seconds of the change
 
     def status_text(self) -> str:
         """The sd_notify STATUS= line."""
@@ -73,15 +76,17 @@ class Health:
 
     def __init__(self, path: str, notifier: Optional[Notifier] = None,
                  facts: Optional[Callable[[], Dict[str, Any]]] = None,
-                 on_change: Optional[Callable[[HealthView], None]] = None) -> None:
-        """``facts``: the health file's other keys (model, mqtt, masks_published, ...)."""
+                 wake: Optional[threading.Event] = None) -> None:
+        """``facts``: the health file's other keys (model, mqtt, masks_published, ...);
+        ``wake``: set on every change, so the main loop publishes it without waiting."""
         self.path = path
         self.notifier = notifier or Notifier()
         self.facts = facts or dict
-        self.on_change = on_change
+        self.wake = wake or threading.Event()
         self._lock = threading.Lock()
         self._reasons: Dict[str, str] = {}
-        self._view = HealthView("online", None, {})
+        self._view = HealthView("online", None, {}, time.time())
+        self._taken: Optional[HealthView] = None  # the view last handed to take_change
         self._final: Optional[HealthView] = None  # set on shutdown: offline
 
     def set(self, component: str, reason: Optional[str]) -> bool:
@@ -96,17 +101,24 @@ class Health:
             view = summarize(self._reasons)
             if view == self._view:
                 return False
+            view = replace(view, since=time.time())
             self._view = view
             if view.state == "degraded":
                 log.warning("status degraded: %s", view.reason)
             else:
                 log.info("status online")
-            # under the lock (all non-blocking), so the last view set is the last published
-            if self.on_change:
-                self.on_change(view)
             self._write(view)
+        self.wake.set()
         self.notifier.status(view.status_text())
         return True
+
+    def take_change(self) -> Optional[HealthView]:
+        """The current view if it differs from the one this returned last, else None."""
+        with self._lock:
+            if self._final is not None or self._view == self._taken:
+                return None
+            self._taken = self._view
+            return self._view
 
     def view(self) -> HealthView:
         with self._lock:

@@ -34,8 +34,8 @@ class Status:
     runtime: str = ""
     pid: int = 0
     session: str = ""  # this agent process (random), shared with its last will
-    seq: int = 0  # status messages of the session, from 1 (the will: the newest so far)
-    connection: int = 0  # MQTT connection of the session it was sent on (will: the one it ends)
+    seq: int = 0  # statuses sent in the session, from 1 (the will: the last one before it)
+    connection: int = 0  # MQTT connection it was sent on (the will: the one it ends)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

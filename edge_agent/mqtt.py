@@ -7,7 +7,9 @@ health after a short grace. Nothing is lost while disconnected within bounds:
 
 - status and stats go to a spool (``SPOOL_MAX`` messages, oldest dropped first,
   counted) and are delivered in order once connected; QoS 1 messages handed to paho
-  stay with paho until acknowledged (it resends them after a reconnect);
+  stay with paho until acknowledged (it resends them after a reconnect). Before the
+  first connection statuses are spooled only once an attempt has failed; after every
+  connect the agent publishes the status then current (``take_announce``);
 - masks wait in their own queue (50, oldest dropped first, counted);
 - frames are best effort (QoS 0, dropped while disconnected).
 
@@ -125,17 +127,21 @@ class _Client(mqtt.Client):
 
 
 class MqttComms:
-    def __init__(self, cfg: MqttConfig, device_id: str,
-                 will: Callable[[int], Status]) -> None:
-        """``will(k)``: the offline status to leave as the last will of connection ``k``."""
+    def __init__(self, cfg: MqttConfig, device_id: str, will: Callable[[int], Status],
+                 on_connected: Optional[Callable[[], None]] = None) -> None:
+        """``will(k)``: the offline status to leave as the last will of connection ``k``;
+        ``on_connected``: called (no locks held) after each successful connect."""
         self.cfg, self.device_id = cfg, device_id
         self.will = will
+        self.on_connected = on_connected
         self.where = f"{cfg.host}:{cfg.port}"
         self._lock = threading.RLock()
         self._connected = False
         self._stopping = False
         self._started = False
         self._status: Optional[Status] = None
+        self._status_sent = 0  # statuses handed to paho: the next one gets seq + 1
+        self._announce = False
         self.spool = OutboundQueue(SPOOL_MAX)
         self.queue = OutboundQueue(MASK_QUEUE)
         self.connects = 0
@@ -186,9 +192,11 @@ class MqttComms:
         self._thread = self.client._thread  # paho clears its own reference when it dies
 
     def _on_attempt(self) -> None:
-        # the will of the connection about to be made carries its number
+        # the will of the connection about to be made carries its number and the seq of
+        # the last status sent before it
         k = self.connects + 1
-        self.client.will_set(self.topic("status"), self.will(k).to_json(), qos=1, retain=True)
+        will = replace(self.will(k), connection=k, seq=self._status_sent)
+        self.client.will_set(self.topic("status"), will.to_json(), qos=1, retain=True)
 
     def _on_attempt_error(self, exc: BaseException) -> None:
         if not isinstance(exc, OSError):
@@ -205,13 +213,16 @@ class MqttComms:
             log.warning("mqtt: %s; retrying", error)
 
     def problem(self, now: Optional[float] = None) -> Optional[str]:
-        """The health reason, or None while connected or within the grace period."""
+        """The health reason: None while connected or within the grace after a drop.
+
+        Before the first connection there is no grace: the agent is not delivering yet.
+        """
         if self._connected:
             return None
         now = time.monotonic() if now is None else now
-        if now - self._down_since < GRACE_S:
+        if self.connects and now - self._down_since < GRACE_S:
             return None
-        return f"mqtt: {self._error or f'not connected to {self.where}'}"
+        return f"mqtt: {self._error or f'connecting to {self.where}'}"
 
     def state(self) -> Dict[str, object]:
         """For the health file: connected, broker, reason."""
@@ -242,14 +253,21 @@ class MqttComms:
         with self._lock:
             self._connected = True
             self.connects += 1
+            self._announce = True  # the main loop publishes the status now current
             self._error = self._logged_error = None
             for topic, qos in self._subs.items():
                 client.subscribe(topic, qos)
-            if self._status is not None and not self.spool.has(self.topic("status")):
-                self.spool._items.appendleft(self._status_item(self._status))
             self._pump()
         log.info("mqtt connected (%s) to %s", "reconnect" if self.connects > 1 else "first",
                  self.where)
+        if self.on_connected:
+            self.on_connected()
+
+    def take_announce(self) -> bool:
+        """True once after each connect: time to (re)publish the current status."""
+        with self._lock:
+            announce, self._announce = self._announce, False
+            return announce
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
@@ -293,14 +311,21 @@ class MqttComms:
             self._pump()
 
     def _status_item(self, status: Status) -> Message:
-        return (self.topic("status"),
-                lambda k: replace(status, connection=k).to_json(), 1, True)
+        return (self.topic("status"), lambda k: self._stamp(status, k).to_json(), 1, True)
+
+    def _stamp(self, status: Status, connection: int) -> Status:
+        """Number a status as it is sent: ``seq`` counts statuses sent, without gaps."""
+        self._status_sent += 1
+        return replace(status, connection=connection, seq=self._status_sent)
 
     def publish_status(self, status: Status) -> None:
+        """Spooled in order; before the first connection only once an attempt has failed
+        (a normal start does not replay its first milliseconds of 'connecting')."""
         with self._lock:
             self._status = status
-            self.spool.append(self._status_item(status))
-            self._pump()
+            if self.connects or self._error:
+                self.spool.append(self._status_item(status))
+                self._pump()
 
     def publish_stats(self, payload: str) -> None:
         with self._lock:
@@ -343,7 +368,7 @@ class MqttComms:
             self._pump()
         if connected:
             info = self.client.publish(self.topic("status"),
-                                       replace(offline, connection=self.connects).to_json(),
+                                       self._stamp(offline, self.connects).to_json(),
                                        qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
