@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 profile="${1:-all}"
 
 APT_AGENT=(mosquitto mosquitto-clients)
-# Test rig: camera stand-in (ffmpeg), device roots and their boot (mmdebstrap, systemd-nspawn),
-# network namespaces (iproute2), Ansible transport (ssh).
+# Test rig: camera stand-ins (ffmpeg; GStreamer's RTSP server for tests/helpers/rtsp_server.py),
+# device roots and their boot (mmdebstrap, systemd-nspawn), network namespaces (iproute2),
+# Ansible transport (ssh).
 APT_ALL=("${APT_AGENT[@]}" ffmpeg mmdebstrap debootstrap systemd-container iproute2 openssh-client
-         openssh-server openssl procps)
+         openssh-server openssl procps python3-gi gir1.2-gst-rtsp-server-1.0
+         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 
 case "$profile" in
   agent) apt_pkgs=("${APT_AGENT[@]}"); extras="agent" ;;

@@ -52,8 +52,9 @@ class RtspCamera:
     """The RTSP server as a subprocess on a fixed loopback port (same port after restart)."""
 
     def __init__(self, workdir: Path, frames: Sequence, fps: float = 10.0,
-                 port: int = 0, host: str = "127.0.0.1") -> None:
-        self.workdir, self.fps, self.host = Path(workdir), fps, host
+                 port: int = 0, host: str = "127.0.0.1", codec: str = "jpeg") -> None:
+        """``codec``: jpeg (RTP/JPEG) or h264 (openh264: the decoder keeps frames buffered)."""
+        self.workdir, self.fps, self.host, self.codec = Path(workdir), fps, host, codec
         self.port = port or _free_port(host)
         self.frames_dir = self.workdir / "frames"
         self.log_path = self.workdir / "rtsp.log"
@@ -79,7 +80,8 @@ class RtspCamera:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [SYSTEM_PYTHON, str(HERE), "--frames", str(self.frames_dir), "--port",
-                 str(self.port), "--host", self.host, "--fps", str(self.fps)],
+                 str(self.port), "--host", self.host, "--fps", str(self.fps),
+                 "--codec", self.codec],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -115,7 +117,15 @@ class RtspCamera:
         self.proc = None
 
 
-def serve(frames: str, host: str, port: int, fps: float) -> None:  # pragma: no cover - gi
+ENCODERS = {
+    "jpeg": "jpegenc ! rtpjpegpay name=pay0 pt=96",
+    "h264": "openh264enc ! video/x-h264,profile=constrained-baseline ! "
+            "rtph264pay name=pay0 pt=96 config-interval=1",
+}
+
+
+def serve(frames: str, host: str, port: int, fps: float,
+          codec: str = "jpeg") -> None:  # pragma: no cover - gi
     import gi
 
     gi.require_version("Gst", "1.0")
@@ -132,7 +142,7 @@ def serve(frames: str, host: str, port: int, fps: float) -> None:  # pragma: no 
     factory.set_launch(
         f"( multifilesrc location={frames}/%05d.jpg loop=true index=0 "
         f"caps=\"image/jpeg,framerate={rate}\" ! jpegdec ! videoconvert ! "
-        f"video/x-raw,format=I420 ! jpegenc ! rtpjpegpay name=pay0 pt=96 )")
+        f"video/x-raw,format=I420 ! {ENCODERS[codec]} )")
     factory.set_shared(True)
     server.get_mount_points().add_factory("/cam", factory)
     if server.attach(None) == 0:
@@ -150,8 +160,9 @@ def main(argv=None) -> None:  # pragma: no cover - runs in the system Python
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8554)
     parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--codec", choices=sorted(ENCODERS), default="jpeg")
     args = parser.parse_args(argv)
-    serve(args.frames, args.host, args.port, args.fps)
+    serve(args.frames, args.host, args.port, args.fps, args.codec)
 
 
 if __name__ == "__main__":  # pragma: no cover
