@@ -15,12 +15,17 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.agent.e2e.test_tls_auth import tls_broker  # noqa: F401 - fixture
-from tests.agent.helpers import agent_config, scene, validator, wait_until
+from tests.agent.helpers import (
+    PersistentSubscriber,
+    agent_config,
+    gaps,
+    scene,
+    validator,
+    wait_until,
+)
 from tests.conftest import require
 from tests.helpers import rtsp_server
 from tests.helpers.broker import Broker, free_port, mosquitto_binary
@@ -168,45 +173,6 @@ def test_dead_network_thread_is_fatal(tmp_path, broker, tiny_bundle, clip, uniqu
     assert "online" not in watch.states(), watch.seen
 
 
-class PersistentSubscriber:
-    """A QoS 1 subscriber with a persistent session (clean_session false)."""
-
-    def __init__(self, host: str, port: int, device_id: str) -> None:
-        self.messages: List[Dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=f"persist-{device_id}", clean_session=False,
-                                  protocol=mqtt.MQTTv311)
-        self.subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe(f"segedge/{device_id}/+", qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect_async(host, port, keepalive=10)
-        self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise RuntimeError("persistent subscriber could not subscribe")
-
-    def _on_message(self, client, userdata, msg) -> None:
-        kind = msg.topic.rsplit("/", 1)[-1]
-        if kind in ("stats", "status"):
-            with self.lock:
-                self.messages.append({"kind": kind, **json.loads(msg.payload)})
-
-    def of(self, kind: str) -> List[Dict[str, Any]]:
-        with self.lock:
-            return [m for m in self.messages if m["kind"] == kind]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def _gaps(seqs: List[int]) -> List[int]:
-    got = set(seqs)
-    return [s for s in range(1, max(got) + 1) if s not in got] if got else []
-
-
 def test_no_stats_or_status_lost_across_broker_restarts(tmp_path, tiny_bundle, clip, unique_id,
                                                         agents):
     """Observed: 2 stats lost per broker outage (only the newest was kept)."""
@@ -231,12 +197,12 @@ def test_no_stats_or_status_lost_across_broker_restarts(tmp_path, tiny_bundle, c
         top = max(s["seq"] for s in sub.of("stats"))
         assert wait_until(lambda: len({s["seq"] for s in sub.of("stats")}) >= top, 10)
         stats = sub.of("stats")
-        assert _gaps([s["seq"] for s in stats]) == [], sorted({s["seq"] for s in stats})
+        assert gaps([s["seq"] for s in stats]) == [], sorted({s["seq"] for s in stats})
         assert top >= 3 * 8, top  # 3 outages of ~4 s at 2 stats/s are in there
         assert len({s["session"] for s in stats}) == 1
         statuses = [s for s in sub.of("status") if s["reason"] != "connection lost"]  # no wills
         seqs = [s["seq"] for s in statuses]
-        assert _gaps(seqs) == [] and seqs == sorted(seqs), seqs
+        assert gaps(seqs) == [] and seqs == sorted(seqs), seqs
         assert any((s["reason"] or "").startswith("mqtt: ") for s in statuses), statuses
         v = validator("stats")
         for s in stats[-3:]:
