@@ -43,6 +43,7 @@ GRACE_S = 3.0  # not connected for longer than this: the agent is degraded
 SPOOL_MAX = 1000  # status + stats messages kept while disconnected (~1.2 MB)
 MASK_QUEUE = 50  # masks kept while disconnected
 WINDOW = 100  # QoS>0 messages handed to paho and not yet acknowledged
+RECONNECT_MAX_S = 5  # paho's reconnect delay: 1 s doubling to this (a TCP connect: cheap)
 
 
 class OutboundQueue:
@@ -159,7 +160,7 @@ class MqttComms:
         self.client = _Client(callback_api_version=CallbackAPIVersion.VERSION2,
                               client_id=self.client_id, protocol=protocol)
         self.client.max_queued_messages_set(0)  # bounded here: WINDOW, spool and queue
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password or None)
         if self.tls:

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from edge_agent.capture import Liveness, probe, redact
 from edge_agent.config import MqttConfig
+from edge_agent.freshness import Liveness, probe, redact
 from edge_agent.health import Health, summarize
 from edge_agent.messages import ModelInfo, Status
 from edge_agent.mqtt import MqttComms, describe_error, describe_refusal, is_loopback
