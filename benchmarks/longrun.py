@@ -45,9 +45,9 @@ from tests.agent.helpers import (  # noqa: E402
     write_clip,
 )
 from tests.helpers import rtsp_server  # noqa: E402
-from tests.helpers.broker import Broker, free_port  # noqa: E402
 from tests.helpers.mjpeg_server import MjpegServer  # noqa: E402
 from tests.helpers.tiny_bundle import make_tiny_bundle  # noqa: E402
+from tools.broker import Broker, free_port  # noqa: E402
 
 STALL_S = 5.0
 

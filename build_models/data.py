@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from build_models.errors import BuildError
+
 LABEL_MODES = ("binary", "trimap")
 CLASSES = {"binary": ["background", "pet"], "trimap": ["background", "pet", "border"]}
 # trimap value -> class index, per label mode (index 0 of the table is unused)
@@ -25,7 +27,7 @@ SPLITS = ("train", "val", "trainval", "test")
 VAL_EVERY = 10  # the seed: every 10th line of trainval.txt is validation
 
 
-class DataError(Exception):
+class DataError(BuildError):
     """Bad data; the message names the file."""
 
 

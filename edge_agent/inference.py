@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import ovcompat
 from .config import ModelConfig
-from .manifest import Manifest
+from .manifest import BundleError, Manifest, read_model
 from .messages import ModelInfo
 from .opened import OpenedBundle
 
@@ -47,7 +48,9 @@ class Engine:
         self.cfg = cfg
         manifest = opened.manifest
         self.manifest: Manifest = manifest
+        self.target = opened.target
         self.model_path = opened.model_path
+        self.bundle_dir = Path(cfg.bundle)
         self.size_hw = input_size(manifest)
         self.info = ModelInfo(manifest.name, manifest.version, opened.target.precision)
         shape = manifest.output.shape
@@ -90,7 +93,13 @@ class Engine:
         core = ovcompat.new_core(self.cfg.cache_dir)
         spec = self.manifest.input
         scale = 255.0 if spec.value_range and float(spec.value_range[-1]) <= 1.0 else 1.0
-        model = ovcompat.read_model(core, str(self.model_path), spec.name, list(spec.shape))
+        blob = read_model(self.bundle_dir, self.target)  # compile the bytes that were hashed
+        try:
+            model = ovcompat.read_model_bytes(core, blob.model, blob.weights, blob.path.suffix,
+                                              spec.name, list(spec.shape))
+        except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot read: exit 78
+            raise BundleError(f"bundle refused: {blob.path}: OpenVINO cannot read the model: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
         model = ovcompat.add_preprocessing(
             model, spec.name, spec.color_order,
             mean=spec.mean if spec.normalization == "caller" else None,

@@ -242,9 +242,9 @@ class Pipeline:
                 image=base64.b64encode(jpg.tobytes()).decode("ascii")).to_json())
 
     def build_mask(self, meta: FrameMeta, output: np.ndarray) -> Tuple[str, float]:
-        mask = postprocess.to_mask(output, self.engine.output_kind)
-        if self.out.mask_resolution == "frame":
-            mask = postprocess.resize_mask(mask, meta.frame_hw)
+        mask = postprocess.to_frame_mask(output, self.engine.output_kind,
+                                         meta.frame_hw if self.out.mask_resolution == "frame"
+                                         else None)
         cov = postprocess.coverage(mask, len(self.classes))
         data = encoding.encode(mask, self.out.mask_encoding)
         published_at = time.time()

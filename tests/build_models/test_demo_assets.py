@@ -28,7 +28,7 @@ def test_demo_bundle_verifies_and_validates(bundle):
     assert result["ok"], result["problems"]
     assert result["warnings"] == []
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((DEMO.parent / "docs/schemas/manifest.schema.json").read_text())
+    schema = json.loads((DEMO.parent / "edge_agent/schemas/manifest.schema.json").read_text())
     jsonschema.validate(json.loads((bundle / "manifest.json").read_text()), schema)
     evaluation = mf.load_manifest(bundle).evaluation
     assert evaluation["images"] == 97 and set(evaluation["metrics"]) == {"FP32", "FP16", "INT8"}

@@ -52,7 +52,7 @@ def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
 
 def test_manifest_validates_against_json_schema(tiny_build):
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((REPO / "docs/schemas/manifest.schema.json").read_text())
+    schema = json.loads((REPO / "edge_agent/schemas/manifest.schema.json").read_text())
     data = json.loads((tiny_build["bundle"] / "manifest.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(data)
     data["targets"]["cpu"]["files"][0]["sha256"] = "nothex"

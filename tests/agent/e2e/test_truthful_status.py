@@ -28,8 +28,8 @@ from tests.agent.helpers import (
 )
 from tests.conftest import require
 from tests.helpers import rtsp_server
-from tests.helpers.broker import Broker, free_port, mosquitto_binary
 from tests.helpers.mjpeg_server import MjpegServer
+from tools.broker import Broker, free_port, mosquitto_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from edge_agent.messages import ModelInfo, Status
 from edge_agent.mqtt import MqttComms, describe_error, describe_refusal, is_loopback
 from edge_agent.sdnotify import Notifier
 from edge_agent.watchdog import Watchdog
-from tests.helpers.broker import free_port
 from tests.helpers.mjpeg_server import MjpegServer
+from tools.broker import free_port
 
 
 def test_summarize_orders_components_and_joins_reasons():
