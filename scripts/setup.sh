@@ -9,11 +9,13 @@ profile="${1:-all}"
 
 # The agent and the demo need no system packages (the demo uses Mosquitto when it is
 # installed, else its embedded broker). Tests: a real Mosquitto and its clients (the rig);
-# camera stand-in (ffmpeg), device roots and their boot (mmdebstrap, systemd-nspawn),
-# network namespaces (iproute2), Ansible transport (ssh).
+# camera stand-ins (ffmpeg; GStreamer's RTSP server for tests/helpers/rtsp_server.py),
+# device roots and their boot (mmdebstrap, systemd-nspawn), network namespaces (iproute2),
+# Ansible transport (ssh).
 APT_AGENT=()
 APT_ALL=(mosquitto mosquitto-clients ffmpeg mmdebstrap debootstrap systemd-container iproute2
-         openssh-client openssh-server openssl procps)
+         openssh-client openssh-server openssl procps python3-gi gir1.2-gst-rtsp-server-1.0
+         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 
 case "$profile" in
   agent) apt_pkgs=("${APT_AGENT[@]}"); extras="agent" ;;

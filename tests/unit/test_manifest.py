@@ -271,11 +271,12 @@ def test_a_model_openvino_cannot_read_is_a_bundle_error_at_start(bundle):
     """XML that parses but is no model: --check-config passes, start exits 78 (one line)."""
     from edge_agent.config import ModelConfig
     from edge_agent.inference import Engine
+    from edge_agent.opened import OpenedBundle
 
     _rewrite_hash(bundle, "cpu/model.xml", b'<?xml version="1.0"?><net name="x" version="11">'
                                            b'<layers><layer id="0" type="Nope"/></layers></net>')
     mf.open_target(bundle, "cpu")  # cheap check passes: well-formed IR XML
-    engine = Engine(str(bundle), ModelConfig(bundle=str(bundle)), on_result=lambda *_: None)
+    engine = Engine(ModelConfig(bundle=str(bundle)), OpenedBundle.open(str(bundle), "cpu"))
     with pytest.raises(mf.BundleError, match="cpu/model.xml: OpenVINO cannot read the model") \
             as err:
         engine.load()

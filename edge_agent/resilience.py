@@ -1,4 +1,4 @@
-"""Restart pacing: exponential backoff with jitter, reset after a success."""
+"""Pacing for retries and output: exponential backoff with jitter, and a rate limiter."""
 
 from __future__ import annotations
 
