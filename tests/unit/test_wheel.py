@@ -40,7 +40,14 @@ def _isolation():
     return ["--no-build-isolation"] if (major, minor) >= (70, 1) else []
 
 
+def _clean_env():
+    """No PYTHONPATH: a checkout on it (with its egg-info) would make pip think the wheel is
+    already installed, and would shadow the installed package."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def _run(cmd, **kw):
+    kw.setdefault("env", _clean_env())
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
     assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -70,7 +77,7 @@ def test_wheel_in_a_fresh_venv_checks_the_schema(tmp_path, tiny_bundle):
     data = json.loads((bad / "manifest.json").read_text())
     data["name"] = None
     (bad / "manifest.json").write_text(json.dumps(data))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env = _clean_env()
     res = _run([str(py), "-c", CHECK, str(tiny_bundle), str(bad)], cwd=tmp_path, env=env)
     assert "schema: name" in res.stdout
     agent = venv / "bin" / "segedge-agent"
