@@ -150,7 +150,7 @@ class Control:
             handled = self.router.handle(topic, payload, retained=retained,
                                          response_topic=response_topic,
                                          correlation_data=correlation, ts=round(time.time(), 3))
-            self._carry_out(handled)
+            self._carry_out(handled, log_accepted=handled.action is None)
             if handled.reply is not None and handled.reply.changed:
                 self._changed(handled.reply.target_id, handled.reply.feature)
             if handled.action is not None:
@@ -164,10 +164,10 @@ class Control:
             log.warning("commands: %d dropped because the queue was full (a flood)",
                         self.inbox_dropped)
 
-    def _carry_out(self, handled: Handled) -> None:
+    def _carry_out(self, handled: Handled, log_accepted: bool = True) -> None:
         if handled.log:
             log.warning("%s", handled.log)
-        elif handled.reply is not None and handled.reply.accepted:
+        elif log_accepted and handled.reply is not None and handled.reply.accepted:
             log.info("%s", handled.reply.log_line())
         for out in handled.outgoing:
             self._publish(out)
