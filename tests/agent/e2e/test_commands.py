@@ -335,6 +335,12 @@ def test_mqtt311_state_replies_removals_and_persistence(broker, tiny_bundle, cli
     assert c2.last(f"{base}/max_publish_fps/state") == b"3.0"
     time.sleep(1.0)
     assert not c2.on(f"{base}/mask"), "a paused agent published masks"
+    # a snapshot works while paused: one frame, its mask and an overlay, then quiet again
+    c2.send(f"{base}/snapshot/set", "PRESS")
+    assert wait_until(lambda: c2.on(f"{base}/frame") and c2.on(f"{base}/overlay")
+                      and c2.on(f"{base}/mask"), 10), agent2.log()
+    time.sleep(1.0)
+    assert len(c2.on(f"{base}/mask")) == 1 and len(c2.on(f"{base}/frame")) == 1
     c2.send(f"{base}/paused/set", "OFF")
     assert wait_until(lambda: c2.on(f"{base}/mask"), 10), agent2.log()
     assert agent2.terminate() == 0
