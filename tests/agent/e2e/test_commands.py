@@ -220,6 +220,20 @@ def test_mqtt5_commands_overlay_discovery_and_reload(broker, tiny_bundle, clip, 
     assert frames[0]["frame_id"] in [m["frame_id"] for m in c.json(f"{base}/mask", t2)]
     assert c.on(f"{base}/overlay", t2)
 
+    # frame_every applies live: a frame before every 2nd mask, then none again
+    assert c.request(f"{base}/frame_every/set", "2")["value"] == 2
+    t2b = time.monotonic()
+    assert wait_until(lambda: len(c.json(f"{base}/frame", t2b)) >= 3, 10)
+    sent = {f["frame_id"] for f in c.json(f"{base}/frame", t2b)}
+    time.sleep(0.3)  # each frame goes out just before its mask
+    masks = [m["frame_id"] for m in c.json(f"{base}/mask", t2b)]
+    assert sent <= set(masks) and len(sent) < len(masks), (sent, masks)
+    assert c.request(f"{base}/frame_every/set", "0")["value"] == 0
+    time.sleep(0.5)
+    t2c = time.monotonic()
+    time.sleep(1.0)
+    assert not c.on(f"{base}/frame", t2c) and c.on(f"{base}/mask", t2c)
+
     # pause: masks stop, status degraded with the reason (online would be a lie), health
     # file too; resume: masks and online again
     r = c.request(f"{base}/paused/set", "ON")
