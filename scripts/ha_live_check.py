@@ -42,10 +42,11 @@ import paho.mqtt.client as mqtt
 from edge_agent import __version__
 from edge_agent import homeassistant as ha
 from tools.broker import free_port
-from tools.integrations_rig import agent_config, running_agent, running_broker, wait_for
+from tools.integrations_rig import EXAMPLE, agent_config, running_agent, running_broker, wait_for
 
 PREFIX, CAMERA = "segedge", "cam-01"
-MODEL = "demo/models/pets-mobile/1.0.0"  # the bundle examples/home-assistant.toml runs
+# the bundle examples/home-assistant.toml runs (that file is the one place naming it)
+MODEL = re.search(r'(?m)^bundle = "([^"]+)"', EXAMPLE.read_text()).group(1)
 SETTINGS = ha.DiscoverySettings(enabled=True, overlay_interval_s=2.0)
 
 

@@ -312,6 +312,8 @@ def test_mqtt311_state_replies_removals_and_persistence(broker, tiny_bundle, cli
     for topic in stale:
         pub.send(topic, '{"name": "old"}', retain=True)
     assert set(retained_now(broker.host, broker.port, f"{dprefix}/#", 0.5)) == set(stale)
+    # a retained command waiting at the broker is replayed at subscribe: refused
+    pub.send(f"{base}/frame_every/set", "9", retain=True)
     state_file = tmp_path / "private" / "commands.json"
     cfg = agent_config(tiny_bundle, str(clip), broker.host, broker.port, unique_id,
                        mqtt={"protocol": "3.1.1"}, homeassistant={"discovery_prefix": dprefix},
@@ -323,6 +325,9 @@ def test_mqtt311_state_replies_removals_and_persistence(broker, tiny_bundle, cli
     assert wait_until(lambda: not retained_now(broker.host, broker.port, f"{dprefix}/#", 0.5),
                       10)
 
+    assert wait_until(lambda: "frame_every: retained commands are ignored" in agent.log(), 5)
+    assert c.last(f"{base}/frame_every/state") == b"0" and not c.on(f"{base}/frame")
+    pub.send(f"{base}/frame_every/set", "", retain=True)  # clear it
     # 3.1.1: the state topic is the reply, also to a refusal (which is a log line)
     t0 = time.monotonic()
     c.send(f"{base}/max_publish_fps/set", "999")
