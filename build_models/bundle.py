@@ -183,9 +183,10 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
                   f"{'INT8' if 'INT8' in metrics else 'FP32'} predictions ({cfg.eval_split})")
     if speed:
         plot_speed(speed, stage / "report" / "speed.png", f"{name} {version}: CPU, batch 1")
-    curves = ckpt.parent / "curves.png"
-    if curves.is_file():
-        shutil.copyfile(curves, stage / "report" / "training_curves.png")
+    for src, dest in (("curves.png", "training_curves.png"), ("candidates.png", None),
+                      ("candidates.json", None)):  # written by train / candidates chart
+        if (ckpt.parent / src).is_file():
+            shutil.copyfile(ckpt.parent / src, stage / "report" / (dest or src))
     evaluation = {"split": cfg.eval_split, "images": len(test), "image_size": [size, size],
                   "metric": "Dice micro-averaged over all classes (torchmetrics "
                             "Dice(num_classes=2)); fg_iou = IoU of the pet class",

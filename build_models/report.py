@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +35,25 @@ def plot_curves(history: List[Dict[str, Any]], path: Path) -> Path:
     ax2.plot(epochs, [h["val_fg_iou"] for h in history], marker=".", label="val pet IoU")
     ax2.set(xlabel="epoch", title="validation", ylim=(0, 1))
     ax2.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_candidates(rows: Dict[str, Dict[str, Any]], path: Path,
+                    chosen: Optional[str] = None) -> Path:
+    """Accuracy vs speed: validation Dice against INT8 CPU throughput, one point per
+    candidate (same training budget), labelled; the chosen one ringed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, r in rows.items():
+        ax.scatter(r["int8_fps"], r["best_val_dice"], s=30)
+        ax.annotate(f"{name} ({r['params_m']:.1f} M)", (r["int8_fps"], r["best_val_dice"]),
+                    fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if name == chosen:
+            ax.scatter(r["int8_fps"], r["best_val_dice"], s=160, facecolors="none",
+                       edgecolors="black")
+    ax.set(xlabel="INT8 throughput on this CPU (frames/s, OpenVINO async)",
+           ylabel="best validation Dice", title="candidates, same training budget")
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
