@@ -45,7 +45,24 @@ def test_options_fill_in_or_drop_the_extra_folder():
 def test_candidates_chart_is_written(tmp_path):
     from build_models.report import plot_candidates
 
-    rows = {"a": {"int8_fps": 300.0, "best_val_dice": 0.9, "params_m": 4.1},
-            "b": {"int8_fps": 450.0, "best_val_dice": 0.88, "params_m": 12.5}}
+    rows = {"a": {"preset": "a", "int8_fps": 300.0, "best_val_dice": 0.9, "params_m": 4.1},
+            "a-variant": {"preset": "a", "int8_fps": 300.0, "best_val_dice": 0.9,
+                          "params_m": 4.1},
+            "b": {"preset": "b", "int8_fps": 450.0, "best_val_dice": 0.88, "params_m": 12.5}}
     path = plot_candidates(rows, tmp_path / "c.png", chosen="a")
     assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_speeds_are_measured_per_preset_best_of_rounds():
+    import torch
+
+    from build_models import export, models
+    from build_models.candidates import measure_speeds
+
+    net = models.SegModel(torch.nn.Conv2d(3, 1, 3, padding=1), models.IMAGENET_MEAN,
+                          models.IMAGENET_STD)
+    ir = export.to_openvino(net, 32)
+    frames = {"a": [torch.rand(1, 3, 32, 32).numpy() * 255]}
+    speeds = measure_speeds({"a": {"params_m": 0.0, "int8": ir, "fp32": ir}}, frames, 5, 2)
+    assert set(speeds) == {"a"} and speeds["a"]["repeats"] == 2
+    assert speeds["a"]["int8_fps"] > 0 and speeds["a"]["fp32_fps"] > 0
