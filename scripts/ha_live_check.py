@@ -216,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def run(args, conf: Path, broker, client: mqtt.Client, t0: float, work: Path,
         http_port: int) -> int:
-    manifest = json.loads(Path("demo/models/pets-mobile/1.0.0/manifest.json").read_text())
+    manifest = json.loads(Path("demo/models/pets-mobile/2.0.0/manifest.json").read_text())
     camera = ha.CameraInfo(CAMERA, tuple(manifest.get("classes", ("background", "pet"))),
                            manifest.get("name", ""), manifest.get("version", ""), "INT8")
     msgs = ha.discovery(PREFIX, CAMERA, [camera], __version__, SETTINGS)
