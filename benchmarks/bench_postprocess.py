@@ -1,6 +1,6 @@
 """Where to upsample masks to frame resolution: cv2 on the logits vs inside the OpenVINO graph.
 
-    python benchmarks/bench_postprocess.py [--bundle demo/models/pets-mobile/1.0.0]
+    python benchmarks/bench_postprocess.py [--bundle demo/models/pets-mobile/2.0.0]
         [--frame 480x640] [--iterations 200]
 
 Times per frame (ms, median): the model's inference alone; the class mask at model
@@ -56,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     import openvino as ov
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=str(ROOT / "demo" / "models" / "pets-mobile" / "1.0.0"))
+    p.add_argument("--bundle", default=str(ROOT / "demo" / "models" / "pets-mobile" / "2.0.0"))
     p.add_argument("--target", default="cpu")
     p.add_argument("--frame", default="480x640", help="HxW")
     p.add_argument("--iterations", type=int, default=200)

@@ -235,9 +235,11 @@ def report_step(build: Build, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
                   f"{'INT8' if 'INT8' in metrics else 'FP32'} predictions ({cfg.eval_split})")
     if build.speed:
         plot_speed(build.speed, stage / "report" / "speed.png", f"{title}: CPU, batch 1")
-    curves = Path(cfg.checkpoint).parent / "curves.png"
-    if curves.is_file():
-        shutil.copyfile(curves, stage / "report" / "training_curves.png")
+    run_dir = Path(cfg.checkpoint).parent
+    for src, dest in (("curves.png", "training_curves.png"), ("candidates.png", None),
+                      ("candidates.json", None)):  # written by train / candidates chart
+        if (run_dir / src).is_file():
+            shutil.copyfile(run_dir / src, stage / "report" / (dest or src))
     evaluation = {"split": cfg.eval_split, "images": len(build.test),
                   "image_size": [build.size, build.size],
                   "metric": "Dice micro-averaged over all classes (torchmetrics "
