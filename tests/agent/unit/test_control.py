@@ -11,6 +11,7 @@ import pytest
 from edge_agent import config as cf
 from edge_agent.commands import CommandState
 from edge_agent.control import load_states, save_states
+from edge_agent.homeassistant import CameraInfo, DiscoverySettings, discovery
 
 BASE = {"cam-01": CommandState(False, 10.0, 0, "png")}
 
@@ -69,3 +70,49 @@ def test_new_keys_defaults_and_checks(tmp_path):
                       ("[homeassistant]\nenable = true\n", "homeassistant.enable: unknown key")]:
         with pytest.raises(cf.ConfigError, match=msg.replace(".", r"\.")):
             _load(tmp_path, text)
+
+
+class _Comms:
+    """Records what Control asks of the MQTT client (no broker needed for this)."""
+
+    def __init__(self) -> None:
+        self.on_message = None
+        self.subs: list = []
+        self.retained: list = []
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.subs.append(topic)
+
+    def publish_retained(self, topic: str, payload: str) -> None:
+        self.retained.append((topic, payload))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_commands_disabled_means_no_subscription_but_states(tmp_path, enabled):
+    import threading
+
+    from edge_agent.control import Control
+
+    cfg = _load(tmp_path, f"[commands]\nenabled = {'true' if enabled else 'false'}\n")
+    comms, paused = _Comms(), []
+    stop = threading.Event()
+    cams = [CameraInfo("cam-01")]
+    control = Control(cfg, comms, stop, lambda: cams, lambda: None,
+                      lambda cid, p: paused.append((cid, p)))
+    control.start()
+    try:
+        assert bool(comms.subs) == enabled and (comms.on_message is not None) == enabled
+        assert comms.subs in ([], ["segedge/cam-01/+/set"])
+        assert paused == [("cam-01", False)]
+        control.on_connect()
+        topics = dict(comms.retained)
+        assert topics["segedge/cam-01/paused/state"] == "OFF"
+        assert json.loads(topics["segedge/cam-01/settings"])["max_publish_fps"] == 10.0
+        # discovery off (the default): the same topics published empty
+        every = {m.topic for m in discovery("segedge", "cam-01", cams, "0",
+                                            DiscoverySettings(enabled=True))}
+        assert {t: p for t, p in comms.retained if t.startswith("homeassistant/")} == \
+            dict.fromkeys(every, "") and len(every) == 12
+    finally:
+        stop.set()
+        control.join(2)
