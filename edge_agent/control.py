@@ -146,16 +146,22 @@ class Control:
             except queue.Empty:
                 self._note_drops()
                 continue
-            topic, payload, retained, response_topic, correlation = item
-            handled = self.router.handle(topic, payload, retained=retained,
-                                         response_topic=response_topic,
-                                         correlation_data=correlation, ts=round(time.time(), 3))
-            self._carry_out(handled, log_accepted=handled.action is None)
-            if handled.reply is not None and handled.reply.changed:
-                self._changed(handled.reply.target_id, handled.reply.feature)
-            if handled.action is not None:
-                self._start_action(handled.action)
+            try:
+                self._handle(*item)
+            except Exception:  # noqa: BLE001 - one bad message must not end the commands
+                log.exception("commands: handling a message on %r failed", item[0][:120])
             self._note_drops()
+
+    def _handle(self, topic: str, payload: bytes, retained: bool,
+                response_topic: Optional[str], correlation: Optional[bytes]) -> None:
+        handled = self.router.handle(topic, payload, retained=retained,
+                                     response_topic=response_topic,
+                                     correlation_data=correlation, ts=round(time.time(), 3))
+        self._carry_out(handled, log_accepted=handled.action is None)
+        if handled.reply is not None and handled.reply.changed:
+            self._changed(handled.reply.target_id, handled.reply.feature)
+        if handled.action is not None:
+            self._start_action(handled.action)
 
     def _note_drops(self) -> None:
         now = time.monotonic()

@@ -323,7 +323,7 @@ class Pipeline:
                 overlay_sent = self._send_overlay(meta)
                 if snap is not None:
                     snap.finish(None if sent and overlay_sent else
-                                "not connected to the broker: snapshot not delivered")
+                                "not handed to the broker (disconnected or a backlog)")
 
     def _send_overlay(self, meta: FrameMeta) -> bool:
         """The frame with the last mask, legend and caption, as JPEG on the overlay topic."""
