@@ -11,17 +11,19 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from . import __version__, ovcompat
 from .capture import Capture, LatestFrame
 from .config import Config
+from .control import PAUSED_REASON, Control
 from .health import Health
+from .homeassistant import CameraInfo
 from .inference import Engine
 from .messages import Stats, Status
 from .mqtt import MqttComms
 from .opened import OpenedBundle
-from .pipeline import Pipeline
+from .pipeline import Pipeline, model_classes
 from .sdnotify import Notifier
 from .stats import Counters, LatencyWindow, ProcessUsage
 from .watchdog import Watchdog
@@ -52,6 +54,8 @@ class Agent:
         self.comms: Optional[MqttComms] = None
         self.pipeline: Optional[Pipeline] = None
         self.capture: Optional[Capture] = None
+        self.control: Optional[Control] = None
+        self._republish = False  # the model changed (reload): publish the status again
 
     # --- what the status and the health file say ------------------------------------
     def _status(self, state: str, reason: Optional[str], ts: float = 0.0) -> Status:
@@ -72,10 +76,13 @@ class Agent:
         self.health.set("mqtt", self.comms.problem(now))
         announce = self.comms.take_announce()
         view = self.health.take_change()
-        if view is None and announce:
+        republish, self._republish = self._republish, False
+        if view is None and (announce or republish):
             view = self.health.view()  # a new connection hears the current state
         if view is not None:
             self.comms.publish_status(self._status(view.state, view.reason, view.since))
+        if announce and self.control:
+            self.control.on_connect()  # retained command states, discovery
 
     def _facts(self) -> Dict[str, Any]:
         info = self.engine.info
@@ -101,11 +108,18 @@ class Agent:
         # not online before the source delivers: capture's first frames clear this
         self.health.set("source", WAITING_FOR_FRAME)
         self.health.set("mqtt", self.comms.problem())  # not delivering before connected
+        self.control = Control(self.cfg, self.comms, self.stop, self._cameras, self.reload,
+                               self._on_paused)
+        self.control.start()  # subscribes before the connection exists: renewed on connect
         self.comms.start()
-        self.pipeline = Pipeline(engine, self.cfg.output, self.cfg.device_id, self.slot,
+        device_id = self.cfg.device_id
+        self.pipeline = Pipeline(engine, self.cfg.output, device_id, self.slot,
                                  self.counters, self.latency, self.stop, self.comms.publish_mask,
                                  self.comms.publish_frame,
-                                 max_age_s=self.cfg.source.stall_timeout_s)
+                                 max_age_s=self.cfg.source.stall_timeout_s,
+                                 settings=lambda: self.control.state(device_id),
+                                 send_overlay=self.comms.publish_overlay)
+        self.control.pipelines[device_id] = self.pipeline
         self.pipeline.start()
         self.capture = Capture(self.cfg.source, self.slot, self.stop,
                                on_state=lambda reason: self.health.set("source", reason),
@@ -117,6 +131,40 @@ class Agent:
         code = self._loop(watchdog)
         self._shutdown()
         return code
+
+    # --- commands -------------------------------------------------------------------
+    def _on_paused(self, camera_id: str, paused: bool) -> None:
+        """Paused: no masks flow, so the agent is not ``online`` (docs/agent.md)."""
+        self.health.set("commands", PAUSED_REASON if paused else None)
+
+    def _cameras(self) -> List[CameraInfo]:
+        info = self.engine.info
+        return [CameraInfo(self.cfg.device_id, tuple(model_classes(self.engine)), info.name,
+                           info.version, info.precision)]
+
+    def reload(self) -> Optional[str]:
+        """The ``reload`` command (its own thread): open and verify the configured bundle,
+        compile and warm up a new engine, swap it in. None, or why the old one keeps
+        serving. The MQTT connection is untouched."""
+        t0 = time.monotonic()
+        try:
+            opened = OpenedBundle.open(self.cfg.model.bundle, self.cfg.model.target)
+            engine = Engine(self.cfg.model, opened)
+            engine.load()
+            engine.warmup()
+        except Exception as exc:  # noqa: BLE001 - BundleError, InferenceError, OpenVINO's
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            log.warning("reload refused, %s %s keeps serving: %s", self.engine.info.name,
+                        self.engine.info.version, reason)
+            return reason
+        if not self.pipeline.swap_engine(engine).wait(30.0):
+            return "the inference thread did not take the new model within 30 s"
+        self.engine = engine
+        self._republish = True
+        self.wake.set()
+        log.info("reloaded %s %s (%s) on %s in %.1fs", engine.info.name, engine.info.version,
+                 engine.info.precision, engine.device, time.monotonic() - t0)
+        return None
 
     def _on_frame(self, dropped: bool) -> None:
         self.counters.add("captured")
@@ -182,6 +230,8 @@ class Agent:
             self.capture.join(3.0)
         if self.pipeline:
             self.pipeline.join(5.0)
+        if self.control:
+            self.control.join(1.0)
         if self.comms:
             self.comms.stop(self._status("offline", "shutdown"))
         self.health.stop("shutdown")

@@ -95,6 +95,10 @@ class OutputConfig:
     stats_interval_s: float = _f(5.0, "seconds between stats messages", 0, 3600, above=True)
     frame_every: int = _f(0, "also publish the source frame (JPEG) on `<prefix>/<id>/frame` "
                              "before every Nth mask, for overlays (0 = never)", 0, 100000)
+    overlay_interval_s: float = _f(0.0, "publish a JPEG overlay (frame, mask, legend) on "
+                                        "`<prefix>/<id>/overlay` at most this often, QoS 0, "
+                                        "not retained; Home Assistant's image entity (0 = off)",
+                                   0, 86400)
 
 
 @dataclass
@@ -118,6 +122,28 @@ class MqttConfig:
 
 
 @dataclass
+class HomeAssistantConfig:
+    enabled: bool = _f(False, "publish Home Assistant MQTT discovery (retained) on every "
+                              "connect; false publishes the same topics empty, which removes "
+                              "the entities (docs/integrations.md)")
+    discovery_prefix: str = _f("homeassistant", "Home Assistant's discovery prefix (no `+`, "
+                                                "`#`, spaces)")
+
+
+@dataclass
+class CommandsConfig:
+    enabled: bool = _f(True, "subscribe to `<prefix>/<id>/+/set` (false: no commands; the "
+                             "state topics are still published)")
+    rate_per_s: float = _f(5.0, "commands per second on average (a token bucket; beyond it "
+                                "commands are dropped unread and counted)", 0, 1000, above=True)
+    burst: int = _f(10, "commands accepted at once by the token bucket", 1, 1000)
+    persist: bool = _f(False, "keep commanded settings across restarts (false: a restart "
+                              "comes back to this file's values)")
+    state_file: str = _f("", "where persisted settings live (`\"\"` = `commands.json` beside "
+                             "`health_file`); written atomically, mode 0600")
+
+
+@dataclass
 class Config:
     device_id: str = _f("cam-01", "device id, used in topics (no `/`, `+`, `#`, spaces)")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING, ERROR, CRITICAL")
@@ -127,10 +153,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
 
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
-            "mqtt": MqttConfig}
+            "mqtt": MqttConfig, "homeassistant": HomeAssistantConfig,
+            "commands": CommandsConfig}
 
 
 SECRETS = {"mqtt.password"}  # never echoed in an error
@@ -383,6 +412,22 @@ def validate(cfg: Config) -> None:
     _check(not q.password or bool(q.username), "mqtt.password", "set mqtt.username too")
     _check(len(q.password.encode("utf-8")) <= MAX_PASSWORD_BYTES, "mqtt.password",
            f"longer than {MAX_PASSWORD_BYTES} bytes")
+    ha = cfg.homeassistant
+    _check(bool(ha.discovery_prefix) and len(ha.discovery_prefix) <= 256
+           and not any(c in ha.discovery_prefix for c in "+#\0 ")
+           and not ha.discovery_prefix.startswith("/") and not ha.discovery_prefix.endswith("/"),
+           "homeassistant.discovery_prefix", f"must be non-empty without wildcards, spaces or "
+                                             f"edge '/', got {_short(ha.discovery_prefix)}")
+    c = cfg.commands
+    _check(not c.persist or bool(c.state_file or cfg.health_file), "commands.persist",
+           "needs commands.state_file (or health_file, beside which commands.json goes)")
+
+
+def state_file(cfg: Config) -> str:
+    """Where persisted command settings live ("" when not persisted)."""
+    if not cfg.commands.persist:
+        return ""
+    return cfg.commands.state_file or str(Path(cfg.health_file).parent / "commands.json")
 
 
 def _read_secret(path: Path, key: str, warn: bool) -> str:

@@ -11,7 +11,12 @@ health after a short grace. Nothing is lost while disconnected within bounds:
   first connection statuses are spooled only once an attempt has failed; after every
   connect the agent publishes the status then current (``take_announce``);
 - masks wait in their own queue (50, oldest dropped first, counted);
-- frames are best effort (QoS 0, dropped while disconnected).
+- frames and overlay JPEGs are best effort (QoS 0, dropped while disconnected);
+- command states and discovery configs (retained) go through the spool like status;
+  command replies (MQTT 5 response topics) are sent at once or dropped.
+
+Messages on subscribed topics are handed to ``on_message`` on paho's network thread,
+which must only queue them (edge_agent.control does the work on its own thread).
 
 Every connection is numbered; each status carries the number of the connection it
 was sent on, and the last will set before connection *k* carries *k*, so a consumer
@@ -32,6 +37,8 @@ from typing import Callable, Deque, Dict, Optional, Set, Tuple, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .config import MqttConfig
 from .messages import Status
@@ -39,6 +46,8 @@ from .messages import Status
 log = logging.getLogger("segedge.mqtt")
 Payload = Union[str, Callable[[int], str]]  # text, or rendered with the connection number
 Message = Tuple[str, Payload, int, bool]  # topic, payload, qos, retain
+# (topic, payload, retain, response_topic, correlation_data) of a message we subscribed to
+Incoming = Callable[[str, bytes, bool, Optional[str], Optional[bytes]], None]
 GRACE_S = 3.0  # not connected for longer than this: the agent is degraded
 SPOOL_MAX = 1000  # status + stats messages kept while disconnected (~1.2 MB)
 MASK_QUEUE = 50  # masks kept while disconnected
@@ -171,6 +180,8 @@ class MqttComms:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.on_message: Optional[Incoming] = None
+        self.client.on_message = self._on_message
 
     def topic(self, kind: str) -> str:
         return f"{self.cfg.prefix}/{self.device_id}/{kind}"
@@ -264,6 +275,17 @@ class MqttComms:
         if self.on_connected:
             self.on_connected()
 
+    def _on_message(self, client, userdata, msg) -> None:
+        """Network thread: hand over and return (the handler only queues)."""
+        handler = self.on_message
+        if handler is None:
+            return
+        props = getattr(msg, "properties", None)
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        handler(msg.topic, bytes(msg.payload), bool(msg.retain), response or None,
+                bytes(correlation) if correlation else None)
+
     def take_announce(self) -> bool:
         """True once after each connect: time to (re)publish the current status."""
         with self._lock:
@@ -337,6 +359,33 @@ class MqttComms:
         """Source frames are best effort: sent at QoS 0 when connected, else dropped."""
         with self._lock:
             return self._send((self.topic("frame"), payload, 0, False))
+
+    def publish_retained(self, topic: str, payload: str) -> None:
+        """A retained QoS 1 message (command state, discovery config): spooled in order."""
+        with self._lock:
+            self.spool.append((topic, payload, 1, True))
+            self._pump()
+
+    def publish_reply(self, topic: str, payload: str,
+                      correlation_data: Optional[bytes] = None) -> bool:
+        """A command reply to an MQTT 5 response topic: QoS 1, not retained, now or never."""
+        props = None
+        if self.cfg.protocol == "5" and correlation_data:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation_data
+        with self._lock:
+            if not self._connected or len(self._unacked) >= WINDOW:
+                return False
+            info = self.client.publish(topic, payload, qos=1, retain=False, properties=props)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self._unacked.add(info.mid)
+                return True
+            return False
+
+    def publish_overlay(self, jpeg: bytes) -> bool:
+        """Overlay JPEG bytes: QoS 0, not retained, dropped while disconnected."""
+        with self._lock:
+            return self._send((self.topic("overlay"), jpeg, 0, False))
 
     def publish_mask(self, payload: str) -> bool:
         """True when handed to paho; False when queued (not connected) or dropped.

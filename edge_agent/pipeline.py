@@ -5,6 +5,11 @@ starts an async request; OpenVINO's callback files the result under its
 submission number; ``publish`` takes results strictly in that order, applies the
 publish-rate limit, postprocesses, encodes and hands the mask to MQTT. Slots
 bound everything in between.
+
+Runtime settings (pause, publish rate, frame interval, mask encoding) come from
+``settings()``, a frozen ``CommandState`` read once per frame (edge_agent.control owns
+it). A snapshot request and a model swap (``reload``) are one-shot hand-overs taken
+by the publish and infer threads respectively.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
-from . import encoding, postprocess
+from . import encoding, overlay, postprocess
 from .capture import LatestFrame
+from .commands import CommandState
 from .config import OutputConfig
 from .inference import Engine
 from .messages import Frame, Mask
@@ -38,7 +44,8 @@ class FrameMeta:
     captured_at: float
     captured_mono: float
     frame_hw: Tuple[int, int]
-    image: Optional[np.ndarray] = None  # kept only when frames are published
+    image: Optional[np.ndarray] = None  # kept only when frames or overlays may be published
+    engine: Any = None  # the engine that ran it (a reload swaps engines between frames)
 
 
 SKIPPED = object()  # Reorder.pop: a result that never came, given up on
@@ -96,15 +103,49 @@ class Reorder:
             return len(self._items)
 
 
+def model_classes(engine: Engine) -> List[str]:
+    """The bundle's class names, padded to the output's channel count."""
+    classes = list(engine.classes)
+    ncls = postprocess.num_classes(classes, engine.output_channels)
+    return classes + [f"class{i}" for i in range(len(classes), ncls)]
+
+
+class Snapshot:
+    """One snapshot request: the next frame, its mask and an overlay, published at once."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Optional[str] = None
+
+    def finish(self, error: Optional[str]) -> None:
+        self.error = error
+        self.done.set()
+
+
 class Pipeline:
-    """``max_age_s``: a frame older than this at publish time is dropped as stale (0 = never)."""
+    """``max_age_s``: a frame older than this at publish time is dropped as stale (0 = never).
+
+    ``settings``: the camera's current runtime settings (default: the config's);
+    ``send_overlay``: JPEG bytes for the overlay stream, every ``overlay_interval_s``
+    (0 = off) and for snapshots.
+    """
 
     def __init__(self, engine: Engine, out: OutputConfig, device_id: str, slot: LatestFrame,
                  counters: Counters, latency: LatencyWindow, stop: threading.Event,
                  send: Callable[[str], bool],
                  send_frame: Optional[Callable[[str], bool]] = None,
-                 max_age_s: float = 0.0) -> None:
+                 max_age_s: float = 0.0,
+                 settings: Optional[Callable[[], CommandState]] = None,
+                 send_overlay: Optional[Callable[[bytes], bool]] = None) -> None:
         self.engine, self.out, self.device_id = engine, out, device_id
+        fixed = CommandState(False, out.max_publish_fps, out.frame_every, out.mask_encoding)
+        self.settings = settings or (lambda: fixed)
+        self.send_overlay = send_overlay
+        self.overlay_interval_s = out.overlay_interval_s
+        self._next_overlay = 0.0
+        self._snapshot: Optional[Snapshot] = None  # set by request_snapshot, taken by publish
+        self._new_engine: Optional[Tuple[Engine, threading.Event]] = None  # taken by infer
+        self._last_mask: Optional[np.ndarray] = None  # publish thread: the last mask built
         self.slot, self.counters, self.latency, self.stop = slot, counters, latency, stop
         self.send, self.send_frame = send, send_frame
         self.max_age_s = max_age_s
@@ -112,9 +153,8 @@ class Pipeline:
         self.slots = threading.BoundedSemaphore(engine.num_requests + 2)
         self.infer_done = threading.Event()
         self.limiter = RateLimiter(out.max_publish_fps)
-        self.classes = list(engine.classes)
-        ncls = postprocess.num_classes(self.classes, engine.output_channels)
-        self.classes += [f"class{i}" for i in range(len(self.classes), ncls)]
+        self._limit_fps = out.max_publish_fps
+        self.classes = model_classes(engine)
         self._last_bad_log = 0.0
         self._masks_sent = 0
         # decision state (the watchdog's stall check), kept apart from the stats counters
@@ -142,6 +182,41 @@ class Pipeline:
     def masks_sent(self) -> int:
         return self._masks_sent
 
+    def request_snapshot(self) -> Optional[Snapshot]:
+        """A new snapshot request, or None while one is pending (one at a time)."""
+        with self._progress_lock:
+            if self._snapshot is not None and not self._snapshot.done.is_set():
+                return None
+            self._snapshot = Snapshot()
+            return self._snapshot
+
+    def swap_engine(self, engine: Engine) -> threading.Event:
+        """Hand a loaded, warmed-up engine to the infer thread; the event is set once it
+        runs the new one (the old one drained: its results are still published)."""
+        done = threading.Event()
+        with self._progress_lock:
+            self._new_engine = (engine, done)
+        return done
+
+    def _take_new_engine(self) -> None:
+        with self._progress_lock:
+            pending, self._new_engine = self._new_engine, None
+        if pending is None:
+            return
+        engine, done = pending
+        old = self.engine
+        old.drain()  # every result of the old model is in the reorder buffer now
+        engine.start(self._on_result)
+        self.engine = engine
+        self.classes = model_classes(engine)
+        log.info("model swapped: %s %s -> %s %s", old.info.name, old.info.version,
+                 engine.info.name, engine.info.version)
+        done.set()
+
+    def _wants_snapshot(self) -> bool:
+        snap = self._snapshot
+        return snap is not None and not snap.done.is_set()
+
     def inflight(self) -> int:
         with self._progress_lock:
             return max(0, self.submitted - self._received - self.reorder.skipped)
@@ -164,9 +239,15 @@ class Pipeline:
     def _infer_loop(self) -> None:
         try:
             while not self.stop.is_set():
+                if self._new_engine is not None:
+                    self._take_new_engine()
                 frame = self.slot.get(0.2)
                 if frame is None:
                     continue
+                state = self.settings()
+                snapshot = self._wants_snapshot()
+                if state.paused and not snapshot:
+                    continue  # paused: frames are read (the source stays live), not inferred
                 try:
                     tensor = to_model_input(frame.image, self.engine.size_hw)
                 except (ValueError, TypeError) as exc:
@@ -176,9 +257,10 @@ class Pipeline:
                     if self.stop.is_set():
                         return
                 with self._progress_lock:
+                    keep = state.frame_every or self.overlay_interval_s or snapshot
                     meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
                                      frame.captured_mono, tuple(frame.image.shape[:2]),
-                                     frame.image if self.out.frame_every else None)
+                                     frame.image if keep else None, self.engine)
                     if self.submitted - self._received - self.reorder.skipped <= 0:
                         self._progress_mono = time.monotonic()  # idle until now: no stall
                     self.submitted += 1
@@ -213,21 +295,50 @@ class Pipeline:
             if self.max_age_s and now - meta.captured_mono > self.max_age_s:
                 self.counters.add("stale")  # never publish an old frame as new
                 continue
-            if not self.limiter.allow(now):
+            state = self.settings()
+            snap = self._snapshot if self._wants_snapshot() and meta.image is not None else None
+            if state.paused and snap is None:
+                continue  # in flight when the pause came: not published
+            if state.max_publish_fps != self._limit_fps:
+                self._limit_fps = state.max_publish_fps
+                self.limiter = RateLimiter(state.max_publish_fps)
+            if snap is None and not self.limiter.allow(now):
                 self.counters.add("skipped_rate")
                 continue
             try:
-                payload, latency_ms = self.build_mask(meta, output)
+                payload, latency_ms = self.build_mask(meta, output, state.mask_encoding)
             except (ValueError, TypeError) as exc:
                 self._bad_frame(meta.frame_id, exc)
                 continue
-            every = self.out.frame_every
-            if every and self.send_frame and self._masks_sent % every == 0:
+            every = state.frame_every
+            if snap is not None or (every and self.send_frame and self._masks_sent % every == 0):
                 self._send_frame(meta)  # before its mask, so overlays find it
-            if self.send(payload):
+            sent = self.send(payload)
+            if sent:
                 self._masks_sent += 1
                 self.counters.add("published")
                 self.latency.add(latency_ms)
+            if snap is not None or (self.overlay_interval_s and now >= self._next_overlay):
+                self._next_overlay = now + self.overlay_interval_s
+                overlay_sent = self._send_overlay(meta)
+                if snap is not None:
+                    snap.finish(None if sent and overlay_sent else
+                                "not handed to the broker (disconnected or a backlog)")
+
+    def _send_overlay(self, meta: FrameMeta) -> bool:
+        """The frame with the last mask, legend and caption, as JPEG on the overlay topic."""
+        if self.send_overlay is None or meta.image is None or self._last_mask is None:
+            return False
+        classes = model_classes(meta.engine or self.engine)
+        cov = postprocess.coverage(self._last_mask, len(classes))
+        label = overlay.Caption(self.device_id, meta.frame_id, coverage=list(zip(classes, cov))[1:])
+        try:
+            image = overlay.draw(self._last_mask, as_bgr(meta.image), classes, label)
+            ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 75])
+        except (ValueError, cv2.error) as exc:
+            self._bad_frame(meta.frame_id, exc)
+            return False
+        return bool(ok) and self.send_overlay(jpg.tobytes())
 
     def _send_frame(self, meta: FrameMeta) -> None:
         try:
@@ -241,19 +352,24 @@ class Pipeline:
                 height=int(meta.frame_hw[0]),
                 image=base64.b64encode(jpg.tobytes()).decode("ascii")).to_json())
 
-    def build_mask(self, meta: FrameMeta, output: np.ndarray) -> Tuple[str, float]:
-        mask = postprocess.to_frame_mask(output, self.engine.output_kind,
+    def build_mask(self, meta: FrameMeta, output: np.ndarray,
+                   mask_encoding: Optional[str] = None) -> Tuple[str, float]:
+        engine = meta.engine or self.engine
+        classes = model_classes(engine)
+        mask_encoding = mask_encoding or self.out.mask_encoding
+        mask = postprocess.to_frame_mask(output, engine.output_kind,
                                          meta.frame_hw if self.out.mask_resolution == "frame"
                                          else None)
-        cov = postprocess.coverage(mask, len(self.classes))
-        data = encoding.encode(mask, self.out.mask_encoding)
+        self._last_mask = mask
+        cov = postprocess.coverage(mask, len(classes))
+        data = encoding.encode(mask, mask_encoding)
         published_at = time.time()
         latency_ms = round((time.monotonic() - meta.captured_mono) * 1000.0, 2)
         msg = Mask(device_id=self.device_id, frame_id=meta.frame_id,
                    captured_at=round(meta.captured_at, 6), published_at=round(published_at, 6),
                    latency_ms=latency_ms, width=int(mask.shape[1]), height=int(mask.shape[0]),
                    frame_width=int(meta.frame_hw[1]), frame_height=int(meta.frame_hw[0]),
-                   classes=self.classes, coverage=dict(zip(self.classes, cov)),
-                   encoding=self.out.mask_encoding, mask=data, model=self.engine.info,
-                   device=self.engine.device)
+                   classes=classes, coverage=dict(zip(classes, cov)),
+                   encoding=mask_encoding, mask=data, model=engine.info,
+                   device=engine.device)
         return msg.to_json(), latency_ms

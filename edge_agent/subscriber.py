@@ -150,6 +150,8 @@ class Subscriber:
         if len(parts) < 3:
             return
         device_id, kind = parts[-2], parts[-1]
+        if kind not in ("status", "stats", "frame", "mask"):
+            return  # e.g. the overlay JPEG stream and the retained settings: not ours to read
         if len(msg.payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"{len(msg.payload)} bytes, more than the {MAX_PAYLOAD_BYTES} "
                              f"a message may have")

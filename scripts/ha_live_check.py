@@ -1,28 +1,28 @@
-"""Run a real Home Assistant against a real Mosquitto and a real agent on the demo clip,
-publish edge_agent.homeassistant's discovery messages, and record what HA created.
+"""Run a real Home Assistant against a real Mosquitto and the real (wired) agent on the
+demo clip, steer the agent from Home Assistant, and record what HA created.
 
     python3.11 -m venv /tmp/ha && /tmp/ha/bin/pip install homeassistant==2024.1.6 python-dateutil
     PYTHONPATH=. .venv/bin/python scripts/ha_live_check.py --hass /tmp/ha/bin/hass \
         [--chromium /usr/bin/chromium --screenshot docs/img/ha-device.png]
 
-The agent does not publish discovery, command states or the overlay stream yet (that
-wiring is the next step), so this script publishes them for it, with the project's own
-modules: discovery (retained), the ``<feature>/state`` topics from the config's values,
-and an overlay JPEG every 2 s drawn by edge_agent.overlay from the agent's real frame and
-mask messages. Then it reads HA's entity and device registries and the states HA
-recorded (recorder SQLite), publishes the removals (discovery off) and checks the
-entities are gone. The first HA start pip-installs its MQTT requirements (~1 min).
-With ``--chromium`` it also loads HA's UI (loopback logs in without a password through
-the ``trusted_networks`` provider, for this throwaway instance only), finishes the
-onboarding over the API, prints the live states from the REST API and takes a
-screenshot of the device page.
+The agent runs ``examples/home-assistant.toml`` (discovery on, overlay every 2 s) and
+publishes discovery, its command states and the overlay stream itself. The script
+finishes HA's onboarding over the API (loopback logs in without a password through the
+``trusted_networks`` provider, for this throwaway instance only), prints the live
+states from the REST API, then calls HA services that command the agent over MQTT
+(pause switch, publish-rate number, mask-encoding select, snapshot button, resume) and
+checks each lands in the agent (its retained states, its status, a snapshot frame).
+It reads HA's entity and device registries and the states HA recorded (recorder
+SQLite), then restarts the agent with discovery off and checks HA removed the entities.
+The first HA start pip-installs its MQTT requirements (~1 min). With ``--chromium`` it
+also takes a screenshot of the device page.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -37,16 +37,16 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import cv2
-import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_agent import __version__, commands, encoding, overlay
+from edge_agent import __version__
 from edge_agent import homeassistant as ha
 from tools.broker import free_port
-from tools.integrations_rig import agent_config, running_agent, running_broker, wait_for
+from tools.integrations_rig import EXAMPLE, agent_config, running_agent, running_broker, wait_for
 
 PREFIX, CAMERA = "segedge", "cam-01"
+# the bundle examples/home-assistant.toml runs (that file is the one place naming it)
+MODEL = re.search(r'(?m)^bundle = "([^"]+)"', EXAMPLE.read_text()).group(1)
 SETTINGS = ha.DiscoverySettings(enabled=True, overlay_interval_s=2.0)
 
 
@@ -148,36 +148,77 @@ def recorded_states(conf: Path, entity_ids: List[str]) -> Dict[str, List[str]]:
     return out
 
 
-class OverlayPublisher:
-    """Draws the overlay from the agent's frame + mask messages, publishes a JPEG every
-    ``interval`` seconds on the overlay topic (what the agent will do once wired)."""
+class Watcher:
+    """What the agent publishes on its own topics, newest per topic."""
 
-    def __init__(self, client: mqtt.Client, interval: float) -> None:
-        self.client, self.interval = client, interval
-        self.frames: Dict[int, np.ndarray] = {}
-        self.last = 0.0
-        self.sent = 0
+    def __init__(self) -> None:
+        self.last: Dict[str, bytes] = {}
+        self.count: Dict[str, int] = {}
         self.lock = threading.Lock()
 
     def on_message(self, _c, _u, msg) -> None:
-        data = json.loads(msg.payload)
         with self.lock:
-            if msg.topic.endswith("/frame"):
-                raw = np.frombuffer(base64.b64decode(data["image"]), np.uint8)
-                self.frames = {data["frame_id"]: cv2.imdecode(raw, cv2.IMREAD_COLOR)}
-                return
-            frame = self.frames.get(data["frame_id"])
-            if frame is None or time.monotonic() - self.last < self.interval:
-                return
-            mask = encoding.decode(data["mask"], data["encoding"])
-            label = overlay.Caption(data["device_id"], data["frame_id"], data["latency_ms"],
-                                    overlay.coverage_pairs(data["classes"], data["coverage"]))
-            image = overlay.draw(mask, frame, data["classes"], label)
-            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-            if ok:
-                self.client.publish(ha.overlay_topic(PREFIX, CAMERA), jpeg.tobytes(), qos=0)
-                self.last = time.monotonic()
-                self.sent += 1
+            self.last[msg.topic] = bytes(msg.payload)
+            self.count[msg.topic] = self.count.get(msg.topic, 0) + 1
+
+    def get(self, feature: str) -> bytes:
+        with self.lock:
+            return self.last.get(f"{PREFIX}/{CAMERA}/{feature}", b"")
+
+    def n(self, feature: str) -> int:
+        with self.lock:
+            return self.count.get(f"{PREFIX}/{CAMERA}/{feature}", 0)
+
+
+def service(base: str, token: str, domain: str, name: str, data: Dict[str, Any]) -> None:
+    http(f"{base}/api/services/{domain}/{name}", data, token)
+
+
+def ha_state(base: str, token: str, entity_id: str) -> str:
+    return http(f"{base}/api/states/{entity_id}", token=token).get("state", "")
+
+
+def steer(base: str, token: str, watch: Watcher) -> bool:
+    """Command the agent through HA services; True when every command landed."""
+    cam = CAMERA.replace("-", "_")
+    status = lambda: json.loads(watch.get("status") or b"{}")  # noqa: E731
+    frames0 = watch.n("frame")
+    steps = [
+        ("switch.turn_on paused", ("switch", "turn_on", {"entity_id": f"switch.{cam}_paused"}),
+         lambda: watch.get("paused/state") == b"ON" and status().get("reason") ==
+         "paused by command" and ha_state(base, token, f"switch.{cam}_paused") == "on"
+         and ha_state(base, token, f"sensor.{cam}_state") == "degraded"),
+        ("button.press snapshot (while paused)",
+         ("button", "press", {"entity_id": f"button.{cam}_snapshot"}),
+         lambda: watch.n("frame") > frames0),
+        ("switch.turn_off paused", ("switch", "turn_off", {"entity_id": f"switch.{cam}_paused"}),
+         lambda: watch.get("paused/state") == b"OFF" and status().get("state") == "online"
+         and ha_state(base, token, f"sensor.{cam}_state") == "online"),
+        ("number.set_value publish rate 1", ("number", "set_value", {
+            "entity_id": f"number.{cam}_max_publish_fps", "value": 1}),
+         lambda: watch.get("max_publish_fps/state") == b"1.0"
+         and ha_state(base, token, f"number.{cam}_max_publish_fps") == "1.0"),
+        ("select.select_option mask encoding rle", ("select", "select_option", {
+            "entity_id": f"select.{cam}_mask_encoding", "option": "rle"}),
+         lambda: watch.get("mask_encoding/state") == b"rle"
+         and json.loads(watch.get("mask") or b"{}").get("encoding") == "rle"),
+        ("button.press reload (status republished, same connection)",
+         ("button", "press", {"entity_id": f"button.{cam}_reload"}),
+         lambda: watch.n("status") > statuses[0] and status().get("state") == "online"
+         and status().get("connection") == connection),
+    ]
+    ok = True
+    connection = status().get("connection")
+    statuses = [0]
+    for label, (domain, name, data), landed in steps:
+        t = time.monotonic()
+        statuses[0] = watch.n("status")
+        service(base, token, domain, name, data)
+        got = wait_for(landed, 20, 0.2)
+        print(f"  {label}: {'landed' if got else 'NOT landed'} "
+              f"({time.monotonic() - t:.1f}s)")
+        ok = ok and bool(got)
+    return ok
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -193,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         conf = work / "ha"
         with running_broker(work) as broker:
             http_port = free_port()
-            write_ha_config(conf, broker.port, http_port, ui=bool(args.chromium))
+            write_ha_config(conf, broker.port, http_port, ui=True)
             log = (work / "hass.log").open("wb")
             hass = subprocess.Popen([args.hass, "-c", str(conf)], stdout=log,
                                     stderr=subprocess.STDOUT)
@@ -216,38 +257,37 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def run(args, conf: Path, broker, client: mqtt.Client, t0: float, work: Path,
         http_port: int) -> int:
-    manifest = json.loads(Path("demo/models/pets-mobile/2.0.0/manifest.json").read_text())
+    manifest = json.loads(Path(MODEL, "manifest.json").read_text())
     camera = ha.CameraInfo(CAMERA, tuple(manifest.get("classes", ("background", "pet"))),
                            manifest.get("name", ""), manifest.get("version", ""), "INT8")
-    msgs = ha.discovery(PREFIX, CAMERA, [camera], __version__, SETTINGS)
-    for m in msgs:
-        client.publish(m.topic, m.payload, qos=1, retain=True)
-    for topic, payload in commands.CommandState(max_publish_fps=2.0).state_messages(
-            PREFIX, CAMERA).items():
-        client.publish(topic, payload, qos=1, retain=True)
-    wanted = [m.config()["unique_id"] for m in msgs if not m.is_removal]
-    print(f"published {len(msgs)} discovery messages ({len(wanted)} entities, "
-          f"{sum(m.is_removal for m in msgs)} removals) retained to {broker.host}:{broker.port}")
-    overlay_pub = OverlayPublisher(client, SETTINGS.overlay_interval_s)
-    client.on_message = overlay_pub.on_message
-    client.subscribe([(f"{PREFIX}/{CAMERA}/frame", 0), (f"{PREFIX}/{CAMERA}/mask", 0)])
-    with running_agent(agent_config(broker.port, stats_interval_s=2.0, frame_every=1), work):
+    wanted = [m.config()["unique_id"] for m in ha.discovery(PREFIX, CAMERA, [camera],
+                                                            __version__, SETTINGS)
+              if not m.is_removal]
+    watch = Watcher()
+    client.on_message = watch.on_message
+    client.subscribe([(f"{PREFIX}/{CAMERA}/#", 0)])
+    config = agent_config(broker.port, stats_interval_s=2.0)
+    ok = True
+    with running_agent(config, work):
         got = wait_for(lambda: len(ours(conf)) >= len(wanted), args.timeout, 2.0)
-        print(f"HA registered {len(ours(conf))}/{len(wanted)} entities after "
-              f"{time.monotonic() - t0:.0f}s (incl. HA's first start)")
+        print(f"the agent published its discovery; HA registered {len(ours(conf))}/"
+              f"{len(wanted)} entities after {time.monotonic() - t0:.0f}s (incl. HA's first "
+              "start)")
         if not got:
             print((work / "hass.log").read_text(errors="replace")[-4000:])
             return 1
-        time.sleep(12)  # a few stats intervals and overlays recorded
+        time.sleep(8)  # a few stats intervals and overlays recorded
         base = f"http://127.0.0.1:{http_port}"
-        token = onboard(base) if args.chromium else ""
-        if token:
-            live = {s["entity_id"]: s for s in http(base + "/api/states", token=token)}
-            print("states now (REST API):")
-            for e in sorted(ours(conf), key=lambda e: e["entity_id"]):
-                st = live.get(e["entity_id"], {})
-                unit = st.get("attributes", {}).get("unit_of_measurement") or ""
-                print(f"  {e['entity_id']}: {st.get('state')} {unit}".rstrip())
+        token = onboard(base)
+        live = {s["entity_id"]: s for s in http(base + "/api/states", token=token)}
+        print("states now (REST API):")
+        for e in sorted(ours(conf), key=lambda e: e["entity_id"]):
+            st = live.get(e["entity_id"], {})
+            unit = st.get("attributes", {}).get("unit_of_measurement") or ""
+            print(f"  {e['entity_id']}: {st.get('state')} {unit}".rstrip())
+        print("commands from Home Assistant:")
+        ok = steer(base, token, watch)
+        if args.chromium:
             device = next(d for d in registry(conf, "core.device_registry")
                           if ["mqtt", f"segedge_{CAMERA}"] in d.get("identifiers", []))
             shot = screenshot(args.hass, args.chromium,
@@ -261,7 +301,7 @@ def run(args, conf: Path, broker, client: mqtt.Client, t0: float, work: Path,
         print(f"device: {d['name']!r} model {d['model']!r} sw {d['sw_version']!r} "
               f"manufacturer {d['manufacturer']!r}")
     states = recorded_states(conf, [e["entity_id"] for e in entities])
-    print(f"overlay JPEGs published: {overlay_pub.sent}")
+    print(f"overlay JPEGs the agent published: {watch.n('overlay')}")
     print("| entity_id | unique_id | category | states HA recorded (distinct, in order) |")
     print("|---|---|---|---|")
     for e in entities:
@@ -269,12 +309,13 @@ def run(args, conf: Path, broker, client: mqtt.Client, t0: float, work: Path,
         shown = seq if len(seq) <= 6 else seq[:3] + ["..."] + seq[-2:]
         print(f"| `{e['entity_id']}` | `{e['unique_id']}` | {e.get('entity_category') or ''} "
               f"| {', '.join(shown)} |")
-    ok = {e["unique_id"] for e in entities} == set(wanted) and len(devices) == 1
-    # discovery off: the same topics, empty and retained -> HA deletes the entities
-    for m in ha.removals(msgs):
-        client.publish(m.topic, m.payload, qos=1, retain=True)
-    gone = wait_for(lambda: not ours(conf), 60, 2.0)
-    print(f"after the removals: {len(ours(conf))} segedge entities left "
+    ok = ok and {e["unique_id"] for e in entities} == set(wanted) and len(devices) == 1
+    # discovery off: the agent publishes the same topics empty -> HA deletes the entities
+    off = re.sub(r"(?m)^enabled = true(\s+# publish discovery)", r"enabled = false\1", config)
+    assert off != config
+    with running_agent(off, work):
+        gone = wait_for(lambda: not ours(conf), 60, 2.0)
+    print(f"agent restarted with discovery off: {len(ours(conf))} segedge entities left "
           f"({'removed' if gone else 'NOT removed'})")
     ok = ok and bool(gone)
     print("PASS" if ok else "FAIL")

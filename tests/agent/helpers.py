@@ -103,9 +103,13 @@ class Collector:
             raise RuntimeError(f"collector could not subscribe on {host}:{port}")
 
     def _on_message(self, client, userdata, msg) -> None:
+        try:
+            data = json.loads(msg.payload)
+        except ValueError:  # the overlay topic carries JPEG bytes
+            data = {"raw": bytes(msg.payload)}
         with self.lock:
-            self.messages.append((msg.topic.rsplit("/", 1)[-1], json.loads(msg.payload),
-                                  bool(msg.retain), time.monotonic()))
+            self.messages.append((msg.topic.rsplit("/", 1)[-1], data, bool(msg.retain),
+                                  time.monotonic()))
 
     def of(self, kind: str) -> List[Dict[str, Any]]:
         with self.lock:

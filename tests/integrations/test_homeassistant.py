@@ -176,21 +176,24 @@ def test_keys_are_known_to_home_assistant():
     """Every key exists in HA 2024.1.6's platform schema and every required key is set.
     The key lists come from HA's voluptuous schemas (scripts/check_ha_discovery.py
     --dump-keys); the full check with HA itself is that script (docs/integrations.md)."""
-    known = json.loads(HA_KEYS.read_text())
     cams = [CameraInfo("cam-a"), CameraInfo("cam-b", ("background", "cat", "dog"))]
     msgs = one_camera() + ha.discovery("segedge", "host1", cams, "0.1.0", ON)
     for m in msgs:
-        if m.is_removal:
-            continue
-        component = m.topic.split("/")[1]
-        platform = known[component]
-        cfg = m.config()
-        unknown = set(cfg) - set(platform["keys"])
-        assert not unknown, (m.topic, unknown)
-        assert set(platform["required"]) <= set(cfg), (m.topic, platform["required"])
-        assert set(cfg["device"]) <= set(known["device"]["keys"])
-        for entry in cfg.get("availability", []):
-            assert set(entry) <= set(known["availability"]["keys"])
+        if not m.is_removal:
+            assert_known_to_ha(m.topic, m.config())
+
+
+def assert_known_to_ha(topic: str, cfg: dict) -> None:
+    """One discovery payload against HA 2024.1.6's key lists (also used by the agent's
+    e2e test on what the running agent publishes)."""
+    known = json.loads(HA_KEYS.read_text())
+    platform = known[topic.split("/")[1]]
+    unknown = set(cfg) - set(platform["keys"])
+    assert not unknown, (topic, unknown)
+    assert set(platform["required"]) <= set(cfg), (topic, platform["required"])
+    assert set(cfg["device"]) <= set(known["device"]["keys"])
+    for entry in cfg.get("availability", []):
+        assert set(entry) <= set(known["availability"]["keys"])
 
 
 def test_the_key_check_catches_what_ha_would_drop():

@@ -185,3 +185,11 @@ def test_found_by_fuzzing_a_newline_in_a_size_stays_on_one_line():
     with pytest.raises(enc.MaskError) as err:
         enc.decode({"size": "\n", "counts": ""}, "rle")
     assert "\n" not in str(err.value)
+
+
+def test_subscriber_ignores_the_overlay_stream_and_settings(tmp_path):
+    """The agent's JPEG overlay topic and retained settings share `<prefix>/<id>/+`."""
+    sub = Subscriber("127.0.0.1", 1, out=str(tmp_path), quiet=True)
+    sub._on_message(None, None, _msg("overlay", b"\xff\xd8\xff\xe0 not json"))
+    sub._on_message(None, None, _msg("settings", {"paused": True}))
+    assert sub.bad_messages == 0 and not sub.views

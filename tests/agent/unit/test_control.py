@@ -1,0 +1,118 @@
+"""control.py's file handling and the new config keys (pure, no broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from edge_agent import config as cf
+from edge_agent.commands import CommandState
+from edge_agent.control import load_states, save_states
+from edge_agent.homeassistant import CameraInfo, DiscoverySettings, discovery
+
+BASE = {"cam-01": CommandState(False, 10.0, 0, "png")}
+
+
+def test_saved_states_round_trip_private(tmp_path):
+    path = tmp_path / "d" / "commands.json"
+    save_states(str(path), {"cam-01": CommandState(True, 2.5, 3, "rle")})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_states(str(path), BASE) == {"cam-01": CommandState(True, 2.5, 3, "rle")}
+
+
+@pytest.mark.parametrize("content", [
+    "not json", "[]", json.dumps({"cam-01": {"schema_version": 1, "paused": "maybe"}}),
+    json.dumps({"cam-01": {"schema_version": 1, "max_publish_fps": 1e9}}),
+    json.dumps({"cam-01": {"schema_version": 2, "paused": True}}),
+    json.dumps({"cam-01": {"schema_version": 1, "evil": 1}})])
+def test_a_bad_state_file_is_ignored_and_the_config_runs(tmp_path, content, caplog):
+    path = tmp_path / "commands.json"
+    path.write_text(content)
+    assert load_states(str(path), BASE) == BASE
+    assert "ignored" in caplog.text
+
+
+def test_missing_file_and_other_cameras(tmp_path):
+    assert load_states(str(tmp_path / "none.json"), BASE) == BASE
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"cam-09": {"schema_version": 1, "paused": True}}))
+    assert load_states(str(path), BASE) == BASE
+
+
+def _load(tmp_path, text):
+    bundle = tmp_path / "b"
+    bundle.mkdir(exist_ok=True)
+    (tmp_path / "clip.avi").write_bytes(b"x")
+    path = tmp_path / "a.toml"
+    path.write_text(f'[source]\nuri = "{tmp_path / "clip.avi"}"\n[model]\nbundle = "{bundle}"\n'
+                    + text)
+    return cf.load(str(path), environ={})[0]
+
+
+def test_new_keys_defaults_and_checks(tmp_path):
+    cfg = _load(tmp_path, "")
+    assert (cfg.homeassistant.enabled, cfg.homeassistant.discovery_prefix) == \
+        (False, "homeassistant")
+    assert (cfg.commands.enabled, cfg.commands.persist, cfg.output.overlay_interval_s) == \
+        (True, False, 0.0)
+    assert cf.state_file(cfg) == ""
+    cfg = _load(tmp_path, '[commands]\npersist = true\nstate_file = "/var/lib/s/c.json"\n')
+    assert cf.state_file(cfg) == "/var/lib/s/c.json"
+    for text, msg in [("[commands]\npersist = true\n", "commands.persist: needs"),
+                      ("[commands]\nrate_per_s = 0\n", "commands.rate_per_s: must be > 0"),
+                      ("[commands]\nburst = 0\n", "commands.burst: must be 1..1000"),
+                      ('[homeassistant]\ndiscovery_prefix = "ha/#"\n',
+                       "homeassistant.discovery_prefix"),
+                      ("[output]\noverlay_interval_s = -1\n", "output.overlay_interval_s"),
+                      ("[homeassistant]\nenable = true\n", "homeassistant.enable: unknown key")]:
+        with pytest.raises(cf.ConfigError, match=msg.replace(".", r"\.")):
+            _load(tmp_path, text)
+
+
+class _Comms:
+    """Records what Control asks of the MQTT client (no broker needed for this)."""
+
+    def __init__(self) -> None:
+        self.on_message = None
+        self.subs: list = []
+        self.retained: list = []
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.subs.append(topic)
+
+    def publish_retained(self, topic: str, payload: str) -> None:
+        self.retained.append((topic, payload))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_commands_disabled_means_no_subscription_but_states(tmp_path, enabled):
+    import threading
+
+    from edge_agent.control import Control
+
+    cfg = _load(tmp_path, f"[commands]\nenabled = {'true' if enabled else 'false'}\n")
+    comms, paused = _Comms(), []
+    stop = threading.Event()
+    cams = [CameraInfo("cam-01")]
+    control = Control(cfg, comms, stop, lambda: cams, lambda: None,
+                      lambda cid, p: paused.append((cid, p)))
+    control.start()
+    try:
+        assert bool(comms.subs) == enabled and (comms.on_message is not None) == enabled
+        assert comms.subs in ([], ["segedge/cam-01/+/set"])
+        assert paused == [("cam-01", False)]
+        control.on_connect()
+        topics = dict(comms.retained)
+        assert topics["segedge/cam-01/paused/state"] == "OFF"
+        assert json.loads(topics["segedge/cam-01/settings"])["max_publish_fps"] == 10.0
+        # discovery off (the default): the same topics published empty
+        every = {m.topic for m in discovery("segedge", "cam-01", cams, "0",
+                                            DiscoverySettings(enabled=True))}
+        assert {t: p for t, p in comms.retained if t.startswith("homeassistant/")} == \
+            dict.fromkeys(every, "") and len(every) == 12
+    finally:
+        stop.set()
+        control.join(2)
