@@ -31,14 +31,6 @@ def _health(dev) -> dict:
     return json.loads(out) if out.strip() else {}
 
 
-@pytest.fixture(scope="module")
-def fleet(rig_session):
-    rc, out, rec = rig_session.playbook()
-    assert rc == 0, _fail_msg(rig_session, out, *rig_session.devices)
-    assert set(rec) == set(rig_session.devices), out[-3000:]
-    return rig_session
-
-
 def test_service_runs_as_dedicated_user(fleet):
     dev = fleet.devices["dev-cpu"]
     props = dev.unit("ActiveState", "SubState", "MainPID", "User", "Type")
