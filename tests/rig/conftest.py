@@ -164,6 +164,10 @@ class RigSession:
         self.runs = 0
 
     @property
+    def devices(self):
+        return self.rig.devices
+
+    @property
     def broker(self):
         return self.rig.devices[BROKER]
 
