@@ -81,20 +81,19 @@ def _client(ident: Identity, on_message=None, clean: bool = True):
 def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: int,
               start_at: float, out: mp.Queue) -> None:
     """One process drives several devices (paho client each) on a shared 10 Hz clock."""
-    acked: Dict[str, Dict[str, int]] = {n: {"mask": 0, "stats": 0, "status": 0} for n in names}
     sent = {n: {"mask": 0, "stats": 0, "status": 0} for n in names}
     bytes_sent = 0
     lock = threading.Lock()
     clients = {}
-    mids: Dict[str, Dict[int, str]] = {n: {} for n in names}
+    # Never hold our lock around client.publish(): paho calls on_publish holding its own.
+    kinds: Dict[str, Dict[int, str]] = {n: {} for n in names}
+    acks: Dict[str, Dict[int, int]] = {n: {} for n in names}
     for name in names:
         client = _client(Identity("127.0.0.1", port, client_id=name, **files[name]))
 
         def on_publish(c, userdata, mid, reason, props, name=name):
             with lock:
-                kind = mids[name].pop(mid, None)
-                if kind and reason.value < 128:
-                    acked[name][kind] += 1
+                acks[name][mid] = reason.value
         client.on_publish = on_publish
         client.connect("127.0.0.1", port, keepalive=30)
         client.loop_start()
@@ -104,11 +103,10 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
 
     def publish(name, kind, topic, body, retain=False):
         nonlocal bytes_sent
-        with lock:
-            info = clients[name].publish(topic, body, qos=1, retain=retain)
-            mids[name][info.mid] = kind
-            sent[name][kind] += 1
-            bytes_sent += len(body)
+        info = clients[name].publish(topic, body, qos=1, retain=retain)
+        kinds[name][info.mid] = kind  # mids do not wrap: < 65535 messages per client
+        sent[name][kind] += 1
+        bytes_sent += len(body)
 
     while time.time() < start_at:
         time.sleep(0.05)
@@ -126,12 +124,19 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
                 publish(name, "stats", f"segedge/{name}/stats", stats_payload(name, seq))
         next_t += tick
         time.sleep(max(0.0, next_t - time.monotonic()))
+    behind = max(0.0, time.monotonic() - next_t)
     time.sleep(args.drain)
+    with lock:
+        acked = {n: {"mask": 0, "stats": 0, "status": 0} for n in names}
+        for name in names:
+            for mid, reason in acks[name].items():
+                if reason < 128 and mid in kinds[name]:
+                    acked[name][kinds[name][mid]] += 1
     for client in clients.values():
         client.disconnect()
         client.loop_stop()
     out.put({"acked": acked, "sent": sent, "bytes_sent": bytes_sent,
-             "payload_bytes": payload_sizes, "behind_s": max(0.0, time.monotonic() - next_t)})
+             "payload_bytes": payload_sizes, "behind_s": behind})
 
 
 def subscriber(name: str, files: Dict[str, str], port: int, counts: Dict, lock) -> object:
