@@ -80,6 +80,7 @@ class LocalBroker:
         shutil.copy(self.pki / "ca.crt", etc / "ca.crt")
         shutil.copy(self.pki / "servers/broker.crt", etc / "server.crt")
         shutil.copy(self.pki / "servers/broker.key", etc / "server.key")
+        shutil.copy(self.pki / "crl.pem", etc / "crl.pem")
         defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE / "templates")),
                                  keep_trailing_newline=True, trim_blocks=True,
@@ -128,6 +129,11 @@ class LocalBroker:
             except OSError:
                 time.sleep(0.1)
         raise TimeoutError(f"mosquitto not listening on {self.port}")
+
+    def restart(self) -> None:
+        """Render again (new certificates, CRL) and start a new process on the same port."""
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

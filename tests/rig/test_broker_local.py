@@ -175,3 +175,22 @@ def test_wrong_or_expired_certificate_is_refused(broker, tmp_path):
         assert "SSL" in probe.error or "EOF" in probe.error or probe.disconnects, probe.report()
     # and the genuine one still works
     _probe(broker, "cam-a").close()
+
+
+@pytest.mark.parametrize("broker", ["certificate"], indirect=True)
+def test_a_rotated_certificate_is_refused_the_new_one_works(broker, tmp_path):
+    """segedge-pki --revoke, a new run (ensure + restart): the old certificate (which
+    connected until now: same CA, not expired) is refused, only the CRL says no."""
+    old = {"cert": str(tmp_path / "old.crt"), "key": str(tmp_path / "old.key")}
+    shutil.copy(broker.pki / "clients/cam-b.crt", old["cert"])
+    shutil.copy(broker.pki / "clients/cam-b.key", old["key"])
+    assert pki_module().revoke(broker.pki, "cam-b")
+    broker.restart()  # render() re-runs ensure: new cam-b certificate, new CRL
+    probe = Probe(Identity("127.0.0.1", broker.port, ca=str(broker.pki / "ca.crt"),
+                           client_id="x", **old))
+    assert probe.connect() is None, probe.report()
+    deadline = time.monotonic() + 10  # the broker's log line lands a little later
+    while "certificate verify failed" not in broker.log.read_text():
+        assert time.monotonic() < deadline, broker.log.read_text()[-1000:]
+        time.sleep(0.2)
+    _probe(broker, "cam-b").close()

@@ -17,7 +17,7 @@ def test_ensure_is_idempotent_and_private(tmp_path):
     d = tmp_path / "pki"
     first = pki.ensure(d, "broker", ["DNS:broker", "IP:10.0.0.5"], ["cam-a", "dash"], 30, 5,
                        False)
-    assert first == ["ca", "server", "client cam-a", "client dash"]
+    assert first == ["ca", "server", "client cam-a", "client dash", "crl"]
     assert pki.ensure(d, "broker", ["IP:10.0.0.5", "DNS:broker"], ["cam-a", "dash"], 30, 5,
                       False) == []
     for key in [d / "ca.key", d / "servers/broker.key", d / "clients/cam-a.key"]:
@@ -32,11 +32,11 @@ def test_new_names_rotation_and_renewal_reissue_only_what_changed(tmp_path):
     b_cert = (d / "clients/cam-b.crt").read_bytes()
     (d / "clients/cam-a.crt").unlink()  # rotate cam-a
     assert pki.ensure(d, "broker", ["DNS:broker", "IP:10.0.0.6"], ["cam-a", "cam-b"], 30, 5,
-                      False) == ["server", "client cam-a"]
+                      False) == ["server", "client cam-a"]  # removed by hand: nothing to revoke
     assert (d / "ca.crt").read_bytes() == ca and (d / "clients/cam-b.crt").read_bytes() == b_cert
     # valid for 30 days, renew when fewer than 40 are left: everything but the CA
     assert pki.ensure(d, "broker", ["DNS:broker", "IP:10.0.0.6"], ["cam-b"], 30, 40,
-                      True) == ["server", "client cam-b"]
+                      True) == ["server", "client cam-b", "crl"]
 
 
 def test_check_mode_writes_nothing(tmp_path):
@@ -44,7 +44,7 @@ def test_check_mode_writes_nothing(tmp_path):
                            str(tmp_path / "p"), "--server", "b", "--san", "DNS:b", "--client",
                            "c", "--check"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["changed"] == ["ca", "server", "client c"]
+    assert json.loads(proc.stdout)["changed"] == ["ca", "server", "client c", "crl"]
     assert not (tmp_path / "p").exists()
 
 
@@ -64,3 +64,23 @@ def test_password_hash_is_mosquittos_pbkdf2_and_stable():
     expect = hashlib.pbkdf2_hmac("sha512", b"s3cret", base64.b64decode(salt), int(iterations),
                                  64)
     assert base64.b64decode(digest) == expect
+
+
+def test_revoked_and_renewed_certificates_go_on_the_crl(tmp_path):
+    from cryptography import x509
+
+    d = tmp_path / "pki"
+    pki.ensure(d, "broker", ["DNS:broker"], ["cam-a", "cam-b"], 30, 5, False)
+    old = x509.load_pem_x509_certificate((d / "clients/cam-a.crt").read_bytes()).serial_number
+    crl = (d / "crl.pem").read_bytes()
+    assert pki.revoke(d, "cam-a") and not (d / "clients/cam-a.key").exists()
+    assert pki.ensure(d, "broker", ["DNS:broker"], ["cam-a", "cam-b"], 30, 5,
+                      False) == ["client cam-a", "crl"]
+    revoked = {r.serial_number for r in x509.load_pem_x509_crl((d / "crl.pem").read_bytes())}
+    assert revoked == {old} and (d / "crl.pem").read_bytes() != crl
+    assert pki.ensure(d, "broker", ["DNS:broker"], ["cam-a", "cam-b"], 30, 5, False) == []
+    b_old = x509.load_pem_x509_certificate((d / "clients/cam-b.crt").read_bytes()).serial_number
+    # renewal (fewer than 40 of 30 days left) revokes the certificate it replaces
+    assert "client cam-b" in pki.ensure(d, "broker", ["DNS:broker"], ["cam-b"], 30, 40, False)
+    revoked = {r.serial_number for r in x509.load_pem_x509_crl((d / "crl.pem").read_bytes())}
+    assert revoked == {old, b_old}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from tests.rig.rig import wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.timeout(900)]
 NOT_AUTHORISED = 135
+PKI = Path(__file__).resolve().parents[2] / "deploy/roles/segedge_broker/files/segedge-pki"
 AGENTS = ("dev-cpu", "dev-gpu", "dev-npu", "dev-myriad")
 # An identity change touches only these parts of the two plays (docs/security.md).
 IDENTITY_TAGS = ("segedge_broker_pki,segedge_broker_config,segedge_broker_service,"
@@ -148,7 +151,8 @@ def test_a_release_pointed_at_a_wrong_broker_is_rolled_back(fleet):
 
 
 def test_client_certificates_mutual_tls(fleet):
-    """Switch the broker and dev-cpu to client certificates; wrong or expired ones fail."""
+    """Switch the broker and dev-cpu to client certificates; wrong, expired or revoked ones
+    fail; rotating dev-cpu's certificate changes only it and the broker."""
     rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, "-e",
                                   "segedge_broker_auth=certificate")
     assert rc == 0, out[-6000:]
@@ -170,6 +174,23 @@ def test_client_certificates_mutual_tls(fleet):
     out = fleet.probe("", "connect")
     assert out["connack"] is None, out  # no client certificate: no TLS session
     _wrong_and_expired(fleet)
+    # rotation: revoke dev-cpu's certificate on the controller, run again for it and the broker
+    saved = fleet.rig.rundir.parent / "badcerts"
+    for ext in ("crt", "key"):
+        (saved / f"dev-cpu-old.{ext}").write_bytes((fleet.pki / f"clients/dev-cpu.{ext}")
+                                                    .read_bytes())
+    revoke = fleet.rig.ns_exec([sys.executable, str(PKI), "--dir", str(fleet.pki), "--revoke",
+                                "dev-cpu"], check=False)
+    assert json.loads(revoke.stdout) == {"revoked": True}, revoke.stdout + revoke.stderr
+    before = _connections(fleet, "dev-cpu")
+    rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, "-e",
+                                  "segedge_broker_auth=certificate")
+    assert rc == 0 and rec["broker"]["changed"] and rec["dev-cpu"]["changed"], out[-6000:]
+    wait_for(lambda: _connections(fleet, "dev-cpu") > before, 60, 1, "dev-cpu to reconnect")
+    old = fleet.probe("", "--cert", str(saved / "dev-cpu-old.crt"), "--key",
+                      str(saved / "dev-cpu-old.key"), "connect")
+    assert old["connack"] is None, old  # revoked: on the CRL the broker now loads
+    assert len(fleet.mqtt("segedge/dev-cpu/mask", count=2, timeout=30)) == 2, dev.journal()
     # a second run in this mode changes nothing
     rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, "-e",
                                   "segedge_broker_auth=certificate")
