@@ -103,3 +103,26 @@ def test_preflight_refuses_bundle_paths_that_leave_the_release(tmp_path):
     assert proc.returncode != 0, out[-3000:]
     failed = set(re.findall(r"failed: \[localhost\] \(item=(.*?)\)", out))
     assert failed == set(bad), out[-3000:]
+
+
+def test_example_inventory_and_defaults_are_secure():
+    """TLS, one identity per device, no anonymous or plaintext listener, out of the box."""
+    inv = REPO / "deploy/inventory"
+    all_vars = yaml.safe_load((inv / "group_vars/all.yml").read_text())
+    site = yaml.safe_load((inv / "group_vars/segedge.yml").read_text())
+    assert all_vars["segedge_broker_auth"] == "certificate"
+    assert all_vars["segedge_agent_mqtt_auth"] == "{{ segedge_broker_auth }}"
+    assert site["segedge_agent_mqtt_tls"] is True and site["segedge_agent_mqtt_port"] == 8883
+    assert "segedge_agent_mqtt_password" not in site, "no fleet-wide password"
+    hosts = yaml.safe_load((inv / "example.yml").read_text())
+    assert hosts["segedge_broker"]["hosts"], "the broker is part of the example fleet"
+    agent = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    broker = yaml.safe_load((REPO / "deploy/roles/segedge_broker/defaults/main.yml").read_text())
+    assert agent["segedge_agent_mqtt_tls"] is True and agent["segedge_agent_mqtt_port"] == 8883
+    assert agent["segedge_agent_mqtt_auth"] == broker["segedge_broker_auth"] == "certificate"
+    assert agent["segedge_agent_health_require_delivery"] is True
+    assert broker["segedge_broker_loopback_port"] == 0
+    conf = (REPO / "deploy/roles/segedge_broker/templates/mosquitto.conf.j2").read_text()
+    assert "allow_anonymous false" in conf and "include_dir" not in conf
+    assert conf.count("use_username_as_clientid true") == 2  # on every listener
+    assert "/deploy/pki/" in (REPO / ".gitignore").read_text()
