@@ -21,7 +21,8 @@ from tests.rig.rig import wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.timeout(900)]
 NOT_AUTHORISED = 135
-PKI = Path(__file__).resolve().parents[2] / "deploy/roles/segedge_broker/files/segedge-pki"
+REPO = Path(__file__).resolve().parents[2]
+PKI = REPO / "deploy/roles/segedge_broker/files/segedge-pki"
 AGENTS = ("dev-cpu", "dev-gpu", "dev-npu", "dev-myriad")
 # An identity change touches only these parts of the two plays (docs/security.md).
 IDENTITY_TAGS = ("segedge_broker_pki,segedge_broker_config,segedge_broker_service,"
@@ -153,11 +154,16 @@ def test_a_release_pointed_at_a_wrong_broker_is_rolled_back(fleet):
 def test_client_certificates_mutual_tls(fleet):
     """Switch the broker and dev-cpu to client certificates; wrong, expired or revoked ones
     fail; rotating dev-cpu's certificate changes only it and the broker."""
-    rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, "-e",
-                                  "segedge_broker_auth=certificate")
+    dev = fleet.devices["dev-cpu"]
+    # an identity-only run: the inventory must name the release the device runs (the gate
+    # checks it), here the demo model of test_fleet's upgrade or the session's first bundle
+    running = dev.run("readlink /opt/segedge/models/current").stdout.strip()
+    bundle = (REPO / "demo/models/pets-mobile/1.0.0" if running.endswith("pets-mobile-1.0.0")
+              else fleet.bundles["good"])
+    mode = ("-e", "segedge_broker_auth=certificate", "-e", f"segedge_agent_bundle_dir={bundle}")
+    rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, *mode)
     assert rc == 0, out[-6000:]
     fleet.auth = "certificate"
-    dev = fleet.devices["dev-cpu"]
     files = dev.run("ls /etc/segedge").stdout.split()
     assert "mqtt_tls_key" in files and "mqtt_password" not in files, files
     dropin = dev.run("cat /etc/systemd/system/segedge-agent.service.d/10-segedge.conf").stdout
@@ -183,8 +189,7 @@ def test_client_certificates_mutual_tls(fleet):
                                 "dev-cpu"], check=False)
     assert json.loads(revoke.stdout) == {"revoked": True}, revoke.stdout + revoke.stderr
     before = _connections(fleet, "dev-cpu")
-    rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, "-e",
-                                  "segedge_broker_auth=certificate")
+    rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, *mode)
     assert rc == 0 and rec["broker"]["changed"] and rec["dev-cpu"]["changed"], out[-6000:]
     wait_for(lambda: _connections(fleet, "dev-cpu") > before, 60, 1, "dev-cpu to reconnect")
     old = fleet.probe("", "--cert", str(saved / "dev-cpu-old.crt"), "--key",
@@ -192,8 +197,7 @@ def test_client_certificates_mutual_tls(fleet):
     assert old["connack"] is None, old  # revoked: on the CRL the broker now loads
     assert len(fleet.mqtt("segedge/dev-cpu/mask", count=2, timeout=30)) == 2, dev.journal()
     # a second run in this mode changes nothing
-    rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, "-e",
-                                  "segedge_broker_auth=certificate")
+    rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, *mode)
     assert rc == 0 and all(r["changed"] == 0 for r in rec.values()), out[-6000:]
 
 
