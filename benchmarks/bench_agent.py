@@ -30,8 +30,9 @@ from typing import Any, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent.demo import fallback_inputs, find_bundle, start_broker  # noqa: E402
 from edge_agent.manifest import open_target  # noqa: E402
+from tools.broker import Broker  # noqa: E402
+from tools.demo import find_bundle  # noqa: E402
 
 
 def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: float,
@@ -39,7 +40,8 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    broker, port = start_broker(work)
+    broker = Broker(work / "mosquitto").start()
+    port = broker.port
     stats: List[Dict[str, Any]] = []
     got = threading.Event()
 
@@ -68,8 +70,7 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(20)
         client.loop_stop()
-        broker.terminate()
-        broker.wait(5)
+        broker.stop()
     ticks = [s for s in stats if s["uptime_s"] > 3.0 and s["latency_ms"]["count"]]
     if not ticks:
         raise SystemExit(f"no stats from the agent (exit {code})")
@@ -160,9 +161,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         bundle = Path(args.bundle) if args.bundle else (
             synthetic_bundle(work) if args.synthetic else find_bundle(ROOT / "demo" / "models"))
         clip = Path(args.clip)
-        if bundle is None or not clip.exists():
-            gen_clip, gen_bundle = fallback_inputs(work)
-            bundle, clip = bundle or gen_bundle, clip if clip.exists() else gen_clip
+        if bundle is None or not clip.is_file():
+            raise SystemExit(f"no bundle under demo/models or no clip {clip}: pass --bundle/--clip")
         manifest, entry, model = open_target(bundle, args.target)
         seconds = max(5, int(args.duration / 2))
         bench_tp = run_benchmark_app(model, args.device, "throughput", seconds)

@@ -1,12 +1,20 @@
-"""PyTorch eager vs OpenVINO FP32/FP16/INT8 on the same images, same size, same machine.
+"""The origin's steps side by side: PyTorch eager, TorchScript, bf16 autocast, (torch.compile),
+OpenVINO FP32/FP16/INT8, on the same images, same size, same machine, in one run.
 
     python benchmarks/bench_infer.py --preset seed --out runs/bench/seed.json
-    python benchmarks/bench_infer.py --checkpoint runs/demo/best.pt --data DIR
+    python benchmarks/bench_infer.py --checkpoint runs/demo/best.pt --data DIR --compile
 
 Sync latency (one request, PERFORMANCE_HINT=LATENCY) and throughput (AsyncInferQueue
 with the plugin's optimal number of requests, PERFORMANCE_HINT=THROUGHPUT) per variant;
-torch eager runs batch 1 in a loop. The variants are measured in interleaved rounds so a
-busy shared machine slows them alike. Writes JSON + a bar chart; prints the ratios.
+the torch variants run batch 1 in a loop. The variants are measured in interleaved rounds
+so a busy shared machine slows them alike. With ``--data`` every variant is also scored
+(Dice, pet IoU) on the test split, so speed and accuracy sit in one table. Writes JSON + a
+bar chart; prints the ratios.
+
+The origin project went torch -> TorchScript -> IPEX bf16 -> INT8 -> OpenVINO. IPEX's bf16
+path is upstream in PyTorch now (``torch.autocast("cpu", torch.bfloat16)``), and IPEX itself
+has no build for the pinned torch (its last release, 2.8.0, targets torch 2.8), so the bf16
+step here is PyTorch's own autocast.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -27,30 +36,63 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from build_models.speed import summary  # noqa: E402
 
 
-def load_images(data: Optional[str], size: int, count: int, seed: int = 0) -> List[np.ndarray]:
+def load_images(folder: Optional[str], size: int, count: int, seed: int = 0
+                ) -> List[np.ndarray]:
     """[1,3,H,W] f32 0..255 frames: the test split of a Pet folder, or seeded noise."""
-    if data:
-        from build_models import data as D
+    if folder:
+        from build_models import data
 
-        pairs = D.scan_split(Path(data), "test").pairs[:count]
-        return [b for b, _ in D.PetData(pairs, size).batches(1)]
+        pairs = data.scan_split(Path(folder), "test").pairs[:count]
+        return [b for b, _ in data.PetData(pairs, size).batches(1)]
     rng = np.random.default_rng(seed)
     return [rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32) for _ in range(count)]
 
 
 class TorchRunner:
-    """PyTorch eager, batch 1; its throughput is the sequential loop."""
+    """A torch module run batch 1 under ``inference_mode``; its throughput is the loop.
 
-    def __init__(self, model: Any, images: List[np.ndarray]):
+    ``mode``: "eager" (the module as trained), "torchscript" (traced and frozen:
+    constants folded, conv+bn fused), "bf16" (eager under CPU bf16 autocast, IPEX's bf16 path
+    upstream) or "compile" (``torch.compile``, inductor).
+    """
+
+    MODES = ("eager", "torchscript", "bf16", "compile")
+
+    def __init__(self, model: Any, images: List[np.ndarray], mode: str = "eager"):
         import torch
 
-        self.torch, self.model = torch, model.eval()
+        if mode not in self.MODES:
+            raise ValueError(f"unknown torch mode {mode!r}; valid: {', '.join(self.MODES)}")
+        self.torch, self.mode = torch, mode
         self.tensors = [torch.from_numpy(im) for im in images]
-        self.info = {"threads": torch.get_num_threads(), "inference_precision": "f32"}
+        model = model.eval()
+        with torch.inference_mode():
+            if mode == "torchscript":
+                with warnings.catch_warnings():  # deprecated in the pinned torch, still works
+                    warnings.simplefilter("ignore", FutureWarning)
+                    traced = torch.jit.trace(model, self.tensors[0], check_trace=False)
+                    model = torch.jit.freeze(traced.eval())
+            elif mode == "compile":
+                model = torch.compile(model)
+        self.model = model
+        self.info = {"threads": torch.get_num_threads(),
+                     "inference_precision": "bf16" if mode == "bf16" else "f32"}
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """NCHW f32 0..255 -> logits NCHW f32 (for scoring)."""
+        outs = [self._run(self.torch.from_numpy(images[i:i + 1])) for i in range(len(images))]
+        return np.concatenate([o.float().numpy() for o in outs])
+
+    def _run(self, tensor: Any) -> Any:
+        torch = self.torch
+        with torch.inference_mode():
+            if self.mode == "bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return self.model(tensor)
+            return self.model(tensor)
 
     def sync(self, i: int) -> None:
-        with self.torch.inference_mode():
-            self.model(self.tensors[i % len(self.tensors)])
+        self._run(self.tensors[i % len(self.tensors)])
 
     def burst(self, count: int) -> None:
         for i in range(count):
@@ -65,7 +107,7 @@ class OVRunner:
                  precision: Optional[str]):
         import openvino as ov
 
-        from build_models.evaluate import precision_name
+        from edge_agent.ovcompat import precision_name
 
         extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         self.images = images
@@ -77,6 +119,11 @@ class OVRunner:
         self.info = {"async_requests": nreq, "inference_precision": precision_name(
             str(latency.get_property("INFERENCE_PRECISION_HINT")))}
 
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        outs = [np.array(self.request.infer({0: images[i:i + 1]})[0])
+                for i in range(len(images))]
+        return np.concatenate(outs)
+
     def sync(self, i: int) -> None:
         self.request.infer({0: self.images[i % len(self.images)]})
 
@@ -84,6 +131,14 @@ class OVRunner:
         for i in range(count):
             self.queue.start_async({0: self.images[i % len(self.images)]})
         self.queue.wait_all()
+
+
+def score(runners: Dict[str, Any], test_data: Any, num_classes: int) -> Dict[str, Dict]:
+    """Dice and pet IoU of every variant on the same test images (the agent's class rule)."""
+    from build_models.evaluate import validate
+
+    return {name: validate(runner.infer, test_data, num_classes, desc=name)
+            for name, runner in runners.items()}
 
 
 def interleaved(runners: Dict[str, Any], iterations: int, warmup: int, rounds: int
@@ -134,6 +189,11 @@ def chart(results: Dict[str, Dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+TORCH_VARIANTS = (("torch eager FP32", "eager"), ("TorchScript FP32", "torchscript"),
+                  ("torch bf16 autocast", "bf16"), ("torch.compile FP32", "compile"))
+BASELINE = "torch eager FP32"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,12 +201,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     src.add_argument("--preset", default="seed", help="random-weight model of this preset")
     src.add_argument("--checkpoint", help="a best.pt from segedge-build train")
     p.add_argument("--size", type=int, help="input size (default: the preset's/checkpoint's)")
-    p.add_argument("--data", help="Pet folder: benchmark on its test images (else noise)")
+    p.add_argument("--data", help="Pet folder: benchmark on its test images (else noise) and "
+                                  "score every variant on them")
     p.add_argument("--images", type=int, default=16, help="distinct frames to cycle through")
+    p.add_argument("--score-images", type=int, default=0,
+                   help="test images to score each variant on (0 = the whole test split)")
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant")
     p.add_argument("--calib", type=int, default=32, help="INT8 calibration frames")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile (inductor; compiling takes minutes on 2 cores)")
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON; the PNG goes beside it")
     args = p.parse_args(argv)
 
@@ -154,36 +219,43 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import openvino as ov
     import torch
 
-    from build_models import export as X
-    from build_models import models as M
-    from build_models import tool_versions
+    from build_models import data, export, models, tool_versions
     from build_models.train import model_from_checkpoint
 
     if args.checkpoint:
         model, meta = model_from_checkpoint(Path(args.checkpoint))
+        cfg = models.ModelConfig.from_dict({**meta["model"], "encoder_weights": None})
         size, what = args.size or int(meta["size"]), f"checkpoint {args.checkpoint}"
     else:
-        cfg = M.preset(args.preset, size=args.size)
+        cfg = models.preset(args.preset, size=args.size)
         torch.manual_seed(0)
-        model, size, what = M.create(cfg).eval(), cfg.size, f"preset {args.preset} (random)"
+        model, size, what = models.create(cfg).eval(), cfg.size, f"preset {args.preset} (random)"
     images = load_images(args.data, size, args.images)
     core = ov.Core()
-    fp32 = X.to_openvino(model, size)
+    fp32 = export.to_openvino(model, size)
     int8 = nncf.quantize(fp32, nncf.Dataset((images * args.calib)[: args.calib]),
                          subset_size=args.calib)
-    runners: Dict[str, Any] = {"torch eager FP32": TorchRunner(model, images)}
+    runners: Dict[str, Any] = {}
+    for name, mode in TORCH_VARIANTS:
+        if mode != "compile" or args.compile:
+            runners[name] = TorchRunner(model, images, mode)
     with tempfile.TemporaryDirectory() as tmp:
-        fp16_xml = X.save_ir(fp32, Path(tmp) / "fp16.xml", fp16=True)
+        fp16_xml = export.save_ir(fp32, Path(tmp) / "fp16.xml", fp16=True)
         variants = [("OV FP32 (f32)", fp32, "f32"), ("OV FP32 (default)", fp32, None),
                     ("OV FP16 IR (f32)", core.read_model(fp16_xml), "f32"),
                     ("OV INT8", int8, None)]
         for name, ov_model, precision in variants:
             runners[name] = OVRunner(core, ov_model, images, precision)
     results = interleaved(runners, args.iterations, args.warmup, args.rounds)
-    base = results["torch eager FP32"]
+    if args.data:
+        pairs = data.scan_split(Path(args.data), "test").pairs
+        test = data.PetData(pairs[: args.score_images or None], size, cfg.label_mode)
+        for name, scores in score(runners, test, cfg.num_classes).items():
+            results[name]["accuracy"] = scores
+    base = results[BASELINE]
     ratios = {name: {"fps_vs_torch": r["fps"] / base["fps"],
                      "latency_speedup_vs_torch": base["latency_ms_p50"] / r["latency_ms_p50"]}
-              for name, r in results.items() if name != "torch eager FP32"}
+              for name, r in results.items() if name != BASELINE}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"step": "benchmark", "model": what, "size": size, "batch": 1,
@@ -196,8 +268,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     chart(results, out.with_suffix(".png"), f"{what}, {size}x{size}, batch 1")
     for name, r in results.items():
         ratio = ratios.get(name, {}).get("fps_vs_torch", 1.0)
+        acc = r.get("accuracy")
+        dice = f"  Dice {acc['dice']:.4f} pet IoU {acc['fg_iou']:.4f}" if acc else ""
         print(f"{name:<20} {r['fps']:8.1f} fps  p50 {r['latency_ms_p50']:7.1f} ms  "
-              f"x{ratio:.2f} vs torch eager  {r.get('inference_precision', '')}")
+              f"x{ratio:.2f} vs torch eager  {r.get('inference_precision', '')}{dice}")
     return report
 
 

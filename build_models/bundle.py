@@ -14,21 +14,17 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from build_models import data as D
-from build_models import tool_versions
+from build_models import data, tool_versions
+from build_models.errors import BuildError, BundleError  # noqa: F401 - BuildError: the base
 from edge_agent import manifest as mf
 
 PRECISION = {"cpu": "INT8", "gpu": "FP16", "npu": "INT8", "myriad": "FP32"}
-
-
-class BuildError(Exception):
-    """The bundle cannot be built as asked (e.g. the INT8 accuracy gate failed)."""
 
 
 @dataclass
@@ -52,163 +48,245 @@ class BuildConfig:
     progress: bool = True
 
 
+@dataclass
+class Build:
+    """What the steps of one build share: inputs, the staging folder and the results so far."""
+
+    cfg: BuildConfig
+    targets: List[str]
+    model: Any  # the torch model from the checkpoint
+    meta: Dict[str, Any]  # the checkpoint's training metadata
+    name: str
+    version: str
+    stage: Path  # .<version>.partial, renamed into place at the end
+    test_scan: data.ScanResult
+    test: data.PetData
+    images: np.ndarray  # a few test images, NCHW f32, for parity and speed
+    core: Any
+    metrics: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    per_target: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    quant_info: Dict[str, Any] = field(default_factory=dict)
+    parity: Dict[str, Any] = field(default_factory=dict)
+    speed: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["size"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(data.CLASSES[self.meta["label_mode"]])
+
+    def evaluate(self, model: Any, label: str, with_speed: bool = True) -> Dict[str, Any]:
+        """Accuracy of ``model`` on the test set; also its CPU speed into ``speed``."""
+        from build_models import evaluate
+        from build_models.speed import measure
+
+        cfg = self.cfg
+        compiled, used = evaluate.compile_ov(model, cfg.inference_precision, core=self.core)
+        result = evaluate.validate(evaluate.ov_infer(compiled), self.test, self.num_classes,
+                                   desc=label, progress=cfg.progress)
+        if with_speed and cfg.speed_iterations > 0:
+            hint = None if cfg.inference_precision == "auto" else cfg.inference_precision
+            self.speed[label] = measure(self.core, model, [f[None] for f in self.images],
+                                        cfg.speed_iterations, precision=hint)
+        return {**result, "inference_precision": used}
+
+    def check_parity(self, model: Any, label: str) -> None:
+        from build_models import export
+        from build_models.evaluate import compile_ov
+
+        compiled = compile_ov(model, "f32", core=self.core)[0]
+        self.parity[label] = export.parity(self.model, compiled, self.images)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _evaluate(model: Any, test: D.PetData, classes: int, cfg: BuildConfig, label: str,
-              core: Any, speed: Optional[Dict[str, Any]] = None,
-              frames: Optional[np.ndarray] = None) -> Dict[str, Any]:
-    """Accuracy of ``model`` on ``test``; with ``speed``, also its CPU speed into it."""
-    from build_models import evaluate as E
-    from build_models.speed import measure
+def prepare(cfg: BuildConfig) -> Build:
+    """Check the targets, load the checkpoint and the test split, make the staging folder."""
+    import openvino as ov
 
-    compiled, used = E.compile_ov(model, cfg.inference_precision, core=core)
-    result = E.validate(E.ov_infer(compiled), test, classes, desc=label, progress=cfg.progress)
-    if speed is not None and cfg.speed_iterations > 0 and frames is not None:
-        hint = None if cfg.inference_precision == "auto" else cfg.inference_precision
-        speed[label] = measure(core, model, [f[None] for f in frames], cfg.speed_iterations,
-                               precision=hint)
-    return {**result, "inference_precision": used}
+    from build_models.train import model_from_checkpoint
+
+    targets = [t for t in mf.TARGETS if t in cfg.targets]
+    unknown = sorted(set(cfg.targets) - set(mf.TARGETS))
+    if unknown or not targets:
+        raise BundleError(f"unknown or no targets {unknown} (valid: {', '.join(mf.TARGETS)})")
+    model, meta = model_from_checkpoint(Path(cfg.checkpoint))
+    name = cfg.name or f"pets-{meta['preset']}"
+    version = cfg.version or _now().strftime("%Y.%m.%d-%H%M%S")
+    final = Path(cfg.out) / name / version
+    if final.exists() and not cfg.force:
+        raise BundleError(f"{final} exists (pass --force to replace it, or another --version)")
+    stage = final.parent / f".{version}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "report").mkdir(parents=True)
+    test_scan = data.scan_split(Path(cfg.data), cfg.eval_split, strict=cfg.strict)
+    pairs = test_scan.pairs[: cfg.eval_limit] if cfg.eval_limit else test_scan.pairs
+    test = data.PetData(pairs, int(meta["size"]), meta["label_mode"])
+    images = np.stack([test[i][0] for i in range(min(4, len(test)))]).transpose(0, 3, 1, 2)
+    return Build(cfg, targets, model, meta, name, version, stage, test_scan, test,
+                 np.ascontiguousarray(images, dtype=np.float32), ov.Core())
 
 
-def _overlay_samples(model: Any, test: D.PetData, n: int, core: Any) -> List[Dict[str, Any]]:
-    from build_models import evaluate as E
+def int8_step(build: Build, fp32_xml: Path) -> Any:
+    """PTQ INT8 with its accuracy gate (an accuracy-controlled retry when PTQ loses more
+    than the tolerance); the gate's failure is a BundleError saying by how much."""
+    from build_models import quantize
 
-    compiled, _ = E.compile_ov(model, "f32", core=core)
-    infer = E.ov_infer(compiled)
+    cfg, metrics, core = build.cfg, build.metrics, build.core
+    mode = build.meta["label_mode"]
+    calib_scan = data.scan_split(Path(cfg.data), "train", strict=cfg.strict)
+    calib = data.PetData(calib_scan.pairs[: cfg.calib_size], build.size, mode)
+    qcfg = quantize.QuantConfig(cfg.calib_size, cfg.tolerance, cfg.accuracy_control)
+    int8, build.quant_info = quantize.quantize(core.read_model(fp32_xml), calib, qcfg)
+    metrics["INT8"] = build.evaluate(int8, "INT8")
+    drop = metrics["FP32"]["dice"] - metrics["INT8"]["dice"]
+    build.quant_info["ptq_drop"] = drop
+    if drop > cfg.tolerance and cfg.accuracy_control:
+        nc = build.num_classes
+        int8, info = quantize.quantize_accuracy_control(
+            core.read_model(fp32_xml), calib, build.test,
+            lambda compiled, items: quantize.dice_of_items(compiled, items, nc), qcfg)
+        build.quant_info.update(info)
+        metrics["INT8"] = build.evaluate(int8, "INT8")
+        drop = metrics["FP32"]["dice"] - metrics["INT8"]["dice"]
+    build.quant_info["drop"] = drop
+    if drop > cfg.tolerance:
+        (build.stage / "report" / "report.json").write_text(json.dumps(
+            {"status": "failed", "metrics": metrics, "quantization": build.quant_info},
+            indent=2) + "\n")
+        raise BundleError(
+            f"INT8 accuracy gate failed: Dice {metrics['INT8']['dice']:.4f} is "
+            f"{drop:.4f} below FP32 {metrics['FP32']['dice']:.4f} (tolerance "
+            f"{cfg.tolerance}; method {build.quant_info['method']}); see {build.stage}/report")
+    return int8
+
+
+def myriad_step(build: Build) -> None:
+    """The legacy NCS2 artefact: static-shape ONNX at an opset OpenVINO 2022.3 reads."""
+    from build_models import export
+
+    onnx_path = export.export_onnx(build.model, build.size,
+                                   build.stage / "myriad" / "model.onnx")
+    info = export.onnx_info(onnx_path)
+    if info["opset"] > export.MYRIAD_OPSET or not info["static"]:
+        raise BundleError(f"{onnx_path}: opset {info['opset']}, static {info['static']} "
+                          f"(MYRIAD needs opset <= {export.MYRIAD_OPSET} and a static shape)")
+    build.per_target["myriad"] = build.evaluate(onnx_path, "ONNX", with_speed=False)
+    build.quant_info["onnx"] = info
+
+
+def models_step(build: Build, tmp: Path) -> Any:
+    """FP32 (evaluated, parity), FP16 for gpu, INT8 for cpu/npu, ONNX for myriad, each
+    saved into the stage; returns the model whose predictions the report shows."""
+    from build_models import export
+
+    targets, stage, metrics = build.targets, build.stage, build.metrics
+    fp32 = export.to_openvino(build.model, build.size)
+    build.check_parity(fp32, "FP32")
+    fp32_xml = export.save_ir(fp32, tmp / "fp32" / "model.xml")
+    metrics["FP32"] = build.evaluate(fp32_xml, "FP32")
+    fp16_xml = export.save_ir(fp32, (stage if "gpu" in targets else tmp) / "gpu" / "model.xml",
+                              fp16=True)
+    metrics["FP16"] = build.evaluate(fp16_xml, "FP16")
+    build.check_parity(fp16_xml, "FP16")
+    best: Any = fp32_xml
+    if {"cpu", "npu"} & set(targets):
+        best = int8_step(build, fp32_xml)
+        for t in ("cpu", "npu"):
+            if t in targets:
+                export.save_ir(best, stage / t / "model.xml")
+                build.per_target[t] = metrics["INT8"]
+    if "gpu" in targets:
+        build.per_target["gpu"] = metrics["FP16"]
+    if "myriad" in targets:
+        myriad_step(build)
+    return best
+
+
+def overlay_samples(build: Build, model: Any, n: int) -> List[Dict[str, Any]]:
+    from build_models import evaluate
+
+    compiled, _ = evaluate.compile_ov(model, "f32", core=build.core)
+    infer = evaluate.ov_infer(compiled)
+    test = build.test
     picks = np.linspace(0, len(test) - 1, num=min(n, len(test))).round().astype(int)
     samples = []
     for i in dict.fromkeys(picks.tolist()):
         image, truth = test[i]
         batch = image.transpose(2, 0, 1)[None].astype(np.float32)
         samples.append({"image": image, "truth": truth,
-                        "pred": E.classes_from_logits(infer(batch))[0]})
+                        "pred": evaluate.classes_from_logits(infer(batch))[0]})
     return samples
 
 
-def build(cfg: BuildConfig) -> Dict[str, Any]:
-    import openvino as ov
-
-    from build_models import export as X
-    from build_models import quantize as Q
+def report_step(build: Build, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Charts, overlays and report.json in the stage's report/; returns the report."""
     from build_models.report import plot_precisions, plot_speed, save_overlays
-    from build_models.train import model_from_checkpoint
 
-    started = time.monotonic()
-    targets = [t for t in mf.TARGETS if t in cfg.targets]
-    unknown = sorted(set(cfg.targets) - set(mf.TARGETS))
-    if unknown or not targets:
-        raise BuildError(f"unknown or no targets {unknown} (valid: {', '.join(mf.TARGETS)})")
-    ckpt = Path(cfg.checkpoint)
-    model, meta = model_from_checkpoint(ckpt)
-    size, mode = int(meta["size"]), meta["label_mode"]
-    classes = D.CLASSES[mode]
-    name = cfg.name or f"pets-{meta['preset']}"
-    version = cfg.version or _now().strftime("%Y.%m.%d-%H%M%S")
-    final = Path(cfg.out) / name / version
-    if final.exists() and not cfg.force:
-        raise BuildError(f"{final} exists (pass --force to replace it, or another --version)")
-    stage = final.parent / f".{version}.partial"
-    shutil.rmtree(stage, ignore_errors=True)
-    (stage / "report").mkdir(parents=True)
-
-    test_scan = D.scan_split(Path(cfg.data), cfg.eval_split, strict=cfg.strict)
-    test_pairs = test_scan.pairs[: cfg.eval_limit] if cfg.eval_limit else test_scan.pairs
-    test = D.PetData(test_pairs, size, mode)
-    core = ov.Core()
-    fp32 = X.to_openvino(model, size)
-    images = np.stack([test[i][0] for i in range(min(4, len(test)))]).transpose(0, 3, 1, 2)
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    from build_models.evaluate import compile_ov
-
-    parity = {"FP32": X.parity(model, compile_ov(fp32, "f32", core=core)[0], images)}
-    metrics: Dict[str, Dict[str, Any]] = {}
-    per_target: Dict[str, Dict[str, Any]] = {}
-    quant_info: Dict[str, Any] = {}
-    speed: Dict[str, Any] = {}
-    nc = len(classes)
-    with tempfile.TemporaryDirectory(prefix="segedge-build-") as tmp:
-        fp32_xml = X.save_ir(fp32, Path(tmp) / "fp32" / "model.xml")
-        metrics["FP32"] = _evaluate(fp32_xml, test, nc, cfg, "FP32", core, speed, images)
-        fp16_xml = X.save_ir(fp32, (stage if "gpu" in targets else Path(tmp)) / "gpu" /
-                             "model.xml", fp16=True)
-        metrics["FP16"] = _evaluate(fp16_xml, test, nc, cfg, "FP16", core, speed, images)
-        parity["FP16"] = X.parity(model, compile_ov(fp16_xml, "f32", core=core)[0], images)
-        best = fp32_xml
-        if {"cpu", "npu"} & set(targets):
-            calib_scan = D.scan_split(Path(cfg.data), "train", strict=cfg.strict)
-            calib = D.PetData(calib_scan.pairs[: cfg.calib_size], size, mode)
-            qcfg = Q.QuantConfig(cfg.calib_size, cfg.tolerance, cfg.accuracy_control)
-            int8, quant_info = Q.quantize(core.read_model(fp32_xml), calib, qcfg)
-            metrics["INT8"] = _evaluate(int8, test, nc, cfg, "INT8", core, speed, images)
-            drop = metrics["FP32"]["dice"] - metrics["INT8"]["dice"]
-            quant_info["ptq_drop"] = drop
-            if drop > cfg.tolerance and cfg.accuracy_control:
-                int8, info = Q.quantize_accuracy_control(
-                    core.read_model(fp32_xml), calib, test,
-                    lambda compiled, items: Q.dice_of_items(compiled, items, nc), qcfg)
-                quant_info.update(info)
-                metrics["INT8"] = _evaluate(int8, test, nc, cfg, "INT8", core, speed, images)
-                drop = metrics["FP32"]["dice"] - metrics["INT8"]["dice"]
-            quant_info["drop"] = drop
-            if drop > cfg.tolerance:
-                (stage / "report" / "report.json").write_text(json.dumps(
-                    {"status": "failed", "metrics": metrics, "quantization": quant_info},
-                    indent=2) + "\n")
-                raise BuildError(
-                    f"INT8 accuracy gate failed: Dice {metrics['INT8']['dice']:.4f} is "
-                    f"{drop:.4f} below FP32 {metrics['FP32']['dice']:.4f} (tolerance "
-                    f"{cfg.tolerance}; method {quant_info['method']}); see {stage}/report")
-            for t in ("cpu", "npu"):
-                if t in targets:
-                    X.save_ir(int8, stage / t / "model.xml")
-                    per_target[t] = metrics["INT8"]
-            best = int8
-        if "gpu" in targets:
-            per_target["gpu"] = metrics["FP16"]
-        if "myriad" in targets:
-            onnx_path = X.export_onnx(model, size, stage / "myriad" / "model.onnx")
-            info = X.onnx_info(onnx_path)
-            if info["opset"] > X.MYRIAD_OPSET or not info["static"]:
-                raise BuildError(f"{onnx_path}: opset {info['opset']}, static {info['static']} "
-                                 f"(MYRIAD needs opset <= {X.MYRIAD_OPSET} and a static shape)")
-            per_target["myriad"] = _evaluate(onnx_path, test, nc, cfg, "ONNX", core)
-            quant_info["onnx"] = info
-        samples = _overlay_samples(best, test, cfg.overlays, core)
-
+    cfg, stage, metrics = build.cfg, build.stage, build.metrics
+    title = f"{build.name} {build.version}"
     plot_precisions(metrics, stage / "report" / "accuracy.png",
-                    f"{name} {version}: {cfg.eval_split} split, {len(test)} images")
+                    f"{title}: {cfg.eval_split} split, {len(build.test)} images")
     save_overlays(samples, stage / "report" / "overlays.png",
                   f"{'INT8' if 'INT8' in metrics else 'FP32'} predictions ({cfg.eval_split})")
-    if speed:
-        plot_speed(speed, stage / "report" / "speed.png", f"{name} {version}: CPU, batch 1")
-    curves = ckpt.parent / "curves.png"
-    if curves.is_file():
-        shutil.copyfile(curves, stage / "report" / "training_curves.png")
-    evaluation = {"split": cfg.eval_split, "images": len(test), "image_size": [size, size],
+    if build.speed:
+        plot_speed(build.speed, stage / "report" / "speed.png", f"{title}: CPU, batch 1")
+    run_dir = Path(cfg.checkpoint).parent
+    for src, dest in (("curves.png", "training_curves.png"), ("candidates.png", None),
+                      ("candidates.json", None)):  # written by train / candidates chart
+        if (run_dir / src).is_file():
+            shutil.copyfile(run_dir / src, stage / "report" / (dest or src))
+    evaluation = {"split": cfg.eval_split, "images": len(build.test),
+                  "image_size": [build.size, build.size],
                   "metric": "Dice micro-averaged over all classes (torchmetrics "
                             "Dice(num_classes=2)); fg_iou = IoU of the pet class",
                   "metrics": {k: {m: v[m] for m in ("dice", "fg_iou", "fg_dice",
                                                     "inference_precision")}
                               for k, v in metrics.items()}}
-    report = {"step": "export", "status": "ok", "name": name, "version": version,
-              "created": _now().isoformat(), "checkpoint": str(ckpt), "targets": targets,
-              "evaluation": evaluation, "per_target": per_target, "parity": parity,
-              "quantization": quant_info, "speed": speed, "config": asdict(cfg),
-              "data_summary": {cfg.eval_split: test_scan.summary()},
+    meta = build.meta
+    report = {"step": "export", "status": "ok", "name": build.name, "version": build.version,
+              "created": _now().isoformat(), "checkpoint": str(cfg.checkpoint),
+              "targets": build.targets, "evaluation": evaluation,
+              "per_target": build.per_target, "parity": build.parity,
+              "quantization": build.quant_info, "speed": build.speed, "config": asdict(cfg),
+              "data_summary": {cfg.eval_split: build.test_scan.summary()},
               "train_meta": {k: meta.get(k) for k in ("preset", "data_hash", "code_version",
                                                        "train_images", "val_images", "val")}}
-    (stage / "report" / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    manifest = make_manifest(stage, name, version, meta, ckpt, targets, per_target, evaluation)
-    mf.write_manifest(stage, manifest)
+    (stage / "report" / "report.json").write_text(json.dumps(report, indent=2, default=str) +
+                                                  "\n")
+    return report
+
+
+def finish(build: Build, report: Dict[str, Any]) -> Path:
+    """Manifest, verification of the stage, then the rename into place."""
     from build_models.verify import verify
 
-    problems = verify(stage)["problems"]
+    ckpt = Path(build.cfg.checkpoint)
+    manifest = make_manifest(build.stage, build.name, build.version, build.meta, ckpt,
+                             build.targets, build.per_target, report["evaluation"])
+    mf.write_manifest(build.stage, manifest)
+    problems = verify(build.stage)["problems"]
     if problems:
-        raise BuildError("built bundle does not verify: " + "; ".join(problems))
+        raise BundleError("built bundle does not verify: " + "; ".join(problems))
+    final = build.stage.parent / build.version
     shutil.rmtree(final, ignore_errors=True)
-    stage.rename(final)
+    build.stage.rename(final)
+    return final
+
+
+def build(cfg: BuildConfig) -> Dict[str, Any]:
+    """Checkpoint -> verified bundle: prepare, models (INT8 gate, myriad), report, finish."""
+    started = time.monotonic()
+    run = prepare(cfg)
+    with tempfile.TemporaryDirectory(prefix="segedge-build-") as tmp:
+        best = models_step(run, Path(tmp))
+        samples = overlay_samples(run, best, cfg.overlays)
+    report = report_step(run, samples)
+    final = finish(run, report)
     report.update(bundle=str(final), seconds=round(time.monotonic() - started, 1))
     return report
 
@@ -218,7 +296,7 @@ def make_manifest(bundle: Path, name: str, version: str, meta: Dict[str, Any], c
                   evaluation: Dict[str, Any]) -> mf.Manifest:
     size, mode = int(meta["size"]), meta["label_mode"]
     model_cfg = meta["model"]
-    channels = 1 if mode == "binary" else len(D.CLASSES[mode])
+    channels = 1 if mode == "binary" else len(data.CLASSES[mode])
     ov_version = tool_versions()["openvino"].split("-")[0]
     entries = {}
     for t in targets:
@@ -254,7 +332,7 @@ def make_manifest(bundle: Path, name: str, version: str, meta: Dict[str, Any], c
                             normalization="inside_model"),
         output=mf.TensorSpec(name="logits", shape=[1, channels, size, size], element_type="f32",
                              layout="NCHW", color_order="", value_range=[], kind="logits"),
-        classes=list(D.CLASSES[mode]), targets=entries, evaluation=evaluation, files=files)
+        classes=list(data.CLASSES[mode]), targets=entries, evaluation=evaluation, files=files)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

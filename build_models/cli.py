@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from build_models.errors import INSTALL_HINT, BuildError, missing_build_extra
+
 COMMANDS = {
     "fetch": "download + unpack the official Oxford-IIIT Pet tarballs",
     "train": "train a model on a Pet folder -> checkpoint",
@@ -52,17 +54,6 @@ def run_all(argv: Sequence[str]) -> Dict[str, Any]:
             "bundle": built["bundle"], "evaluation": built["evaluation"]}
 
 
-def _expected_errors() -> tuple:
-    """Errors that get a one-line message; looked up lazily so that ``verify`` runs on an
-    agent-only install (no torch, Pillow or tqdm)."""
-    errors = [ValueError]
-    for module, name in (("build_models.bundle", "BuildError"), ("build_models.data",
-                         "DataError"), ("build_models.fetch", "FetchError")):
-        if module in sys.modules:
-            errors.append(getattr(sys.modules[module], name))
-    return tuple(errors)
-
-
 def dispatch(command: str, argv: List[str]) -> Dict[str, Any]:
     if command == "fetch":
         from build_models.fetch import main as step
@@ -83,15 +74,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         width = max(map(len, COMMANDS))
         lines = "\n".join(f"  {c:<{width}}  {h}" for c, h in COMMANDS.items())
         print(f"usage: segedge-build COMMAND [options]\n\ncommands:\n{lines}\n\n"
-              f"'segedge-build COMMAND --help' for a command's options", file=sys.stderr)
+              f"'segedge-build COMMAND --help' for a command's options; all but verify need "
+              f"the build extra ({INSTALL_HINT})", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         result = dispatch(argv[0], argv[1:])
-    except Exception as exc:
-        if not isinstance(exc, _expected_errors()):
-            raise
+    except (BuildError, ValueError) as exc:
         print(f"segedge-build {argv[0]}: error: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:
+        missing = missing_build_extra(exc)
+        if not missing:
+            raise
+        print(f"segedge-build {argv[0]}: needs the build extra (no module '{missing}'): "
+              f"{INSTALL_HINT}", file=sys.stderr)
+        return 3
     if argv[0] != "verify":
         keys = ("bundle", "checkpoint", "evaluation", "best_val_dice", "dest")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))

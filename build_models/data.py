@@ -1,9 +1,10 @@
-"""Oxford-IIIT Pet data: layout checks, label mapping, resizing, augmentation.
+"""Oxford-IIIT Pet data: layout checks, label mapping, resizing.
 
 The official layout is ``images/<Name>.jpg``, ``annotations/trimaps/<Name>.png``
 (1 pet, 2 background, 3 border) and ``annotations/{trainval,test}.txt``.
-Pure functions (``map_trimap``, ``resize_pair``, ``augment``) work on numpy
-arrays; ``scan_split`` checks every pair and says what is wrong with which file.
+Pure functions (``map_trimap``, ``resize_pair``) work on numpy arrays; ``scan_split``
+checks every pair and says what is wrong with which file. Training augmentation is
+done on batches by ``build_models.augment``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from build_models.errors import BuildError
+
 LABEL_MODES = ("binary", "trimap")
 CLASSES = {"binary": ["background", "pet"], "trimap": ["background", "pet", "border"]}
 # trimap value -> class index, per label mode (index 0 of the table is unused)
@@ -25,7 +28,7 @@ SPLITS = ("train", "val", "trainval", "test")
 VAL_EVERY = 10  # the seed: every 10th line of trainval.txt is validation
 
 
-class DataError(Exception):
+class DataError(BuildError):
     """Bad data; the message names the file."""
 
 
@@ -71,31 +74,6 @@ def resize_pair(image: np.ndarray, mask: Optional[np.ndarray], size: int
     if mask is None:
         return img, None
     return img, np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
-
-
-def augment(image: np.ndarray, mask: np.ndarray, rng: random.Random,
-            scale: Tuple[float, float] = (0.6, 1.0), jitter: float = 0.2
-            ) -> Tuple[np.ndarray, np.ndarray]:
-    """Horizontal flip, random scale-crop (resized back), brightness/contrast/saturation jitter."""
-    size = image.shape[0]
-    if rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    s = rng.uniform(*scale)
-    if s < 0.999:
-        crop = max(8, int(size * s))
-        y, x = rng.randint(0, size - crop), rng.randint(0, size - crop)
-        image = np.ascontiguousarray(image[y:y + crop, x:x + crop])
-        mask = np.ascontiguousarray(mask[y:y + crop, x:x + crop])
-        image, mask = resize_pair(image, mask, size)
-    if jitter > 0:
-        img = image.astype(np.float32)
-        img *= rng.uniform(1 - jitter, 1 + jitter)  # brightness
-        mean = img.mean()
-        img = (img - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean  # contrast
-        grey = img.mean(axis=2, keepdims=True)
-        img = (img - grey) * rng.uniform(1 - jitter, 1 + jitter) + grey  # saturation
-        image = np.clip(img, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
 def read_split(root: Path, split: str) -> List[str]:
@@ -193,11 +171,10 @@ class PetData:
     """Indexable (image uint8 HxWx3, mask uint8 HxW) at ``size``, decoded once and cached."""
 
     def __init__(self, pairs: Sequence[Pair], size: int, label_mode: str = "binary",
-                 augment: bool = False, seed: int = 0):
+                 seed: int = 0):
         self.pairs = list(pairs)
         self.size = check_size(size)
         self.label_mode = label_mode
-        self.augment = augment
         self.rng = random.Random(seed)
         self._cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
 
@@ -211,10 +188,13 @@ class PetData:
         return self._cache[i]
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
-        image, mask = self.raw(i)
-        if self.augment:
-            image, mask = augment(image, mask, self.rng)
-        return image, mask
+        return self.raw(i)
+
+    def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+        """All pairs stacked: images [N,H,W,3] uint8, masks [N,H,W] uint8 (training keeps
+        them on its device and augments there)."""
+        items = [self[i] for i in range(len(self))]
+        return np.stack([im for im, _ in items]), np.stack([m for _, m in items])
 
     def batches(self, batch_size: int, shuffle: bool = False):
         """Yield (images NCHW float32 0..255 RGB, masks NHW int64)."""

@@ -77,27 +77,14 @@ def compile_ov(model: Union[str, Path, Any], precision: str = "f32", device: str
 
     Returns the compiled model and the inference precision the plugin really uses.
     """
-    import openvino as ov
+    from edge_agent import ovcompat
 
-    core = core or ov.Core()
+    core = core or ovcompat.new_core()
     config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
-    compiled = core.compile_model(str(model) if isinstance(model, Path) else model,
-                                  device, config)
-    try:
-        used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    except Exception:  # pragma: no cover - plugins without the property
-        used = precision
-    return compiled, precision_name(used)
-
-
-def precision_name(value: str) -> str:
-    """OpenVINO's element type text ('<Type: 'float32'>', 'f32', 'bf16', ...) -> f32/bf16/f16."""
-    text = value.lower()
-    for short, words in (("bf16", ("bf16", "bfloat16")), ("f16", ("f16", "float16")),
-                         ("f32", ("f32", "float32"))):
-        if any(w in text for w in words):
-            return short
-    return text
+    compiled = ovcompat.compile_model(core, str(model) if isinstance(model, Path) else model,
+                                      device, config)
+    used = ovcompat.property_or(compiled, "INFERENCE_PRECISION_HINT", precision)
+    return compiled, ovcompat.precision_name(used)
 
 
 def ov_infer(compiled: Any) -> InferFn:

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
+from build_models.errors import BuildError
+
 BASE_URL = "https://thor.robots.ox.ac.uk/datasets/pets"
 
 
@@ -41,7 +43,7 @@ OFFICIAL = (
 )
 
 
-class FetchError(Exception):
+class FetchError(BuildError):
     pass
 
 

@@ -59,6 +59,15 @@ PRESETS: Dict[str, ModelConfig] = {
     "mobile": ModelConfig(arch="Unet", encoder="mobilenet_v2", label_mode="binary", size=256,
                           decoder_channels=(128, 64, 32, 16, 16)),
     "mobile-fpn": ModelConfig(arch="FPN", encoder="mobilenet_v2", label_mode="binary", size=256),
+    # the candidates of the accuracy-vs-speed chart (docs/build.md, demo/README.md)
+    "mobile-wide": ModelConfig(arch="Unet", encoder="mobilenet_v2", label_mode="binary",
+                               size=256),
+    "mobile-deeplab": ModelConfig(arch="DeepLabV3Plus", encoder="mobilenet_v2",
+                                  label_mode="binary", size=256),
+    "lite0": ModelConfig(arch="Unet", encoder="tu-efficientnet_lite0", label_mode="binary",
+                         size=256, decoder_channels=(128, 64, 32, 16, 16)),
+    "r18": ModelConfig(arch="Unet", encoder="resnet18", label_mode="binary", size=256,
+                       decoder_channels=(128, 64, 32, 16, 16)),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +35,37 @@ def plot_curves(history: List[Dict[str, Any]], path: Path) -> Path:
     ax2.plot(epochs, [h["val_fg_iou"] for h in history], marker=".", label="val pet IoU")
     ax2.set(xlabel="epoch", title="validation", ylim=(0, 1))
     ax2.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_candidates(rows: Dict[str, Dict[str, Any]], path: Path,
+                    chosen: Optional[str] = None) -> Path:
+    """Accuracy vs speed: validation Dice against INT8 CPU throughput, one point per
+    candidate (same training budget), labelled; recipe variants of one architecture share
+    its speed and are drawn hollow; the chosen one is ringed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    last: Dict[str, float] = {}  # per side: the y of the last label, to step apart
+    offset = {"left": 0.0, "right": 0.0}
+    span = max(r["best_val_dice"] for r in rows.values()) - min(
+        r["best_val_dice"] for r in rows.values())
+    for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["best_val_dice"]):
+        x, y = r["int8_fps"], r["best_val_dice"]
+        variant = name != r["preset"]  # a recipe variant of an architecture candidate
+        side = "left" if variant else "right"
+        close = side in last and abs(last[side] - y) < 0.04 * max(span, 1e-6)
+        offset[side] = offset[side] - 9 if close else 0.0
+        last[side] = y
+        ax.scatter(x, y, s=30, color="C0" if not variant else "none", edgecolors="C0")
+        ax.annotate(name if variant else f"{name} ({r['params_m']:.1f} M)", (x, y),
+                    fontsize=7, xytext=(-6 if variant else 6, 3 + offset[side]),
+                    textcoords="offset points", ha="right" if variant else "left")
+        if name == chosen:
+            ax.scatter(x, y, s=160, facecolors="none", edgecolors="black")
+    ax.set(xlabel="INT8 throughput on this CPU (frames/s, OpenVINO async, batch 1)",
+           ylabel="best validation Dice", title="candidates, same training budget")
+    ax.margins(x=0.25, y=0.15)
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

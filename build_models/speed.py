@@ -23,7 +23,7 @@ def measure(core: Any, model: Any, frames: List[np.ndarray], iterations: int = 3
     (PERFORMANCE_HINT=THROUGHPUT, AsyncInferQueue of the plugin's optimal size)."""
     import openvino as ov
 
-    from build_models.evaluate import precision_name
+    from edge_agent.ovcompat import precision_name, property_or
 
     extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     sync = core.compile_model(model, device, {"PERFORMANCE_HINT": "LATENCY", **extra})
@@ -34,7 +34,7 @@ def measure(core: Any, model: Any, frames: List[np.ndarray], iterations: int = 3
         request.infer({0: frames[i % len(frames)]})
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    used = precision_name(str(sync.get_property("INFERENCE_PRECISION_HINT")))
+    used = precision_name(property_or(sync, "INFERENCE_PRECISION_HINT", precision or "auto"))
     del request, sync
     tput = core.compile_model(model, device, {"PERFORMANCE_HINT": "THROUGHPUT", **extra})
     nreq = int(tput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

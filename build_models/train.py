@@ -1,27 +1,29 @@
-"""Train a segmentation model on an Oxford-IIIT Pet folder.
+"""Train a segmentation model on an Oxford-IIIT Pet folder (GPU when there is one, else CPU).
 
     python -m build_models.train --data DIR --out runs/x --preset mobile --epochs 40
 
-Writes ``best.pt`` (best validation Dice), ``last.pt`` (for ``--resume``),
-``curves.png`` and ``report.json`` into ``--out``.
+Writes ``best.pt`` (best validation Dice; the EMA weights when ``--ema`` is on),
+``last.pt`` (for ``--resume``), ``curves.png`` and ``report.json`` into ``--out``.
+The training images stay on the device as uint8 tensors and are augmented there in
+batches (``build_models.augment``), so a GPU is never starved by a CPU loader.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from build_models import code_version, tool_versions
-from build_models import data as D
+from build_models import code_version, data, tool_versions
 
 
 @dataclass
@@ -32,17 +34,25 @@ class TrainConfig:
     size: Optional[int] = None  # None: the preset's
     label_mode: Optional[str] = None
     encoder_weights: Optional[str] = None
+    extra_data: List[str] = field(default_factory=list)  # more Pet folders, trainval only
     epochs: int = 40
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
+    loss: str = "dice_bce"
+    warmup: float = 0.0  # fraction of training with a linear learning-rate ramp
+    restarts: int = 0  # cosine warm restarts: the schedule runs restarts + 1 cycles
+    ema: float = 0.0  # decay of the weights' moving average (0: off), e.g. 0.999
     seed: int = 0
     augment: bool = True
+    background_mix: float = 0.0  # probability of mixing another image's background in
+    val_every: int = 1  # validate every N epochs (and at the end)
     max_minutes: Optional[float] = None
     max_steps: Optional[int] = None
     limit: Optional[int] = None  # use at most this many training pairs (tests, quick runs)
     threads: Optional[int] = None
+    device: str = "auto"  # auto: cuda when available
     strict: bool = False
     resume: Optional[str] = None
     progress: bool = True
@@ -56,29 +66,89 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loss(label_mode: str):
-    """Dice + BCE (binary, one logit channel) or Dice + CE (trimap)."""
+def learning_rate(base: float, progress: float, warmup: float = 0.0, restarts: int = 0
+                  ) -> float:
+    """Linear warm-up over the first ``warmup`` of training, then ``restarts + 1`` cosine
+    cycles from ``base`` to 0 (SGDR-style warm restarts when restarts > 0)."""
+    progress = min(1.0, max(0.0, progress))
+    if warmup > 0 and progress < warmup:
+        return base * max(progress / warmup, 0.01)
+    rest = (progress - warmup) / (1 - warmup) if warmup < 1 else 1.0
+    cycle = rest * (restarts + 1)
+    phase = 1.0 if rest >= 1.0 else cycle - math.floor(cycle)
+    return base * 0.5 * (1.0 + math.cos(math.pi * phase))
+
+
+class Ema:
+    """Exponential moving average of a model's weights (buffers copied), with the usual
+    warm-up of the decay so that short runs are not dominated by the random init."""
+
+    def __init__(self, model, decay: float, updates: int = 0):
+        import torch
+
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = updates
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._float = [(e, m) for e, m in pairs if torch.is_floating_point(e)]
+        self._other = [(e, m) for e, m in pairs if not torch.is_floating_point(e)]
+
+    def update(self) -> None:
+        import torch
+
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_([e for e, _ in self._float], [m for _, m in self._float],
+                                 1.0 - decay)
+            for e, m in self._other:
+                e.copy_(m)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds: the model, its optimiser and EMA, the data on
+    the device, and ``state`` (epoch, step, best, history) that checkpoints carry."""
+
+    cfg: TrainConfig
+    mcfg: Any
+    device: Any
+    model: Any
+    ema: Optional[Ema]
+    optimizer: Any
+    loss_fn: Any
+    images: Any  # uint8 [N,3,S,S] on the device
+    masks: Any  # uint8 [N,S,S] on the device
+    val_set: data.PetData
+    augment: Any
+    generator: Any
+    meta: Dict[str, Any]
+    out: Path
+    state: Dict[str, Any]
+    steps_per_epoch: int
+    total_steps: int
+    budget_s: Optional[float]
+    start: float
+    summary: Dict[str, Any]
+
+    @property
+    def eval_model(self):
+        return self.ema.model if self.ema else self.model
+
+
+def save_checkpoint(path: Path, run: Run, meta: Dict[str, Any]) -> Path:
+    """``state_dict`` is the model to deploy (the EMA weights when EMA is on); the raw
+    weights, optimiser and state are there for ``--resume``."""
     import torch
-    from segmentation_models_pytorch.losses import DiceLoss
 
-    if label_mode == "binary":
-        dice, bce = DiceLoss("binary", from_logits=True), torch.nn.BCEWithLogitsLoss()
-        return lambda logits, y: dice(logits, y.unsqueeze(1)) + bce(logits, y.unsqueeze(1).float())
-    dice, ce = DiceLoss("multiclass", from_logits=True), torch.nn.CrossEntropyLoss()
-    return lambda logits, y: dice(logits, y) + ce(logits, y)
-
-
-def cosine_lr(base: float, progress: float) -> float:
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-
-
-def save_checkpoint(path: Path, model, optimizer, state: Dict[str, Any],
-                    meta: Dict[str, Any]) -> Path:
-    import torch
-
+    ckpt = {"state_dict": run.eval_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "state": run.state, "meta": meta}
+    if run.ema:
+        ckpt.update(train_state_dict=run.model.state_dict(), ema_updates=run.ema.updates)
     tmp = Path(str(path) + ".tmp")
-    torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": state, "meta": meta}, tmp)
+    torch.save(ckpt, tmp)
     tmp.replace(path)
     return Path(path)
 
@@ -100,12 +170,28 @@ def model_from_checkpoint(path: Path):
     return model.eval(), meta
 
 
-def train(cfg: TrainConfig) -> Dict[str, Any]:
+def store_size(size: int) -> int:
+    """Training images are kept a quarter larger than the model input (a multiple of 32),
+    so that random crops keep detail."""
+    return int(math.ceil(size * 1.25 / 32) * 32)
+
+
+def _training_pairs(cfg: TrainConfig) -> Dict[str, Any]:
+    train_scan = data.scan_split(Path(cfg.data), "train", strict=cfg.strict)
+    pairs = train_scan.pairs[: cfg.limit] if cfg.limit else list(train_scan.pairs)
+    summary = {"train": train_scan.summary()}
+    for extra in cfg.extra_data:
+        scan = data.scan_split(Path(extra), "trainval", strict=cfg.strict)
+        pairs += scan.pairs
+        summary[f"extra:{extra}"] = scan.summary()
+    return {"pairs": pairs, "summary": summary}
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Model, optimiser, EMA and data for a fresh or resumed run."""
     import torch
 
-    from build_models import evaluate as E
-    from build_models import models as M
-    from build_models.report import plot_curves
+    from build_models import augment, losses, models
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,94 +200,174 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     seed_everything(cfg.seed)
     resumed = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
     if resumed:
-        mcfg = M.ModelConfig.from_dict(resumed["meta"]["model"])
+        mcfg = models.ModelConfig.from_dict(resumed["meta"]["model"])
     else:
-        mcfg = M.preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
-                        encoder_weights=cfg.encoder_weights)
-    D.check_size(mcfg.size)
-    train_scan = D.scan_split(Path(cfg.data), "train", strict=cfg.strict)
-    val_scan = D.scan_split(Path(cfg.data), "val", strict=cfg.strict)
-    train_pairs = train_scan.pairs[: cfg.limit] if cfg.limit else train_scan.pairs
-    train_set = D.PetData(train_pairs, mcfg.size, mcfg.label_mode, cfg.augment, cfg.seed)
-    val_set = D.PetData(val_scan.pairs, mcfg.size, mcfg.label_mode)
+        mcfg = models.preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
+                             encoder_weights=cfg.encoder_weights)
+    data.check_size(mcfg.size)
+    found = _training_pairs(cfg)
+    val_scan = data.scan_split(Path(cfg.data), "val", strict=cfg.strict)
+    images, masks = data.PetData(found["pairs"], store_size(mcfg.size), mcfg.label_mode).arrays()
+    val_set = data.PetData(val_scan.pairs, mcfg.size, mcfg.label_mode)
+    found["summary"]["val"] = val_scan.summary()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = M.create(mcfg).to(device)
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    model = models.create(mcfg).to(device)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    loss_fn = make_loss(mcfg.label_mode)
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": 0,
                              "elapsed_s": 0.0, "history": []}
+    ema_updates = 0
     if resumed:
-        model.load_state_dict(resumed["state_dict"])
+        model.load_state_dict(resumed.get("train_state_dict", resumed["state_dict"]))
         optimizer.load_state_dict(resumed["optimizer"])
         state = resumed["state"]
+        ema_updates = resumed.get("ema_updates", 0)
+    ema = Ema(model, cfg.ema, ema_updates) if cfg.ema > 0 else None
+    if ema and resumed:
+        ema.model.load_state_dict(resumed["state_dict"])
+    aug = augment.AugmentConfig(background_mix=cfg.background_mix)
     meta = {
         "preset": cfg.preset if not resumed else resumed["meta"]["preset"],
         "model": mcfg.to_dict(), "size": mcfg.size, "label_mode": mcfg.label_mode,
-        "classes": D.CLASSES[mcfg.label_mode], "mean": mcfg.mean, "std": mcfg.std,
-        "data_hash": D.data_hash(train_pairs + val_scan.pairs), "data": str(cfg.data),
-        "train_images": len(train_set), "val_images": len(val_set),
+        "classes": data.CLASSES[mcfg.label_mode], "mean": mcfg.mean, "std": mcfg.std,
+        "data_hash": data.data_hash(found["pairs"] + val_scan.pairs), "data": str(cfg.data),
+        "extra_data": list(cfg.extra_data),
+        "train_images": len(found["pairs"]), "val_images": len(val_set),
         "code_version": code_version(), "tools": tool_versions(),
-        "train_config": asdict(cfg),
+        "train_config": asdict(cfg), "augment": aug.to_dict() if cfg.augment else None,
     }
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    n = len(found["pairs"])
+    steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
-    start = time.monotonic() - state["elapsed_s"]
-    stop_reason = "epochs"
-    while state["epoch"] < cfg.epochs:
-        model.train()
-        losses: List[float] = []
-        bar = E.tqdm(train_set.batches(cfg.batch_size, shuffle=True), total=steps_per_epoch,
-                     desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}", disable=not cfg.progress)
-        for images, masks in bar:
-            elapsed = time.monotonic() - start
-            progress = state["step"] / total_steps
-            if budget_s:
-                progress = max(progress, elapsed / budget_s)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(cfg.lr, progress)
-            x = torch.from_numpy(images).to(device)
-            y = torch.from_numpy(masks).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            state["step"] += 1
-            losses.append(float(loss.detach()))
-            cm = E.confusion(M.predict_classes(logits).cpu().numpy(), masks, mcfg.num_classes)
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}", dice=f"{E.metrics(cm)['dice']:.3f}")
-            if cfg.max_steps and state["step"] >= cfg.max_steps:
-                stop_reason = "max_steps"
-                break
-            if budget_s and time.monotonic() - start >= budget_s:
-                stop_reason = "max_minutes"
-                break
-        bar.close()
-        state["epoch"] += 1
-        val = E.validate(E.torch_infer(model), val_set, mcfg.num_classes, cfg.batch_size,
-                         desc="val", progress=cfg.progress)
-        model.train()
-        state["elapsed_s"] = time.monotonic() - start
-        state["history"].append({"epoch": state["epoch"], "step": state["step"],
-                                 "train_loss": float(np.mean(losses)) if losses else 0.0,
-                                 "val_dice": val["dice"], "val_fg_iou": val["fg_iou"],
-                                 "lr": optimizer.param_groups[0]["lr"],
-                                 "elapsed_s": round(state["elapsed_s"], 1)})
-        E.tqdm.write(f"epoch {state['epoch']}: loss {state['history'][-1]['train_loss']:.4f} "
-                     f"val dice {val['dice']:.4f} pet IoU {val['fg_iou']:.4f}")
-        if val["dice"] > state["best_dice"]:
-            state["best_dice"], state["best_epoch"] = val["dice"], state["epoch"]
-            save_checkpoint(out / "best.pt", model, optimizer, state,
-                            {**meta, "val": val, "epoch": state["epoch"]})
-        save_checkpoint(out / "last.pt", model, optimizer, state, {**meta, "val": val})
-        if stop_reason != "epochs":
+    return Run(
+        cfg=cfg, mcfg=mcfg, device=device, model=model, ema=ema, optimizer=optimizer,
+        loss_fn=losses.make_loss(mcfg.label_mode, cfg.loss),
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
+        masks=torch.from_numpy(masks).to(device), val_set=val_set, augment=aug,
+        generator=augment.generator(cfg.seed + state["step"], device), meta=meta, out=out,
+        state=state, steps_per_epoch=steps_per_epoch,
+        total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch, budget_s=budget_s,
+        start=time.monotonic() - state["elapsed_s"], summary=found["summary"])
+
+
+def _batch(run: Run, idx):
+    from build_models import augment
+
+    images, masks = run.images[idx], run.masks[idx]
+    if run.cfg.augment:
+        return augment.augment_batch(images, masks, run.mcfg.size, run.augment, run.generator,
+                                     binary=run.mcfg.label_mode == "binary")
+    return augment.resize_batch(images, masks, run.mcfg.size)
+
+
+def train_epoch(run: Run) -> Dict[str, Any]:
+    """One pass over the training images (full batches, shuffled); returns the mean loss
+    and, when a step or time limit ended it early, why."""
+    import torch
+
+    cfg, state = run.cfg, run.state
+    run.model.train()
+    n = run.images.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
+    bs = min(cfg.batch_size, n)
+    loss_sum = torch.zeros((), device=run.device)
+    steps, stop = 0, None
+    cuda = run.device.type == "cuda"
+    for first in range(0, run.steps_per_epoch * bs, bs):
+        progress = state["step"] / run.total_steps
+        if run.budget_s:
+            progress = max(progress, (time.monotonic() - run.start) / run.budget_s)
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg.lr, progress, cfg.warmup, cfg.restarts)
+        x, y = _batch(run, order[first:first + bs].to(run.device))
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = run.model(x)
+        loss = run.loss_fn(logits.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        if run.ema:
+            run.ema.update()
+        state["step"] += 1
+        steps += 1
+        loss_sum += loss.detach()
+        if cfg.max_steps and state["step"] >= cfg.max_steps:
+            stop = "max_steps"
             break
+        if run.budget_s and time.monotonic() - run.start >= run.budget_s:
+            stop = "max_minutes"
+            break
+    return {"loss": float(loss_sum) / max(1, steps), "stop": stop}
+
+
+def validate(run: Run) -> Dict[str, Any]:
+    """Validation Dice / pet IoU of the model to deploy (EMA weights when on)."""
+    import torch
+
+    from build_models import evaluate
+
+    model = run.eval_model.eval()
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images).to(run.device)).float().cpu().numpy()
+
+    return evaluate.validate(infer, run.val_set, run.mcfg.num_classes, 16, desc="val",
+                             progress=run.cfg.progress)
+
+
+def end_epoch(run: Run, epoch: Dict[str, Any]) -> None:
+    """Bookkeeping after an epoch: validate (every ``val_every`` and at the end), record
+    history, keep ``best.pt`` and ``last.pt``."""
+    from build_models import evaluate
+
+    state, cfg = run.state, run.cfg
+    state["epoch"] += 1
+    state["elapsed_s"] = time.monotonic() - run.start
+    last = epoch["stop"] is not None or state["epoch"] >= cfg.epochs
+    if state["epoch"] % max(1, cfg.val_every) and not last:
+        return
+    val = validate(run)
+    state["history"].append({"epoch": state["epoch"], "step": state["step"],
+                             "train_loss": epoch["loss"], "val_dice": val["dice"],
+                             "val_fg_iou": val["fg_iou"],
+                             "lr": run.optimizer.param_groups[0]["lr"],
+                             "elapsed_s": round(state["elapsed_s"], 1)})
+    evaluate.tqdm.write(f"epoch {state['epoch']}: loss {epoch['loss']:.4f} "
+                        f"val dice {val['dice']:.4f} pet IoU {val['fg_iou']:.4f}")
+    if val["dice"] > state["best_dice"]:
+        state["best_dice"], state["best_epoch"] = val["dice"], state["epoch"]
+        save_checkpoint(run.out / "best.pt", run, {**run.meta, "val": val,
+                                                    "epoch": state["epoch"]})
+    save_checkpoint(run.out / "last.pt", run, {**run.meta, "val": val})
+
+
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    from build_models import evaluate
+    from build_models.report import plot_curves
+
+    run = setup(cfg)
+    stop_reason = "epochs"
+    bar = evaluate.tqdm(total=cfg.epochs, initial=run.state["epoch"], desc="epochs",
+                        disable=not cfg.progress)
+    while run.state["epoch"] < cfg.epochs:
+        epoch = train_epoch(run)
+        end_epoch(run, epoch)
+        bar.update(1)
+        bar.set_postfix(loss=f"{epoch['loss']:.3f}", best=f"{run.state['best_dice']:.4f}")
+        if epoch["stop"]:
+            stop_reason = epoch["stop"]
+            break
+    bar.close()
+    return write_report(run, stop_reason, plot_curves)
+
+
+def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
+    out, state = run.out, run.state
     plot_curves(state["history"], out / "curves.png")
     report = {
         "step": "train", "created": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -209,35 +375,49 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         "curves": str(out / "curves.png"), "stopped_by": stop_reason,
         "best_epoch": state["best_epoch"], "best_val_dice": state["best_dice"],
         "epochs_run": state["epoch"], "steps": state["step"],
-        "elapsed_s": round(state["elapsed_s"], 1), "device": device.type,
-        "amp": device.type == "cuda", "data_summary": {
-            "train": train_scan.summary(), "val": val_scan.summary()},
-        "meta": meta, "history": state["history"],
+        "elapsed_s": round(state["elapsed_s"], 1), "device": run.device.type,
+        "amp": "bf16" if run.device.type == "cuda" else None,
+        "data_summary": run.summary, "meta": run.meta, "history": state["history"],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from build_models.losses import LOSSES
     from build_models.models import PRESETS
 
     p.add_argument("--data", required=True, help="Oxford-IIIT Pet folder (official layout)")
     p.add_argument("--out", required=True, help="run directory for checkpoints and report")
     p.add_argument("--preset", default="mobile", choices=sorted(PRESETS))
     p.add_argument("--size", type=int, help="input size, a multiple of 32 (default: preset's)")
-    p.add_argument("--label-mode", choices=D.LABEL_MODES, help="default: preset's (binary)")
+    p.add_argument("--label-mode", choices=data.LABEL_MODES, help="default: preset's (binary)")
     p.add_argument("--encoder-weights", default=None, help="e.g. imagenet (needs the internet)")
+    p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                   help="another Pet folder whose trainval pairs are added to training "
+                        "(repeatable; never used for validation)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--optimizer", choices=("adam", "adamw"), default="adamw")
+    p.add_argument("--loss", choices=LOSSES, default="dice_bce")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="fraction of training with a linear learning-rate warm-up")
+    p.add_argument("--restarts", type=int, default=0,
+                   help="cosine warm restarts (the schedule runs N+1 cycles)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="EMA decay of the weights, e.g. 0.999 (0: off); best.pt holds the EMA")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--background-mix", type=float, default=0.0,
+                   help="probability of mixing another image's background into a sample")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this training time")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--limit", type=int, help="use at most N training pairs")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
     p.add_argument("--strict", action="store_true", help="bad data is fatal (default: skip)")
     p.add_argument("--resume", help="continue from a last.pt")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -15,7 +15,8 @@ from typing import List, Optional
 
 from . import __version__
 from .config import DEFAULT_PATH, ConfigError, load
-from .manifest import BundleError, open_target
+from .manifest import BundleError
+from .opened import OpenedBundle
 
 EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
 log = logging.getLogger("segedge")
@@ -44,8 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg, ignored = load(args.config)
-        opened = open_target(cfg.model.bundle, cfg.model.target)
-        manifest, entry, _ = opened
+        opened = OpenedBundle.open(cfg.model.bundle, cfg.model.target)
+        manifest, entry = opened.manifest, opened.target
     except ConfigError as exc:
         return _config_error(str(exc))
     except BundleError as exc:
@@ -61,8 +62,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run(cfg, opened)
 
 
-def run(cfg, opened=None) -> int:
-    """``opened``: open_target's result, so the bundle is not hashed a second time."""
+def _quiet_ffmpeg() -> None:
+    """FFmpeg's and OpenCV's own stderr lines on every camera retry: errors only.
+
+    Read by OpenCV when cv2 is imported, so set before; an operator's value wins.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; we log the reason
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
+def run(cfg, opened: Optional[OpenedBundle] = None) -> int:
+    """``opened``: the bundle the CLI checked, so it is not hashed a second time."""
+    _quiet_ffmpeg()
     from .app import Agent  # openvino and cv2 load only when the agent really runs
     from .inference import InferenceError
 

@@ -1,4 +1,8 @@
-"""The agent: start the parts in order, publish status and stats, stop in reverse."""
+"""The agent's lifecycle: start the parts in order, stop them in reverse; stats on a tick.
+
+Health (``health.py``) owns the state and its reasons, the watchdog (``watchdog.py``)
+the liveness checks; this module wires them and publishes what they decide.
+"""
 
 from __future__ import annotations
 
@@ -6,91 +10,85 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, Optional
+import uuid
+from typing import Any, Dict, Optional
 
 from . import __version__, ovcompat
 from .capture import Capture, LatestFrame
 from .config import Config
-from .health import write_health
+from .health import Health
 from .inference import Engine
 from .messages import Stats, Status
 from .mqtt import MqttComms
+from .opened import OpenedBundle
 from .pipeline import Pipeline
 from .sdnotify import Notifier
 from .stats import Counters, LatencyWindow, ProcessUsage
+from .watchdog import Watchdog
 
 log = logging.getLogger("segedge.agent")
-INFER_STALL_MIN_S = 10.0  # requests in flight and no result for this long: exit non-zero
 WAITING_FOR_FRAME = "source: waiting for first frame"
-
-
-def infer_stall_s(watchdog_interval_s: float) -> float:
-    """How long in-flight requests may go without a result before the agent gives up."""
-    return max(INFER_STALL_MIN_S, 2.0 * (watchdog_interval_s or 0.0))
+TICK_S = 0.2
 
 
 class Agent:
     def __init__(self, cfg: Config, stop: threading.Event,
-                 notifier: Optional[Notifier] = None, opened: Optional[tuple] = None) -> None:
+                 notifier: Optional[Notifier] = None,
+                 opened: Optional[OpenedBundle] = None) -> None:
         self.cfg, self.stop = cfg, stop
         self.notifier = notifier or Notifier()
+        self.session = uuid.uuid4().hex[:12]
         self.counters = Counters()
         self.latency = LatencyWindow()
         self.usage = ProcessUsage()
         self.slot = LatestFrame()
         self.started_mono = time.monotonic()
-        self._lock = threading.Lock()
-        self._reasons: Dict[str, str] = {}
-        self._state = ""
-        self.engine = Engine(cfg.model.bundle, cfg.model, on_result=lambda _u, _o: None,
-                             opened=opened)
+        self._seq_lock = threading.Lock()
+        self._stats_seq = 0
+        opened = opened or OpenedBundle.open(cfg.model.bundle, cfg.model.target)  # BundleError
+        self.engine = Engine(cfg.model, opened)
+        self.wake = threading.Event()  # a health change or a new connection: publish now
+        self.health = Health(cfg.health_file, self.notifier, facts=self._facts, wake=self.wake)
         self.comms: Optional[MqttComms] = None
         self.pipeline: Optional[Pipeline] = None
         self.capture: Optional[Capture] = None
 
-    # --- status -----------------------------------------------------------------
-    def _status(self, state: str, reason: Optional[str]) -> Status:
-        return Status(device_id=self.cfg.device_id, state=state, ts=round(time.time(), 3),
+    # --- what the status and the health file say ------------------------------------
+    def _status(self, state: str, reason: Optional[str], ts: float = 0.0) -> Status:
+        """``seq`` and ``connection`` are stamped by MqttComms as it sends."""
+        return Status(device_id=self.cfg.device_id, state=state,
+                      ts=round(ts or time.time(), 3),
                       agent_version=__version__, model=self.engine.info,
                       device=self.engine.device or None, reason=reason,
                       device_errors=dict(self.engine.failures),
-                      runtime=ovcompat.runtime_version(), pid=os.getpid())
+                      runtime=ovcompat.runtime_version(), pid=os.getpid(),
+                      session=self.session)
 
-    def set_reason(self, component: str, ok: bool, reason: str = "") -> None:
-        """Record a component's health; publish status when the overall state changes."""
-        with self._lock:
-            if ok:
-                self._reasons.pop(component, None)
-            else:
-                self._reasons[component] = reason
-            state = "degraded" if self._reasons else "online"
-            text = "; ".join(self._reasons.values()) or None
-            key = f"{state}|{text}"
-            if key == self._state:
-                return
-            self._state = key
-            if state == "degraded":
-                log.warning("status degraded: %s", text)
-            else:
-                log.info("status online")
-            # under the lock (both non-blocking), so the last state set is the last published
-            status = self._status(state, text)
-            if self.comms:
-                self.comms.publish_status(status.to_json())
-            self._health(state, text)
-        self.notifier.status(f"{state}{': ' + text if text else ''}")
+    def _will(self, connection: int) -> Status:
+        return self._status("offline", "connection lost")
 
-    def state(self) -> str:
-        return self._state.split("|", 1)[0] or "online"
+    def _publish_status(self, now: float) -> None:
+        """Once per tick: the newest health view, and the current one after each connect."""
+        self.health.set("mqtt", self.comms.problem(now))
+        announce = self.comms.take_announce()
+        view = self.health.take_change()
+        if view is None and announce:
+            view = self.health.view()  # a new connection hears the current state
+        if view is not None:
+            self.comms.publish_status(self._status(view.state, view.reason, view.since))
 
-    def _health(self, state: str, reason: Optional[str]) -> None:
-        write_health(self.cfg.health_file, {
-            "state": state, "ts": round(time.time(), 3), "reason": reason,
-            "model": {"name": self.engine.info.name, "version": self.engine.info.version,
-                      "precision": self.engine.info.precision},
-            "device": self.engine.device or None, "pid": os.getpid()})
+    def _facts(self) -> Dict[str, Any]:
+        info = self.engine.info
+        comms = self.comms
+        return {"model": {"name": info.name, "version": info.version,
+                          "precision": info.precision},
+                "device": self.engine.device or None,
+                "mqtt": comms.state() if comms else {"connected": False, "broker": None,
+                                                      "reason": None},
+                "masks_published": self.pipeline.masks_sent if self.pipeline else 0,
+                "session": self.session}
 
-    # --- lifecycle --------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
         engine = self.engine
         engine.load()  # InferenceError when no device works
@@ -98,21 +96,25 @@ class Agent:
         if engine.failures:
             log.warning("running on %s after failures: %s", engine.device,
                         "; ".join(f"{d}: {r}" for d, r in engine.failures.items()))
-        will = self._status("offline", "connection lost").to_json()
-        self.comms = MqttComms(self.cfg.mqtt, self.cfg.device_id, will)
-        # not online before the source delivers: capture's first frame clears this
-        self.set_reason("source", False, WAITING_FOR_FRAME)
+        self.comms = MqttComms(self.cfg.mqtt, self.cfg.device_id, self._will,
+                               on_connected=self.wake.set)
+        # not online before the source delivers: capture's first frames clear this
+        self.health.set("source", WAITING_FOR_FRAME)
+        self.health.set("mqtt", self.comms.problem())  # not delivering before connected
         self.comms.start()
         self.pipeline = Pipeline(engine, self.cfg.output, self.cfg.device_id, self.slot,
                                  self.counters, self.latency, self.stop, self.comms.publish_mask,
-                                 self.comms.publish_frame)
+                                 self.comms.publish_frame,
+                                 max_age_s=self.cfg.source.stall_timeout_s)
         self.pipeline.start()
         self.capture = Capture(self.cfg.source, self.slot, self.stop,
-                               on_state=lambda ok, r: self.set_reason("source", ok, r),
-                               on_frame=self._on_frame)
+                               on_state=lambda reason: self.health.set("source", reason),
+                               on_frame=self._on_frame,
+                               on_stale=lambda: self.counters.add("stale"))
         self.capture.start()
+        watchdog = Watchdog(self.notifier, self.pipeline, self.capture, self.comms.fatal)
         self.notifier.ready(f"running on {engine.device}")
-        code = self._loop()
+        code = self._loop(watchdog)
         self._shutdown()
         return code
 
@@ -121,47 +123,38 @@ class Agent:
         if dropped:
             self.counters.add("dropped")
 
-    def _loop(self) -> int:
+    def _loop(self, watchdog: Watchdog) -> int:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
-        wd = self.notifier.watchdog_interval_s
-        next_wd = time.monotonic()
-        stall_s = infer_stall_s(wd)
-        last_inferred, progress_mono = -1, time.monotonic()
-        while not self.stop.wait(0.2):
+        while not self.stop.is_set():
+            self.wake.wait(TICK_S)
+            self.wake.clear()
+            if self.stop.is_set():
+                break
             now = time.monotonic()
-            if not self.pipeline.alive():
-                log.error("pipeline thread died; exiting")
+            fatal = watchdog.check(now)
+            if fatal:
+                log.error("%s; exiting", fatal)
                 return 1
-            if not self.capture.is_alive() and not self.capture.finished.is_set():
-                log.error("capture thread died; exiting")
-                return 1
-            inferred = self.counters.snapshot()["inferred"]
-            if inferred != last_inferred or not self.pipeline.inflight():
-                last_inferred, progress_mono = inferred, now
-            elif now - progress_mono > stall_s:
-                log.error("inference stalled: %d request(s) in flight, no result for %.0fs; "
-                          "exiting", self.pipeline.inflight(), now - progress_mono)
-                return 1
-            if self.capture.finished.is_set() and not self.capture.is_alive():
+            if self.capture.done() and not self.capture.is_alive():
                 log.info("source finished; stopping")
                 self.stop.wait(0.5)  # let the last frames through
                 break
-            self.capture.check_stall(now)
+            self._publish_status(now)
+            self.comms.pump()
             if now >= next_stats:
                 next_stats = now + interval
                 self.publish_stats(interval)
-            if wd and now >= next_wd:
-                next_wd = now + wd
-                self.notifier.watchdog()
         return 0
 
     def publish_stats(self, interval: float) -> Stats:
-        with self._lock:
-            state = self.state()
         rates = self.counters.rates()
         frames = self.counters.snapshot()
-        frames["mqtt_dropped"] = self.comms.queue.dropped
+        frames["mqtt_dropped"] = self.comms.dropped
+        frames["spool_dropped"] = self.comms.spool.dropped
+        with self._seq_lock:
+            self._stats_seq += 1
+            seq = self._stats_seq
         stats = Stats(
             device_id=self.cfg.device_id, ts=round(time.time(), 3),
             uptime_s=round(time.monotonic() - self.started_mono, 1), interval_s=interval,
@@ -169,14 +162,15 @@ class Agent:
                  "publish": round(rates["published"], 2)},
             latency_ms=self.latency.take(), frames=frames,
             queues={"capture": self.slot.depth(), "inflight": self.pipeline.inflight(),
-                    "reorder": len(self.pipeline.reorder), "mqtt_outbound": len(self.comms.queue)},
+                    "reorder": len(self.pipeline.reorder), "mqtt_outbound": len(self.comms.queue),
+                    "mqtt_spool": len(self.comms.spool)},
             device=self.engine.device, precision=self.engine.info.precision,
             inference_precision=self.engine.inference_precision,
             num_requests=self.engine.num_requests, model=self.engine.info,
-            process=self.usage.sample(), state=state)
+            process=self.usage.sample(), state=self.health.state, session=self.session,
+            seq=seq)
         self.comms.publish_stats(stats.to_json())
-        with self._lock:  # the state may have changed meanwhile: write the current one
-            self._health(self.state(), "; ".join(self._reasons.values()) or None)
+        self.health.refresh()
         log.debug("stats %s", stats.fps)
         return stats
 
@@ -189,6 +183,6 @@ class Agent:
         if self.pipeline:
             self.pipeline.join(5.0)
         if self.comms:
-            self.comms.stop(self._status("offline", "shutdown").to_json())
-        self._health("offline", "shutdown")
+            self.comms.stop(self._status("offline", "shutdown"))
+        self.health.stop("shutdown")
         log.info("stopped")

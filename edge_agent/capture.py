@@ -1,8 +1,14 @@
 """Frames in: one reader thread per source, the latest frame wins.
 
 The reader never waits for inference: a new frame replaces an unconsumed one
-(counted as dropped). Open failures and lost streams are retried with
-exponential backoff and jitter while the agent keeps running (status degraded).
+(counted as dropped). A source that stops delivering is reported within
+``stall_timeout_s`` (the main loop checks, even while a read blocks); a frame that
+arrives after such a gap may be old (FFmpeg hands back buffered frames, one per read
+timeout), so it is dropped (``stale``), and the source is live again only when
+``RECOVER_FRAMES`` frames flow in a row. While a network camera is away it is probed
+cheaply every ``PROBE_INTERVAL_S`` (TCP connect plus an RTSP OPTIONS or HTTP HEAD that
+must be answered); only the expensive open is backed off, so a returning camera is
+back within seconds whatever the outage length.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import cv2
 import numpy as np
 
 from .config import SourceConfig, source_kind
-from .supervisor import Backoff
+from .freshness import Liveness, probe, redact
+from .resilience import Backoff
 
+PROBE_INTERVAL_S = 1.0  # camera away: cheap probe this often
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 log = logging.getLogger("segedge.capture")
 
@@ -117,33 +125,54 @@ class Reader:
             self._cap = None
 
 
-StateCallback = Callable[[bool, str], None]
+StateCallback = Callable[[Optional[str]], None]  # None: live; else the health reason
 
 
 class Capture(threading.Thread):
     """Reader thread: open, read, hand over the newest frame, reconnect on loss."""
 
     def __init__(self, cfg: SourceConfig, slot: LatestFrame, stop: threading.Event,
-                 on_state: StateCallback, on_frame: Callable[[bool], None]) -> None:
+                 on_state: StateCallback, on_frame: Callable[[bool], None],
+                 on_stale: Optional[Callable[[], None]] = None) -> None:
         super().__init__(name="capture", daemon=True)
         self.cfg, self.slot, self.stop = cfg, slot, stop
         self.on_state, self.on_frame = on_state, on_frame
+        self.on_stale = on_stale or (lambda: None)
+        self.name_in_logs = redact(cfg.uri)
         self.finished = threading.Event()  # a non-looping file or dir reached its end
         self.frame_id = 0
         self.last_frame_mono = time.monotonic()
         self.backoff = Backoff(0.5, cfg.reconnect_max_s)
-        self._ok = False  # frames are flowing; read and written under _state_lock
-        self._state_lock = threading.Lock()
+        self.liveness = Liveness(cfg.stall_timeout_s)
+        self._state_lock = threading.Lock()  # liveness and the reported reason
+        self._reason: Optional[str] = "waiting for first frame"
+        self._logged: Optional[str] = None
+        self._opened_once = False
+
+    def done(self) -> bool:
+        return self.finished.is_set()
 
     def run(self) -> None:
+        network = source_kind(self.cfg.uri) == "network"
         while not self.stop.is_set():
+            if network:
+                why = probe(self.cfg.uri)
+                if why:
+                    self.backoff.reset()  # the camera is away: open at once when it answers
+                    self._lost(f"camera unreachable: {why}", PROBE_INTERVAL_S)
+                    continue
             try:
                 reader = Reader(self.cfg.uri, self.cfg.stall_timeout_s)
             except (OSError, cv2.error) as exc:
-                self._lost(str(exc))
+                self._lost(" ".join(str(exc).replace(self.cfg.uri, self.name_in_logs).split()),
+                           self.backoff.next_delay())
                 continue
-            log.info("source opened: %s (%s%s)", self.cfg.uri, reader.kind,
-                     f", {reader.fps:.1f} fps" if reader.fps else "")
+            level = logging.DEBUG if self._opened_once and reader.is_file else logging.INFO
+            self._opened_once = True
+            log.log(level, "source opened: %s (%s%s)", self.name_in_logs, reader.kind,
+                    f", {reader.fps:.1f} fps" if reader.fps else "")
+            with self._state_lock:
+                self.liveness.connected()
             try:
                 reason = self._pump(reader)
             finally:
@@ -153,29 +182,41 @@ class Capture(threading.Thread):
             if reason == "eof":
                 if self.cfg.loop:
                     continue
-                log.info("source finished: %s", self.cfg.uri)
+                log.info("source finished: %s", self.name_in_logs)
                 self.finished.set()
                 break
-            self._lost(reason)
+            self._lost(reason, 0.0 if network else self.backoff.next_delay())
         self.finished.set()
 
+    def _set(self, reason: Optional[str]) -> None:
+        """Report a change (under _state_lock)."""
+        if reason == self._reason:
+            return
+        self._reason = reason
+        self.on_state(None if reason is None else f"source: {reason}")
+
     def check_stall(self, now: float) -> None:
-        """Called by the supervisor loop: report a stall even while read() is blocked."""
+        """Called by the watchdog each tick: report a stall even while read() is blocked."""
         limit = self.cfg.stall_timeout_s
         age = now - self.last_frame_mono
         with self._state_lock:
-            if limit and self._ok and self.frame_id and age > limit:
-                self._ok = False
-                log.warning("no frame for %.1fs", age)
-                self.on_state(False, f"source: no frame for {age:.0f}s")
+            if limit and self.liveness.live and age > limit:
+                self.liveness.lost()
+                log.warning("source %s: no frame for %.1f s", self.name_in_logs, age)
+                self._set(f"no frame for {age:.1f} s")
 
-    def _lost(self, reason: str) -> None:
-        delay = self.backoff.next_delay()
-        log.warning("camera unavailable: %s; retry in %.1fs", reason, delay)
+    def _lost(self, reason: str, delay: float) -> None:
+        if reason != self._logged:
+            self._logged = reason
+            log.warning("source %s: %s; retrying", self.name_in_logs, reason)
         with self._state_lock:
-            self._ok = False
-            self.on_state(False, f"source: {reason}")
-        self.stop.wait(delay)
+            self.liveness.lost()
+            if self._reason is None or not self._reason.startswith("no frame for") \
+                    or not reason.startswith("no frame for"):
+                self._set(reason)
+        log.debug("source retry in %.1fs", delay)
+        if delay:
+            self.stop.wait(delay)
 
     def _pump(self, reader: Reader) -> Optional[str]:
         """Read until stop (None), end of file ('eof') or a failure (its reason)."""
@@ -183,6 +224,7 @@ class Capture(threading.Thread):
         period = 1.0 / pace if reader.is_file and pace > 0 else 0.0
         next_t = time.monotonic()
         started = False  # on this connection
+        last = time.monotonic()
         while not self.stop.is_set():
             try:
                 ok, image = reader.read()
@@ -192,21 +234,32 @@ class Capture(threading.Thread):
             if not ok:
                 if reader.is_file:
                     return "eof" if started else f"{reader.kind} delivered no frame"
-                waited = now - self.last_frame_mono
-                return (f"no frame for {waited:.1f}s (stream ended or stalled)"
-                        if started else "stream opened but delivered no frame")
+                waited = now - last
+                limit = self.cfg.stall_timeout_s
+                if not started:
+                    return "stream opened but delivered no frame"
+                if limit and waited >= 0.9 * limit:
+                    return f"no frame for {waited:.1f} s"
+                return "stream ended"
             if image is None:
                 continue
-            self.frame_id += 1
+            gap, last = now - last, now
+            with self._state_lock:
+                fresh, became_live = self.liveness.frame(now)
+                if became_live:
+                    self.backoff.reset()
+                    self._logged = None
+                    self._set(None)
+                elif not fresh and self._reason is None:  # stale before the watchdog saw it
+                    self._set(f"no frame for {gap:.1f} s")
             self.last_frame_mono = now
+            started = True
+            if not fresh:
+                self.on_stale()
+                continue
+            self.frame_id += 1
             dropped = self.slot.put(Frame(self.frame_id, image, time.time(), now))
             self.on_frame(dropped)
-            started = True
-            with self._state_lock:
-                if not self._ok:
-                    self._ok = True
-                    self.backoff.reset()
-                    self.on_state(True, "")
             if period:
                 next_t = max(next_t + period, now - period)
                 self.stop.wait(max(0.0, next_t - time.monotonic()))

@@ -7,11 +7,16 @@ the key, and the CLI turns it into exit code 78 (EX_CONFIG). See docs/config.md.
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
+import re
+import reprlib
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
 if sys.version_info >= (3, 11):
@@ -32,65 +37,92 @@ PRECISIONS = ("", "f32", "bf16", "f16")
 class ConfigError(Exception):
     """A configuration problem; ``str()`` is one line that names the key."""
 
+    def __init__(self, message: str) -> None:
+        text = " ".join(str(message).split())  # one line, whatever a value held
+        super().__init__(text if len(text) <= 500 else text[:497] + "...")
 
-def _f(default: Any, help_: str) -> Any:
+
+def _f(default: Any, help_: str, lo: Optional[float] = None, hi: Optional[float] = None,
+       above: bool = False) -> Any:
+    """A key with its docs help and, for numbers, its range ``lo..hi`` (``above``: > lo)."""
+    meta = {"help": help_, "range": (lo, hi, above) if hi is not None else None}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help_})
-    return field(default=default, metadata={"help": help_})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class SourceConfig:
-    uri: str = _f("/dev/video0", "V4L2 index or /dev/videoN, rtsp:// or http(s):// URL, "
-                                 "video file, or directory of images")
-    loop: bool = _f(True, "files/dirs: start again at the end (false: the agent stops)")
-    fps: float = _f(0.0, "files/dirs: read at this rate (0 = the file's own fps, 10 for dirs)")
-    stall_timeout_s: float = _f(10.0, "no frame for this long = stalled, reconnect (0 = never)")
-    reconnect_max_s: float = _f(30.0, "cap of the exponential reconnect backoff")
+    uri: str = _f("/dev/video0", "V4L2 index (`\"0\"`) or `/dev/videoN`, `rtsp://` or "
+                                 "`http(s)://` URL, a video file, or a directory of images")
+    loop: bool = _f(True, "files/dirs: start again at the end (false: the agent stops with "
+                          "exit 0)")
+    fps: float = _f(0.0, "files/dirs: read at this rate (0 = the file's own fps; 10 for dirs)",
+                    0, 1000)
+    stall_timeout_s: float = _f(10.0, "no frame for this long = stalled: status `degraded`, "
+                                      "network streams reconnect (also the OpenCV open/read "
+                                      "timeout). 0 = never, for cameras that send rarely",
+                                0, 86400)
+    reconnect_max_s: float = _f(30.0, "cap of the exponential reconnect backoff (starts at "
+                                      "0.5 s, doubles, jitter between half and all of it)",
+                                0, 3600, above=True)
 
 
 @dataclass
 class ModelConfig:
-    bundle: str = _f("/opt/segedge/models/current", "bundle version dir with manifest.json")
-    target: str = _f("cpu", "bundle target: cpu|gpu|npu|myriad")
-    devices: List[str] = _f(["CPU"], "OpenVINO devices tried in order, e.g. [\"NPU\",\"CPU\"]")
-    num_requests: int = _f(0, "parallel infer requests (0 = the device's optimal number)")
-    cache_dir: str = _f("", "OpenVINO CACHE_DIR for compiled models (\"\" = none)")
-    inference_precision: str = _f("", "\"\" = device default, or f32|bf16|f16")
+    bundle: str = _f("/opt/segedge/models/current", "bundle version dir with `manifest.json`")
+    target: str = _f("cpu", "bundle target: cpu, gpu, npu, myriad")
+    devices: List[str] = _f(["CPU"], "OpenVINO devices tried in order, e.g. "
+                                     "`[\"NPU\",\"GPU\",\"CPU\"]`; AUTO/MULTI/HETERO are "
+                                     "refused (they hide fallbacks)")
+    num_requests: int = _f(0, "parallel infer requests (0 = the device's "
+                              "`OPTIMAL_NUMBER_OF_INFER_REQUESTS` under the THROUGHPUT hint)",
+                           0, 64)
+    cache_dir: str = _f("", "OpenVINO `CACHE_DIR` for compiled models (`\"\"` = none); use a "
+                            "`StateDirectory=` path")
+    inference_precision: str = _f("", "`\"\"` = device default (bf16 on CPUs with "
+                                      "AMX/AVX512-BF16), or f32, bf16, f16")
 
 
 @dataclass
 class OutputConfig:
-    mask_encoding: str = _f("png", "png (base64 single-channel PNG) or rle (COCO-style)")
-    mask_resolution: str = _f("model", "model (network size) or frame (source frame size)")
-    max_publish_fps: float = _f(10.0, "mask publish rate limit (0 = unlimited)")
-    stats_interval_s: float = _f(5.0, "seconds between stats messages")
-    frame_every: int = _f(0, "also publish the source frame (JPEG) on <prefix>/<id>/frame "
-                             "with every Nth mask, for overlays (0 = never)")
+    mask_encoding: str = _f("png", "`png` (base64 single-channel PNG of class indices) or `rle` "
+                                   "(COCO-style)")
+    mask_resolution: str = _f("model", "`model` (network size) or `frame` (source frame size: "
+                                       "logits upsampled bilinearly, then the class decision)")
+    max_publish_fps: float = _f(10.0, "mask publish rate limit, independent of inference fps "
+                                      "(0 = unlimited)", 0, 1000)
+    stats_interval_s: float = _f(5.0, "seconds between stats messages", 0, 3600, above=True)
+    frame_every: int = _f(0, "also publish the source frame (JPEG) on `<prefix>/<id>/frame` "
+                             "before every Nth mask, for overlays (0 = never)", 0, 100000)
 
 
 @dataclass
 class MqttConfig:
     host: str = _f("127.0.0.1", "broker host")
-    port: int = _f(1883, "broker port")
+    port: int = _f(1883, "broker port", 1, 65535)
     prefix: str = _f("segedge", "topic prefix")
-    client_id: str = _f("", "\"\" = segedge-<device_id>")
-    protocol: str = _f("5", "\"5\" or \"3.1.1\"")
-    qos_mask: int = _f(0, "QoS of mask messages (0, 1 or 2)")
-    keepalive_s: int = _f(30, "MQTT keepalive")
-    username: str = _f("", "user name (\"\" = anonymous)")
-    password: str = _f("", "password (prefer password_file or $CREDENTIALS_DIRECTORY)")
-    password_file: str = _f("", "file holding the password")
-    tls_ca: str = _f("", "CA certificate file; set to use TLS")
-    tls_cert: str = _f("", "client certificate file (mutual TLS)")
+    client_id: str = _f("", "`\"\"` = `segedge-<device_id>`")
+    protocol: str = _f("5", "`\"5\"` or `\"3.1.1\"`")
+    qos_mask: int = _f(0, "QoS of mask messages; status and stats are always QoS 1", 0, 2)
+    keepalive_s: int = _f(30, "MQTT keepalive; the broker publishes the last will after 1.5x "
+                              "this on a silent loss", 5, 65535)
+    username: str = _f("", "user name (`\"\"` = anonymous)")
+    password: str = _f("", "password (prefer `password_file` or `$CREDENTIALS_DIRECTORY`); "
+                           "never shown in errors")
+    password_file: str = _f("", "file holding the password (warned about when group or others "
+                                "can read it)")
+    tls_ca: str = _f("", "CA certificate file; setting it (or a client cert) turns TLS on")
+    tls_cert: str = _f("", "client certificate file (mutual TLS); needs `tls_key`")
     tls_key: str = _f("", "client key file (mutual TLS)")
 
 
 @dataclass
 class Config:
-    device_id: str = _f("cam-01", "device id, used in topics")
-    log_level: str = _f("INFO", "DEBUG|INFO|WARNING|ERROR|CRITICAL")
-    health_file: str = _f("", "if set, JSON health written atomically on changes and ticks")
+    device_id: str = _f("cam-01", "device id, used in topics (no `/`, `+`, `#`, spaces)")
+    log_level: str = _f("INFO", "DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    health_file: str = _f("", "if set, the JSON health file, written atomically on every state "
+                              "change and every stats tick (see docs/agent.md)")
     source: SourceConfig = field(default_factory=SourceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -99,6 +131,27 @@ class Config:
 
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
             "mqtt": MqttConfig}
+
+
+SECRETS = {"mqtt.password"}  # never echoed in an error
+MAX_CONFIG_BYTES = 1 << 20  # a real agent.toml is < 2 KB; refuse before parsing
+MAX_STRING = 4096  # longest value any string key may hold (paths, URLs, names)
+MAX_PASSWORD_BYTES = 4096
+log = logging.getLogger("segedge.config")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A bounded repr: cheap and flat whatever the value (huge, deeply nested)."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxlong, shown.maxother = 3, limit, 40, limit
+    text = shown.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _key(text: str) -> str:
+    """A key as written when it is a plain name, quoted and shortened otherwise."""
+    plain = text.replace("_", "").replace(".", "").isalnum() and text.isascii()
+    return text if plain and len(text) <= 80 else _short(text)
 
 
 def _type_name(tp: Any) -> str:
@@ -111,6 +164,10 @@ def _field_type(cls: type, name: str) -> Any:
     return {"str": str, "int": int, "float": float, "bool": bool}.get(ann, list)
 
 
+def _shown(key: str, value: Any) -> str:
+    return " (value not shown)" if key in SECRETS else f", got {_short(value)}"
+
+
 def _coerce_toml(key: str, tp: Any, value: Any) -> Any:
     ok = {
         str: isinstance(value, str),
@@ -120,8 +177,13 @@ def _coerce_toml(key: str, tp: Any, value: Any) -> Any:
         list: isinstance(value, list) and all(isinstance(v, str) for v in value),
     }[tp]
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    return float(value) if tp is float else value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}{_shown(key, value)}")
+    if tp is float:
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{key}: number out of range, got {_short(value)}") from None
+    return value
 
 
 def _coerce_env(key: str, env: str, tp: Any, raw: str) -> Any:
@@ -142,14 +204,13 @@ def _coerce_env(key: str, env: str, tp: Any, raw: str) -> Any:
             raise ValueError(raw)
         text = raw.strip()
         if text.startswith("["):
-            import json
             value = json.loads(text)
-            if not all(isinstance(v, str) for v in value):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(raw)
             return value
         return [p.strip() for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {raw!r}") from None
+    except (ValueError, RecursionError):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}{_shown(key, raw)}") from None
 
 
 def _apply(obj: Any, cls: type, data: Mapping[str, Any], prefix: str) -> None:
@@ -157,8 +218,12 @@ def _apply(obj: Any, cls: type, data: Mapping[str, Any], prefix: str) -> None:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in known:
-            raise ConfigError(f"{full}: unknown key (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{_key(full)}: unknown key (known: {', '.join(sorted(known))})")
         setattr(obj, key, _coerce_toml(full, _field_type(cls, key), value))
+
+
+def _section_of(cls: type) -> str:
+    return next(s for s, c in SECTIONS.items() if c is cls)
 
 
 def _env_overrides(cfg: Config, environ: Mapping[str, str]) -> List[str]:
@@ -178,12 +243,12 @@ def _env_overrides(cfg: Config, environ: Mapping[str, str]) -> List[str]:
         if env not in targets:
             section = env[len(ENV_PREFIX):].split("_", 1)[0].lower()
             if section in SECTIONS:
-                raise ConfigError(f"{env}: unknown key '{section}."
-                                  f"{env[len(ENV_PREFIX) + len(section) + 1:].lower()}'")
+                name = env[len(ENV_PREFIX) + len(section) + 1:].lower()
+                raise ConfigError(f"{_key(env)}: unknown key '{_key(section + '.' + name)}'")
             unknown.append(env)
             continue
         obj, cls, name = targets[env]
-        key = name if cls is Config else f"{[s for s, c in SECTIONS.items() if c is cls][0]}.{name}"
+        key = name if cls is Config else f"{_section_of(cls)}.{name}"
         setattr(obj, name, _coerce_env(key, env, _field_type(cls, name), raw))
     return unknown
 
@@ -193,106 +258,224 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _is(path: str, kind: str) -> bool:
+    """Path.is_dir/is_file that answers False for names the OS refuses (too long, NUL)."""
+    try:
+        return Path(path).is_dir() if kind == "dir" else Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def source_kind(uri: str) -> str:
     """device | network | file | dir (or 'missing' for a path that does not exist)."""
     if uri.isdigit() or uri.startswith("/dev/video"):
         return "device"
     if "://" in uri:
         return "network"
-    path = Path(uri)
-    if path.is_dir():
+    if _is(uri, "dir"):
         return "dir"
-    return "file" if path.is_file() else "missing"
+    return "file" if _is(uri, "file") else "missing"
+
+
+def _keys() -> Iterator[Tuple[str, Any, Any]]:
+    """(dotted key, owning object's class, field) for every key."""
+    for f in fields(Config):
+        if f.name not in SECTIONS:
+            yield f.name, Config, f
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            yield f"{section}.{f.name}", cls, f
+
+
+def _value(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _range_text(rng: Tuple[float, float, bool], integer: bool) -> str:
+    lo, hi, above = rng
+    if integer:
+        return f"{lo}..{hi}"
+    return f"{'>' if above else '>='} {lo} and <= {hi}"
+
+
+def _check_values(cfg: Config) -> None:
+    """Every number finite and inside its documented range; every string sane."""
+    for key, _cls, f in _keys():
+        value = _value(cfg, key)
+        rng = f.metadata.get("range")
+        if rng is not None:
+            lo, hi, above = rng
+            fine = math.isfinite(value) and (value > lo if above else value >= lo) \
+                and value <= hi
+            _check(fine, key, f"must be {_range_text(rng, f.type == 'int')}, got {_short(value)}")
+        texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        for text in texts:
+            shown = "" if key in SECRETS else f": {_short(text)}"
+            _check(len(text) <= MAX_STRING, key, f"longer than {MAX_STRING} characters")
+            _check("\0" not in text, key, f"contains a NUL character{shown}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{key}: not valid UTF-8{shown}") from None
+
+
+def _check_uri(uri: str) -> None:
+    try:
+        url = urlparse(uri)
+        _check(url.scheme in NETWORK_SCHEMES, "source.uri",
+               f"bad URL {_short(uri)}: scheme must be one of {', '.join(NETWORK_SCHEMES)}")
+        _check(bool(url.hostname), "source.uri", f"bad URL {_short(uri)}: no host")
+        url.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:  # "Invalid IPv6 URL", port out of range, ...
+        raise ConfigError(f"source.uri: bad URL {_short(uri)}: invalid port or address ({exc})"
+                          ) from None
 
 
 def validate(cfg: Config) -> None:
-    _check(bool(cfg.device_id) and not any(c in cfg.device_id for c in "/+#\0 "),
-           "device_id", f"must be non-empty without '/', '+', '#' or spaces, got {cfg.device_id!r}")
+    _check_values(cfg)
+    _check(bool(cfg.device_id) and len(cfg.device_id) <= 128
+           and not any(c in cfg.device_id for c in "/+#\0 "), "device_id",
+           f"must be 1..128 characters without '/', '+', '#' or spaces, got "
+           f"{_short(cfg.device_id)}")
     _check(cfg.log_level.upper() in LOG_LEVELS, "log_level",
-           f"must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+           f"must be one of {', '.join(LOG_LEVELS)}, got {_short(cfg.log_level)}")
     cfg.log_level = cfg.log_level.upper()
     src = cfg.source
     _check(bool(src.uri), "source.uri", "must not be empty")
     kind = source_kind(src.uri)
     if kind == "network":
-        url = urlparse(src.uri)
-        _check(url.scheme in NETWORK_SCHEMES, "source.uri",
-               f"bad URL {src.uri!r}: scheme must be one of {', '.join(NETWORK_SCHEMES)}")
-        _check(bool(url.hostname), "source.uri", f"bad URL {src.uri!r}: no host")
-        try:
-            url.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ConfigError(f"source.uri: bad URL {src.uri!r}: invalid port") from None
-    _check(kind != "missing", "source.uri", f"no such file or directory: {src.uri!r}")
-    _check(src.fps >= 0, "source.fps", f"must be >= 0, got {src.fps}")
-    _check(src.stall_timeout_s >= 0, "source.stall_timeout_s", "must be >= 0 (0 = never)")
-    _check(src.reconnect_max_s > 0, "source.reconnect_max_s", "must be > 0")
+        _check_uri(src.uri)
+    _check(kind != "missing", "source.uri", f"no such file or directory: {_short(src.uri)}")
     m = cfg.model
     _check(m.target in TARGETS, "model.target",
-           f"must be one of {', '.join(TARGETS)}, got {m.target!r}")
-    _check(bool(m.devices) and all(d.strip() for d in m.devices), "model.devices",
-           "must list at least one OpenVINO device, e.g. [\"CPU\"]")
+           f"must be one of {', '.join(TARGETS)}, got {_short(m.target)}")
+    _check(bool(m.devices) and len(m.devices) <= 16 and all(d.strip() for d in m.devices),
+           "model.devices", "must list 1 to 16 OpenVINO devices, e.g. [\"CPU\"]")
     m.devices = [d.strip().upper() for d in m.devices]
     _check(not any(d.startswith(("AUTO", "MULTI", "HETERO")) for d in m.devices),
            "model.devices", "list real devices; AUTO/MULTI/HETERO hide fallbacks")
-    _check(m.num_requests >= 0, "model.num_requests", "must be >= 0 (0 = optimal)")
     _check(m.inference_precision in PRECISIONS, "model.inference_precision",
-           f"must be one of {PRECISIONS}, got {m.inference_precision!r}")
-    _check(Path(m.bundle).is_dir(), "model.bundle", f"no such directory: {m.bundle!r}")
+           f"must be one of {PRECISIONS}, got {_short(m.inference_precision)}")
+    _check(_is(m.bundle, "dir"), "model.bundle", f"no such directory: {_short(m.bundle)}")
     o = cfg.output
     _check(o.mask_encoding in ("png", "rle"), "output.mask_encoding",
-           f"must be png or rle, got {o.mask_encoding!r}")
+           f"must be png or rle, got {_short(o.mask_encoding)}")
     _check(o.mask_resolution in ("model", "frame"), "output.mask_resolution",
-           f"must be model or frame, got {o.mask_resolution!r}")
-    _check(o.max_publish_fps >= 0, "output.max_publish_fps", "must be >= 0 (0 = unlimited)")
-    _check(o.stats_interval_s > 0, "output.stats_interval_s", "must be > 0")
-    _check(o.frame_every >= 0, "output.frame_every", "must be >= 0 (0 = never)")
+           f"must be model or frame, got {_short(o.mask_resolution)}")
     q = cfg.mqtt
-    _check(bool(q.host) and "/" not in q.host and " " not in q.host, "mqtt.host",
-           f"must be a host name or address, got {q.host!r}")
-    _check(0 < q.port < 65536, "mqtt.port", f"must be 1..65535, got {q.port}")
-    _check(bool(q.prefix) and not any(c in q.prefix for c in "+#\0")
+    _check(bool(q.host) and len(q.host) <= 253 and "/" not in q.host and " " not in q.host,
+           "mqtt.host", f"must be a host name or address, got {_short(q.host)}")
+    _check(bool(q.prefix) and len(q.prefix) <= 256 and not any(c in q.prefix for c in "+#\0")
            and not q.prefix.startswith("/") and not q.prefix.endswith("/"),
-           "mqtt.prefix", f"must be non-empty without wildcards or edge '/', got {q.prefix!r}")
+           "mqtt.prefix", f"must be non-empty without wildcards or edge '/', got "
+                          f"{_short(q.prefix)}")
+    _check(len(q.client_id) <= 256, "mqtt.client_id", "longer than 256 characters")
     _check(q.protocol in ("5", "3.1.1"), "mqtt.protocol", f"must be \"5\" or \"3.1.1\", "
-                                                          f"got {q.protocol!r}")
-    _check(q.qos_mask in (0, 1, 2), "mqtt.qos_mask", f"must be 0, 1 or 2, got {q.qos_mask}")
-    _check(q.keepalive_s >= 5, "mqtt.keepalive_s", "must be >= 5")
+                                                          f"got {_short(q.protocol)}")
     for key in ("tls_ca", "tls_cert", "tls_key", "password_file"):
         value = getattr(q, key)
-        _check(not value or Path(value).is_file(), f"mqtt.{key}", f"no such file: {value!r}")
+        _check(not value or _is(value, "file"), f"mqtt.{key}", f"no such file: {_short(value)}")
     _check(bool(q.tls_cert) == bool(q.tls_key), "mqtt.tls_cert",
            "tls_cert and tls_key must be set together")
     _check(not q.password or bool(q.username), "mqtt.password", "set mqtt.username too")
+    _check(len(q.password.encode("utf-8")) <= MAX_PASSWORD_BYTES, "mqtt.password",
+           f"longer than {MAX_PASSWORD_BYTES} bytes")
+
+
+def _read_secret(path: Path, key: str, warn: bool) -> str:
+    """A password file, bounded; warn when group or others may read it."""
+    try:
+        with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            raw = handle.read(MAX_PASSWORD_BYTES + 2)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{key}: cannot read {_short(str(path))}: {reason}") from None
+    if len(raw) > MAX_PASSWORD_BYTES + 1:
+        raise ConfigError(f"{key}: longer than {MAX_PASSWORD_BYTES} bytes")
+    if warn and mode & 0o077:
+        log.warning("%s %s is readable by group or others (mode %04o): chmod 600 it",
+                    key, path, mode & 0o7777)
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: not UTF-8 text") from None
 
 
 def _resolve_password(q: MqttConfig, environ: Mapping[str, str]) -> None:
     if q.password_file:
-        try:
-            q.password = Path(q.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"mqtt.password_file: cannot read: {exc}") from None
+        if not _is(q.password_file, "file"):
+            raise ConfigError(f"mqtt.password_file: no such file: {_short(q.password_file)}")
+        q.password = _read_secret(Path(q.password_file), "mqtt.password_file", warn=True)
     elif not q.password and environ.get("CREDENTIALS_DIRECTORY"):
         cred = Path(environ["CREDENTIALS_DIRECTORY"]) / "mqtt_password"
-        if cred.is_file():
-            q.password = cred.read_text(encoding="utf-8").rstrip("\r\n")
+        if _is(str(cred), "file"):  # systemd makes credentials private to the unit
+            q.password = _read_secret(cred, "mqtt password credential", warn=False)
+
+
+def _read_toml(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {_short(path, 200)}: not found") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"config file {_short(path, 200)}: {reason}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {_short(path, 200)}: larger than {MAX_CONFIG_BYTES} "
+                          f"bytes")
+    where = f"config file {_short(path, 200)}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        line = _line_of(text, r"[\[{]{100}")
+        raise ConfigError(f"{where}: {line}invalid TOML: nested too deep") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    except ValueError:  # an integer with more digits than Python converts
+        line = _line_of(text, r"[0-9_]{1000}")
+        raise ConfigError(f"{where}: {line}number too long") from None
+
+
+def _line_of(text: str, pattern: str) -> str:
+    """'line N: key: ' for the first line matching ``pattern`` (the parser does not say)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.search(pattern, line):
+            key = line.split("=", 1)[0].strip() if "=" in line else ""
+            return f"line {number}: {_key(key) + ': ' if key else ''}"
+    return ""
 
 
 def load(path: Optional[str],
          environ: Optional[Mapping[str, str]] = None) -> Tuple[Config, List[str]]:
-    """Read, override from env, validate. Returns the config and ignored env names."""
+    """Read, override from env, validate. Returns the config and ignored env names.
+
+    Raises ConfigError and nothing else, whatever the file and the environment hold.
+    """
     environ = os.environ if environ is None else environ
+    try:
+        return _load(path, environ)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError("config: a value is nested too deep") from None
+    except Exception as exc:  # noqa: BLE001 - a last guard: one line, exit 78, no traceback
+        raise ConfigError(f"config: unusable value ({type(exc).__name__}: "
+                          f"{_short(str(exc), 200)})") from None
+
+
+def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List[str]]:
     cfg = Config()
     if path:
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path}: not found") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        data = _read_toml(path)
         top = {k: v for k, v in data.items() if k not in SECTIONS}
         _apply(cfg, Config, top, "")
         for section, cls in SECTIONS.items():
@@ -306,14 +489,18 @@ def load(path: Optional[str],
 
 
 def describe() -> List[Tuple[str, str, Any, str]]:
-    """(key, type, default, help) for every key: used by docs and tests."""
-    rows = []
-    for f in fields(Config):
-        if f.name in SECTIONS:
-            continue
-        rows.append((f.name, f.type, getattr(Config(), f.name), f.metadata["help"]))
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            rows.append((f"{section}.{f.name}", f.type, getattr(cls(), f.name),
-                         f.metadata["help"]))
-    return rows
+    """(key, type, default, help) for every key: the docs' key table is made from these."""
+    return [(key, f.type, getattr(cls(), f.name), f.metadata["help"])
+            for key, cls, f in _keys()]
+
+
+def key_table() -> str:
+    """The Markdown key table of docs/config.md (a test keeps the two equal)."""
+    types = {"List[str]": "list"}
+    lines = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
+    for key, _cls, f in _keys():
+        default = json.dumps(getattr(_cls(), f.name))
+        rng = f.metadata.get("range")
+        lines.append(f"| `{key}` | {types.get(f.type, f.type)} | `{default}` | "
+                     f"{_range_text(rng, f.type == 'int') if rng else ''} | {f.metadata['help']} |")
+    return "\n".join(lines) + "\n"

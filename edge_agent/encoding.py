@@ -4,30 +4,116 @@ RLE follows pycocotools: runs over the column-major (Fortran) flattening,
 starting with a run of zeros, ``counts`` compressed to pycocotools' string form.
 Binary masks are plain COCO RLE; masks with more than two classes add ``values``,
 the class index of each run.
+
+Decoders take untrusted input (anything on the broker): sizes are checked against
+the declared dimensions and ``max_pixels`` before anything is allocated, the work is
+linear in the input, and every problem raises ``MaskError`` (a ``ValueError``), never
+another exception.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any, Dict, List
+import binascii
+import struct
+from typing import Any, Dict, List, Tuple
 
 import cv2
 import numpy as np
 
+MAX_PIXELS = 1 << 25  # 33.5 M: an 8K frame fits; a 20000x20000 mask does not
+MAX_COUNT_CHARS = 12  # one RLE count in the string form: 12 x 5 bits covers any real mask
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class MaskError(ValueError):
+    """A mask that cannot be encoded or decoded; the message (one line) says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
 
 def encode_png(mask: np.ndarray) -> str:
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise MaskError(f"a mask must be a non-empty 2-D array, got shape {mask.shape}")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask, dtype=np.uint8),
                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
-        raise ValueError("PNG encoding failed")
+        raise MaskError("PNG encoding failed")
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def decode_png(data: str) -> np.ndarray:
-    raw = np.frombuffer(base64.b64decode(data), dtype=np.uint8)
-    mask = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError("not a PNG")
+def _b64(data: Any, max_bytes: int) -> bytes:
+    if not isinstance(data, (str, bytes)):
+        raise MaskError(f"expected base64 text, got {type(data).__name__}")
+    if len(data) > max_bytes * 4 // 3 + 4:
+        raise MaskError(f"base64 text of {len(data)} characters is larger than allowed")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MaskError(f"not base64: {exc}") from None
+
+
+def png_header(raw: bytes) -> Tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from a PNG's IHDR, read without decoding."""
+    if len(raw) < 33 or raw[:8] != PNG_SIGNATURE or raw[12:16] != b"IHDR":
+        raise MaskError("not a PNG")
+    width, height, depth, colour = struct.unpack(">IIBB", raw[16:26])
+    return width, height, depth, colour
+
+
+def jpeg_size(raw: bytes) -> Tuple[int, int]:
+    """(width, height) from a JPEG's first SOF marker, read without decoding."""
+    if raw[:2] != b"\xff\xd8":
+        raise MaskError("not a JPEG")
+    pos, end = 2, len(raw)
+    while pos + 4 <= end:
+        if raw[pos] != 0xFF:
+            raise MaskError("JPEG: bad marker")
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+            pos += 2
+            continue
+        length = struct.unpack(">H", raw[pos + 2:pos + 4])[0]
+        if length < 2:
+            raise MaskError("JPEG: bad segment length")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                      0xCF):
+            if pos + 9 > end:
+                break
+            height, width = struct.unpack(">HH", raw[pos + 5:pos + 9])
+            return width, height
+        pos += 2 + length
+    raise MaskError("JPEG: no frame header")
+
+
+def image_size(raw: bytes) -> Tuple[int, int]:
+    """(width, height) of a PNG or JPEG from its header: bound pixels before decoding."""
+    if raw[:8] == PNG_SIGNATURE:
+        width, height, _, _ = png_header(raw)
+        return width, height
+    return jpeg_size(raw)
+
+
+def decode_png(data: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A base64 8-bit single-channel PNG -> uint8 HxW; MaskError for anything else."""
+    raw = _b64(data, max_bytes=max_pixels * 2 + 1024)
+    width, height, depth, colour = png_header(raw)
+    if depth != 8 or colour != 0:
+        raise MaskError(f"mask PNG must be 8-bit greyscale, got bit depth {depth}, "
+                        f"colour type {colour}")
+    if width == 0 or height == 0 or width * height > max_pixels:
+        raise MaskError(f"mask PNG of {width}x{height} is outside 1..{max_pixels} pixels")
+    try:
+        mask = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise MaskError(f"PNG does not decode: {str(exc).strip()[:120]}") from None
+    if mask is None or mask.dtype != np.uint8 or mask.shape != (height, width):
+        raise MaskError("PNG does not decode to its declared 8-bit greyscale size")
     return mask
 
 
@@ -57,22 +143,88 @@ def counts_to_string(counts: List[int]) -> str:
 
 
 def string_to_counts(text: str) -> List[int]:
-    counts: List[int] = []
-    p = 0
-    while p < len(text):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(text[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    """pycocotools' compressed counts -> run lengths, vectorised (linear in ``len(text)``)."""
+    return _string_to_counts(text).tolist()
+
+
+def _string_to_counts(text: str) -> np.ndarray:
+    try:
+        codes = np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError:
+        raise MaskError("RLE counts string is not ASCII") from None
+    if codes.size == 0:
+        return np.zeros(0, np.int64)
+    if codes.min() < 0 or codes.max() > 63:
+        raise MaskError("RLE counts string has characters outside '0'..'o'")
+    last = np.flatnonzero((codes & 0x20) == 0)  # the final character of each count
+    if last.size == 0 or last[-1] != codes.size - 1:
+        raise MaskError("RLE counts string ends in the middle of a count")
+    first = np.concatenate(([0], last[:-1] + 1))
+    if int((last - first).max()) + 1 > MAX_COUNT_CHARS:
+        raise MaskError(f"RLE count longer than {MAX_COUNT_CHARS} characters")
+    group = np.repeat(np.arange(last.size), last - first + 1)
+    shift = 5 * (np.arange(codes.size) - first[group])
+    values = np.zeros(last.size, np.int64)
+    np.add.at(values, group, (codes & 0x1F) << shift)
+    negative = (codes[last] & 0x10) != 0  # sign-extend from the last 5-bit group
+    values[negative] -= np.int64(1) << (5 * (last - first + 1))[negative]
+    # counts[i] += counts[i - 2] for i > 2: running sums over each parity from index 3 / 4
+    for start in (3, 4):
+        if values.size > start:
+            seed = values[start - 2]
+            values[start::2] = np.cumsum(values[start::2]) + seed
+    return values
+
+
+def _size(rle: Dict[str, Any]) -> Tuple[int, int]:
+    size = rle.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        raise MaskError(f"RLE size must be [height, width] integers, got {size!r:.40}")
+    return int(size[0]), int(size[1])
+
+
+def _int_array(values: Any, name: str, limit: int) -> np.ndarray:
+    if not isinstance(values, list) or len(values) > limit:
+        raise MaskError(f"RLE {name} must be a list of at most {limit} integers")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise MaskError(f"RLE {name} must hold integers only")
+    try:
+        return np.asarray(values, np.int64)
+    except OverflowError:
+        raise MaskError(f"RLE {name} holds an integer out of range") from None
+
+
+def decode_rle(rle: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """COCO-style RLE (``values`` for multi-class) -> uint8 HxW; MaskError for bad input."""
+    if not isinstance(rle, dict):
+        raise MaskError(f"RLE must be an object, got {type(rle).__name__}")
+    h, w = _size(rle)
+    if h < 0 or w < 0 or h * w > max_pixels:
+        raise MaskError(f"RLE size {h}x{w} is outside 0..{max_pixels} pixels")
+    pixels = h * w
+    counts_in = rle.get("counts")
+    if isinstance(counts_in, str):
+        if len(counts_in) > MAX_COUNT_CHARS * (pixels + 2):
+            raise MaskError("RLE counts string is longer than its size allows")
+        counts = _string_to_counts(counts_in)
+    else:
+        counts = _int_array(counts_in, "counts", pixels + 2)
+    if counts.size and int(counts.min()) < 0:
+        raise MaskError("RLE counts must not be negative")
+    total = int(counts.sum(dtype=np.float64)) if counts.size else 0
+    if total != pixels or int(counts.sum()) != pixels:
+        raise MaskError(f"RLE covers {total} pixels, size says {h}x{w}")
+    if rle.get("values") is None:
+        values = (np.arange(counts.size) % 2).astype(np.uint8)
+    else:
+        values = _int_array(rle["values"], "values", counts.size)
+        if values.size != counts.size or (values.size and (values.min() < 0
+                                                           or values.max() > 255)):
+            raise MaskError("RLE values must give one class 0..255 per count")
+        values = values.astype(np.uint8)
+    flat = np.repeat(values, counts)
+    return flat.reshape((h, w), order="F")
 
 
 def encode_rle(mask: np.ndarray) -> Dict[str, Any]:
@@ -87,23 +239,14 @@ def encode_rle(mask: np.ndarray) -> Dict[str, Any]:
             "values": values.tolist()}
 
 
-def decode_rle(rle: Dict[str, Any]) -> np.ndarray:
-    h, w = rle["size"]
-    counts = rle["counts"]
-    if isinstance(counts, str):
-        counts = string_to_counts(counts)
-    values = rle.get("values")
-    if values is None:
-        values = [i % 2 for i in range(len(counts))]
-    flat = np.repeat(np.asarray(values, np.uint8), np.asarray(counts, np.int64))
-    if flat.size != h * w:
-        raise ValueError(f"RLE covers {flat.size} pixels, size says {h}x{w}")
-    return flat.reshape((h, w), order="F")
-
-
 def encode(mask: np.ndarray, encoding: str) -> Any:
     return encode_png(mask) if encoding == "png" else encode_rle(mask)
 
 
-def decode(data: Any, encoding: str) -> np.ndarray:
-    return decode_png(data) if encoding == "png" else decode_rle(data)
+def decode(data: Any, encoding: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a mask message's ``mask``; raises MaskError (only) for anything unusable."""
+    if encoding == "png":
+        return decode_png(data, max_pixels)
+    if encoding == "rle":
+        return decode_rle(data, max_pixels)
+    raise MaskError(f"unknown mask encoding {encoding!r:.20} (png or rle)")

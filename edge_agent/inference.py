@@ -1,8 +1,9 @@
 """The bundle's model on the first device that compiles it, run through AsyncInferQueue.
 
 Devices are tried in the configured order and every failure is kept (no silent
-AUTO fallback). Results come back through ``on_result(userdata, output)`` from
-OpenVINO's threads; the pipeline restores frame order.
+AUTO fallback). Warm-up is one synchronous inference. Results of ``submit`` come
+back through the one callback given to ``start(on_result)``, from OpenVINO's
+threads; the pipeline restores frame order.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 
 from . import ovcompat
 from .config import ModelConfig
-from .manifest import Manifest, TargetEntry, open_target
+from .manifest import BundleError, Manifest, read_model
 from .messages import ModelInfo
+from .opened import OpenedBundle
 
 log = logging.getLogger("segedge.inference")
 
@@ -36,28 +38,33 @@ def input_size(manifest: Manifest) -> Tuple[int, int]:
     return int(shape[2]), int(shape[3])
 
 
-class Engine:
-    """Compile once, then ``submit(frame, userdata)``; results via ``on_result``."""
+ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
 
-    def __init__(self, bundle: str, cfg: ModelConfig,
-                 on_result: Callable[[Any, Optional[np.ndarray]], None],
-                 opened: Optional[Tuple[Manifest, TargetEntry, Path]] = None) -> None:
-        """``opened``: open_target's result when the caller already checked the bundle."""
-        self.cfg, self.on_result = cfg, on_result
-        manifest, entry, path = opened or open_target(Path(bundle), cfg.target)  # BundleError
+
+class Engine:
+    """Compile once (``load``), ``warmup``, ``start(on_result)``, then ``submit`` frames."""
+
+    def __init__(self, cfg: ModelConfig, opened: OpenedBundle) -> None:
+        self.cfg = cfg
+        manifest = opened.manifest
         self.manifest: Manifest = manifest
-        self.target: TargetEntry = entry
-        self.model_path = path
+        self.target = opened.target
+        self.model_path = opened.model_path
+        self.bundle_dir = Path(cfg.bundle)
         self.size_hw = input_size(manifest)
-        self.info = ModelInfo(manifest.name, manifest.version, entry.precision)
+        self.info = ModelInfo(manifest.name, manifest.version, opened.target.precision)
+        shape = manifest.output.shape
+        self.output_channels = int(shape[1]) if len(shape) > 1 else 1
+        self.output_kind: str = manifest.output.kind or "logits"
+        self.classes: List[str] = list(manifest.classes)
         self.device = ""
         self.failures: Dict[str, str] = {}
         self.inference_precision = ""
         self.num_requests = 0
-        self.output_channels = int(manifest.output.shape[1]) if len(manifest.output.shape) > 1 \
-            else 1
+        self._compiled: Any = None
         self._queue: Any = None
         self._out = 0
+        self._on_result: Optional[ResultCallback] = None
 
     def _properties(self, device: str) -> Dict[str, str]:
         props = {"PERFORMANCE_HINT": "THROUGHPUT"}
@@ -86,7 +93,13 @@ class Engine:
         core = ovcompat.new_core(self.cfg.cache_dir)
         spec = self.manifest.input
         scale = 255.0 if spec.value_range and float(spec.value_range[-1]) <= 1.0 else 1.0
-        model = ovcompat.read_model(core, str(self.model_path), spec.name, list(spec.shape))
+        blob = read_model(self.bundle_dir, self.target)  # compile the bytes that were hashed
+        try:
+            model = ovcompat.read_model_bytes(core, blob.model, blob.weights, blob.path.suffix,
+                                              spec.name, list(spec.shape))
+        except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot read: exit 78
+            raise BundleError(f"bundle refused: {blob.path}: OpenVINO cannot read the model: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
         model = ovcompat.add_preprocessing(
             model, spec.name, spec.color_order,
             mean=spec.mean if spec.normalization == "caller" else None,
@@ -108,8 +121,8 @@ class Engine:
             self.inference_precision = ovcompat.precision_name(
                 ovcompat.property_or(compiled, "INFERENCE_PRECISION_HINT", "default"))
             self._out = ovcompat.output_index(compiled, self.manifest.output.name)
+            self._compiled = compiled
             self._queue = ovcompat.new_queue(compiled, self.num_requests)
-            self._queue.set_callback(self._done)
             log.info("model %s %s (%s) on %s in %.1fs: %d requests, %s", self.info.name,
                      self.info.version, self.info.precision, device, time.monotonic() - t0,
                      self.num_requests, self.inference_precision)
@@ -117,13 +130,20 @@ class Engine:
         raise InferenceError("no device could run the model: " + "; ".join(
             f"{d}: {r}" for d, r in self.failures.items()))
 
+    def start(self, on_result: ResultCallback) -> None:
+        """Set the one result callback (once, before the first ``submit``)."""
+        if self._on_result is not None:
+            raise RuntimeError("engine already started")
+        self._on_result = on_result
+        self._queue.set_callback(self._done)
+
     def _done(self, request: Any, userdata: Any) -> None:
         try:
             output = np.array(ovcompat.output_array(request, self._out), copy=True)
         except Exception:  # noqa: BLE001 - must not kill OpenVINO's callback thread
             log.exception("reading inference output failed")
             output = None
-        self.on_result(userdata, output)
+        self._on_result(userdata, output)
 
     def submit(self, tensor: np.ndarray, userdata: Any) -> None:
         """Start one inference; blocks while all requests are busy."""
@@ -133,12 +153,9 @@ class Engine:
         if self._queue is not None:
             self._queue.wait_all()
 
-    def warmup(self) -> None:
+    def warmup(self) -> np.ndarray:
+        """One synchronous inference on a black frame (first-run costs paid before frames)."""
         h, w = self.size_hw
-        done: List[bool] = []
-        saved, self.on_result = self.on_result, lambda _u, _o: done.append(True)
-        try:
-            self.submit(np.zeros((1, h, w, 3), np.uint8), None)
-            self.drain()
-        finally:
-            self.on_result = saved
+        request = self._compiled.create_infer_request()
+        request.infer({0: np.zeros((1, h, w, 3), np.uint8)})
+        return np.array(ovcompat.output_array(request, self._out), copy=True)

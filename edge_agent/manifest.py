@@ -1,8 +1,11 @@
-"""Read, write and verify model bundles (see docs/bundle.md and ../shared/CONTRACT.md).
+"""Read, write and verify model bundles (see docs/bundle.md).
 
 Standard library only: the agent, the deploy role's on-device check and
 ``segedge-build verify`` all use this module, so a bundle is judged the same
-way everywhere and never needs torch to be checked.
+way everywhere and never needs torch to be checked. Every manifest is validated
+against the shipped JSON Schema (``edge_agent/schemas/manifest.schema.json``) before
+it is parsed, so what this module accepts the schema accepts too. Any bad input ends
+in ``BundleError`` with one line naming the file and the key, never another exception.
 """
 
 from __future__ import annotations
@@ -10,19 +13,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from . import schema as schemas
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KB; refuse before parsing
+MAX_DEPTH = 32  # JSON nesting a manifest may have (real ones: 5)
 TARGETS = ("cpu", "gpu", "npu", "myriad")
 # The OpenVINO device each bundle target is meant for.
 TARGET_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "myriad": "MYRIAD"}
 
 
 class BundleError(Exception):
-    """A bundle that must not be used; the message says what and where."""
+    """A bundle that must not be used; the message (one line) says what and where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -95,111 +108,252 @@ def file_entry(bundle_dir: Path, path: Path) -> FileEntry:
     return FileEntry(path=rel, sha256=sha256_file(path), size=Path(path).stat().st_size)
 
 
-def _require(data: Dict[str, Any], key: str, where: str) -> Any:
-    if key not in data:
-        raise BundleError(f"{where}: missing key '{key}'")
-    return data[key]
-
-
 def _safe_path(path: str) -> bool:
     """A non-empty relative path with forward slashes that cannot leave the bundle."""
-    if not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path:
+    if not path or path.startswith(("/", "\\")) or "\\" in path or ":" in path \
+            or not path.isprintable():
         return False
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
-def _files(items: Iterable[Dict[str, Any]], where: str) -> List[FileEntry]:
+def _root(bundle_dir: Path) -> Path:
+    """The bundle directory with symlinks resolved (``current`` -> a version dir)."""
+    try:
+        return Path(bundle_dir).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # loops, ENAMETOOLONG, NUL
+        raise BundleError(f"{bundle_dir}: cannot resolve bundle directory: {exc}") from None
+
+
+def inside(root: Path, rel: str) -> Path:
+    """``root/rel`` with every symlink resolved; BundleError if it leads outside ``root``."""
+    where = root / rel
+    try:
+        real = where.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise BundleError(f"{where}: cannot resolve: {exc}") from None
+    if real != root and root not in real.parents:
+        raise BundleError(f"{where}: resolves to {real}, outside the bundle (symlinks must "
+                          f"stay inside it)")
+    return real
+
+
+def _read_exact(path: Path, limit: int, expected: Optional[int] = None) -> bytes:
+    """Open once (no symlink at the last step), check it is a file, read at most ``limit``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path}: not a regular file")
+        if expected is not None and info.st_size != expected:
+            raise BundleError(f"{path}: size {info.st_size} != {expected} in manifest")
+        if info.st_size > limit:
+            raise BundleError(f"{path}: {info.st_size} bytes, more than the {limit} allowed")
+        data = handle.read(limit + 1)
+    if len(data) > limit or (expected is not None and len(data) != expected):
+        raise BundleError(f"{path}: changed while being read")
+    return data
+
+
+def _depth_ok(data: Any, limit: int = MAX_DEPTH) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = node.values() if isinstance(node, dict) else node \
+            if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@lru_cache(maxsize=1)
+def _validator() -> schemas.Validator:
+    return schemas.Validator(schemas.load("manifest"))
+
+
+def schema_errors(data: Any) -> List[str]:
+    """Every way ``data`` breaks the shipped manifest schema ([] when it validates)."""
+    return _validator().errors(data)
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"{where}: expected an integer, got {value!r:.60}")
+    return value
+
+
+def _files(items: List[Dict[str, Any]], where: str) -> List[FileEntry]:
     out = []
     for i, item in enumerate(items):
         loc = f"{where}[{i}]"
-        path = str(_require(item, "path", loc))
+        path = item["path"]
         if not _safe_path(path):
-            raise BundleError(f"{loc}: path '{path}' must be relative and stay inside the bundle")
-        out.append(FileEntry(path=path, sha256=str(_require(item, "sha256", loc)),
-                             size=int(_require(item, "size", loc))))
+            raise BundleError(f"{loc}: path {path!r:.80} must be relative and stay inside "
+                              f"the bundle")
+        out.append(FileEntry(path=path, sha256=item["sha256"], size=_int(item["size"],
+                                                                           f"{loc}.size")))
     return out
 
 
 def _tensor(data: Dict[str, Any], where: str) -> TensorSpec:
-    for key in ("name", "shape", "element_type"):
-        _require(data, key, where)
     known = set(TensorSpec.__dataclass_fields__)
-    return TensorSpec(**{k: v for k, v in data.items() if k in known})
+    values = {k: v for k, v in data.items() if k in known}
+    values["shape"] = [_int(v, f"{where}.shape") for v in data["shape"]]
+    return TensorSpec(**values)
 
 
-def parse_manifest(data: Dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
-    """Turn manifest JSON into a Manifest, refusing unknown schema versions."""
+def parse_manifest(data: Any, where: str = MANIFEST_NAME) -> Manifest:
+    """Turn manifest JSON into a Manifest; BundleError for anything the schema refuses."""
     if not isinstance(data, dict):
         raise BundleError(f"{where}: expected a JSON object")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(f"{where}: schema_version {version!r} is not supported "
+    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
+        raise BundleError(f"{where}: schema_version {version!r:.40} is not supported "
                           f"(this segedge reads {SCHEMA_VERSION})")
+    if not _depth_ok(data):
+        raise BundleError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    try:
+        errors = schema_errors(data)
+    except schemas.SchemaError as exc:  # a broken install: refuse, never pass unchecked
+        raise BundleError(f"{where}: cannot be checked: {exc}") from None
+    except RecursionError:  # pragma: no cover - depth is checked above
+        raise BundleError(f"{where}: nested too deep") from None
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise BundleError(f"{where}: schema: {errors[0]}{more}")
     targets = {}
-    for name, entry in dict(_require(data, "targets", where)).items():
+    for name, entry in data["targets"].items():
         loc = f"{where}: targets.{name}"
-        if name not in TARGETS:
-            raise BundleError(f"{loc}: unknown target (known: {', '.join(TARGETS)})")
-        model = str(_require(entry, "model", loc))
-        files = _files(_require(entry, "files", loc), f"{loc}.files")
+        model = entry["model"]
+        files = _files(entry["files"], f"{loc}.files")
         # The model is compiled from bundle/model: it must be one of the checksummed files.
         if not _safe_path(model) or model not in {f.path for f in files}:
-            raise BundleError(f"{loc}.model: '{model}' must be a relative path listed in "
+            raise BundleError(f"{loc}.model: {model!r:.80} must be a relative path listed in "
                               f"targets.{name}.files (only checksummed files are compiled)")
         targets[name] = TargetEntry(
-            name=name,
-            device=str(_require(entry, "device", loc)),
-            precision=str(_require(entry, "precision", loc)),
-            format=str(_require(entry, "format", loc)),
-            model=model,
-            files=files,
-            min_runtime=str(_require(entry, "min_runtime", loc)),
-            static_shape=bool(_require(entry, "static_shape", loc)),
-            accuracy=dict(entry.get("accuracy", {})),
-        )
+            name=name, device=entry["device"], precision=entry["precision"],
+            format=entry["format"], model=model, files=files,
+            min_runtime=entry["min_runtime"], static_shape=entry["static_shape"],
+            accuracy=dict(entry.get("accuracy", {})))
     return Manifest(
-        schema_version=version,
-        name=str(_require(data, "name", where)),
-        version=str(_require(data, "version", where)),
-        created=str(_require(data, "created", where)),
-        tools=dict(_require(data, "tools", where)),
-        source_checkpoint=dict(_require(data, "source_checkpoint", where)),
-        model=dict(_require(data, "model", where)),
-        input=_tensor(_require(data, "input", where), f"{where}: input"),
-        output=_tensor(_require(data, "output", where), f"{where}: output"),
-        classes=[str(c) for c in _require(data, "classes", where)],
-        targets=targets,
-        evaluation=dict(_require(data, "evaluation", where)),
-        files=_files(_require(data, "files", where), f"{where}: files"),
+        schema_version=version, name=data["name"], version=data["version"],
+        created=data["created"], tools=dict(data["tools"]),
+        source_checkpoint=dict(data["source_checkpoint"]), model=dict(data["model"]),
+        input=_tensor(data["input"], f"{where}: input"),
+        output=_tensor(data["output"], f"{where}: output"),
+        classes=list(data["classes"]), targets=targets,
+        evaluation=dict(data["evaluation"]),
+        files=_files(data["files"], f"{where}: files"),
     )
 
 
-def load_manifest(bundle_dir: Path) -> Manifest:
-    path = Path(bundle_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"{path}: no manifest (is '{bundle_dir}' a bundle version directory?)")
+def parse_manifest_bytes(raw: bytes, where: str = MANIFEST_NAME) -> Manifest:
+    """Decode and parse manifest.json's bytes (size already bounded by the caller)."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} "
+                          f"allowed")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable manifest: {exc}") from exc
-    return parse_manifest(data, str(path))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise BundleError(f"{where}: unreadable manifest: {text}") from None
+    return parse_manifest(data, where)
+
+
+def load_manifest(bundle_dir: Path) -> Manifest:
+    root = _root(bundle_dir)
+    path = Path(bundle_dir) / MANIFEST_NAME
+    try:
+        present = path.is_file()
+    except (OSError, ValueError):
+        present = False
+    if not present:
+        raise BundleError(f"{path}: no manifest (is '{bundle_dir}' a bundle version directory?)")
+    real = inside(root, MANIFEST_NAME)
+    return parse_manifest_bytes(_read_exact(real, MAX_MANIFEST_BYTES), str(path))
 
 
 def check_files(bundle_dir: Path, entries: Iterable[FileEntry]) -> List[str]:
-    """Return one problem line per missing, resized or altered file."""
+    """Return one problem line per missing, resized, altered or escaping file."""
     problems = []
+    root = _root(bundle_dir)
     for entry in entries:
         path = Path(bundle_dir) / entry.path
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-        elif path.stat().st_size != entry.size:
-            problems.append(f"{path}: size {path.stat().st_size} != {entry.size} in manifest")
-        elif sha256_file(path) != entry.sha256:
-            problems.append(f"{path}: sha256 mismatch (file altered or corrupt)")
+        try:
+            real = inside(root, entry.path)
+            if not real.is_file():
+                problems.append(f"{path}: missing")
+            elif real.stat().st_size != entry.size:
+                problems.append(f"{path}: size {real.stat().st_size} != {entry.size} in "
+                                f"manifest")
+            elif sha256_file(real) != entry.sha256:
+                problems.append(f"{path}: sha256 mismatch (file altered or corrupt)")
+        except BundleError as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"{path}: unreadable: {exc.strerror or exc}")
     return problems
 
 
-def open_target(bundle_dir: Path, target: str) -> tuple[Manifest, TargetEntry, Path]:
+@dataclass(frozen=True)
+class ModelBytes:
+    """A target's model exactly as hashed: compile these bytes, never re-read the files."""
+    path: Path  # where the model file lives (for messages)
+    format: str  # "openvino_ir" or "onnx"
+    model: bytes
+    weights: Optional[bytes]  # the IR's .bin; None for ONNX
+
+
+def _read_verified(root: Path, bundle_dir: Path, entry: FileEntry) -> bytes:
+    path = Path(bundle_dir) / entry.path
+    real = inside(root, entry.path)
+    if not real.exists():
+        raise BundleError(f"bundle refused: {path}: missing")
+    data = _read_exact(real, max(entry.size, 0), entry.size)
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise BundleError(f"bundle refused: {path}: sha256 mismatch (file altered or corrupt)")
+    return data
+
+
+def _check_ir(path: Path, xml: bytes) -> None:
+    """An IR whose XML does not parse fails here, at --check-config, not at start."""
+    try:
+        root = ET.fromstring(xml)
+    except (ET.ParseError, ValueError, RecursionError) as exc:
+        raise BundleError(f"bundle refused: {path}: not a readable OpenVINO IR: "
+                          f"{' '.join(str(exc).split())[:120]}") from None
+    if root.tag != "net" or root.find("layers") is None:
+        raise BundleError(f"bundle refused: {path}: not an OpenVINO IR (root <{root.tag:.40}>, "
+                          f"expected <net> with <layers>)")
+
+
+def read_model(bundle_dir: Path, entry: TargetEntry) -> ModelBytes:
+    """Read the target's model (and IR weights) once, check size and sha256 of those bytes.
+
+    The caller compiles the returned bytes, so the model that runs is the one that was
+    hashed even if the files change afterwards.
+    """
+    root = _root(bundle_dir)
+    by_path = {f.path: f for f in entry.files}
+    model = _read_verified(root, bundle_dir, by_path[entry.model])
+    weights = None
+    if entry.format == "openvino_ir":
+        _check_ir(Path(bundle_dir) / entry.model, model)
+        bin_path = entry.model.rsplit(".", 1)[0] + ".bin"
+        if bin_path in by_path:
+            weights = _read_verified(root, bundle_dir, by_path[bin_path])
+    return ModelBytes(path=Path(bundle_dir) / entry.model, format=entry.format, model=model,
+                      weights=weights)
+
+
+def open_target(bundle_dir: Path, target: str) -> Tuple[Manifest, TargetEntry, Path]:
     """Load a bundle for one target after checking that target's files.
 
     Returns the manifest, the target entry and the absolute path of the model
@@ -209,12 +363,13 @@ def open_target(bundle_dir: Path, target: str) -> tuple[Manifest, TargetEntry, P
     if target not in manifest.targets:
         built = ", ".join(sorted(manifest.targets)) or "none"
         raise BundleError(f"{Path(bundle_dir) / MANIFEST_NAME}: bundle has no target "
-                          f"'{target}' (built: {built})")
+                          f"{target!r:.40} (built: {built})")
     entry = manifest.targets[target]
     problems = check_files(bundle_dir, entry.files)
     if problems:
         raise BundleError("bundle refused: " + "; ".join(problems))
-    return manifest, entry, (Path(bundle_dir) / entry.model).resolve()
+    read_model(bundle_dir, entry)  # the IR parses (cheap; OpenVINO is not loaded here)
+    return manifest, entry, inside(_root(bundle_dir), entry.model)
 
 
 def verify_bundle(bundle_dir: Path, targets: Optional[Iterable[str]] = None) -> List[str]:

@@ -33,6 +33,9 @@ class Status:
     device_errors: Dict[str, str] = field(default_factory=dict)
     runtime: str = ""
     pid: int = 0
+    session: str = ""  # this agent process (random), shared with its last will
+    seq: int = 0  # statuses sent in the session, from 1 (the will: the last one before it)
+    connection: int = 0  # MQTT connection it was sent on (the will: the one it ends)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -79,6 +82,25 @@ class Stats:
     model: ModelInfo
     process: Dict[str, float]
     state: str
+    session: str = ""
+    seq: int = 0  # stats messages of the session, from 1: a gap is a lost interval
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return _json(self)
+
+
+@dataclass
+class Frame:
+    """The source frame (JPEG), sent before the mask with the same ``frame_id``."""
+
+    device_id: str
+    frame_id: int
+    captured_at: float
+    width: int
+    height: int
+    image: str  # base64 of the JPEG bytes
+    encoding: str = "jpeg"
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

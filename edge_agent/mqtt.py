@@ -1,29 +1,53 @@
-"""MQTT out: retained status with an ``offline`` last will, masks, stats.
+"""MQTT out: retained status with an ``offline`` last will, masks, stats, frames.
 
 paho-mqtt 2.x with ``connect_async`` + ``loop_start`` reconnects by itself with
-backoff. While disconnected masks wait in a bounded queue (oldest dropped first);
-the status and the newest stats are kept aside and always sent on (re)connect.
+backoff. This module owns the connection's truth: why it is down (refused, TLS,
+login, unreachable), logged once per change, and ``problem()`` for the agent's
+health after a short grace. Nothing is lost while disconnected within bounds:
+
+- status and stats go to a spool (``SPOOL_MAX`` messages, oldest dropped first,
+  counted) and are delivered in order once connected; QoS 1 messages handed to paho
+  stay with paho until acknowledged (it resends them after a reconnect). Before the
+  first connection statuses are spooled only once an attempt has failed; after every
+  connect the agent publishes the status then current (``take_announce``);
+- masks wait in their own queue (50, oldest dropped first, counted);
+- frames are best effort (QoS 0, dropped while disconnected).
+
+Every connection is numbered; each status carries the number of the connection it
+was sent on, and the last will set before connection *k* carries *k*, so a consumer
+can order a will against the statuses around it (docs/mqtt.md).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import ssl
 import threading
+import time
 from collections import deque
-from typing import Callable, Deque, Dict, Optional, Tuple
+from dataclasses import replace
+from typing import Callable, Deque, Dict, Optional, Set, Tuple, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .config import MqttConfig
+from .messages import Status
 
 log = logging.getLogger("segedge.mqtt")
-Message = Tuple[str, str, int, bool]  # topic, payload, qos, retain
+Payload = Union[str, Callable[[int], str]]  # text, or rendered with the connection number
+Message = Tuple[str, Payload, int, bool]  # topic, payload, qos, retain
+GRACE_S = 3.0  # not connected for longer than this: the agent is degraded
+SPOOL_MAX = 1000  # status + stats messages kept while disconnected (~1.2 MB)
+MASK_QUEUE = 50  # masks kept while disconnected
+WINDOW = 100  # QoS>0 messages handed to paho and not yet acknowledged
+RECONNECT_MAX_S = 5  # paho's reconnect delay: 1 s doubling to this (a TCP connect: cheap)
 
 
 class OutboundQueue:
-    """Bounded mask queue: append drops the oldest when full and counts it."""
+    """Bounded FIFO: append drops the oldest when full and counts it."""
 
     def __init__(self, maxlen: int) -> None:
         self._items: Deque[Message] = deque(maxlen=maxlen)
@@ -44,38 +68,109 @@ class OutboundQueue:
             sent += 1
         return sent
 
+    def has(self, topic: str) -> bool:
+        return any(item[0] == topic for item in self._items)
+
     def __len__(self) -> int:
         return len(self._items)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_error(exc: BaseException, host: str, port: int) -> str:
+    """One line saying what failed and where (no secrets: nothing from the config but host)."""
+    where = f"{host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed ({exc.verify_message or exc.reason}) at {where}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc} at {where}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {where}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"no answer from {where} (timeout)"
+    if isinstance(exc, OSError):
+        return f"cannot reach {where}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def describe_refusal(reason_code: object, host: str, port: int) -> str:
+    text = str(reason_code)
+    low = text.lower()
+    if "authori" in low or "user name or password" in low:
+        return f"not authorised: {host}:{port} refused the login ({text})"
+    return f"{host}:{port} refused the connection ({text})"
+
+
+class _Client(mqtt.Client):
+    """paho's client, telling us why a connect attempt failed (paho keeps it to itself)."""
+
+    on_attempt: Optional[Callable[[], None]] = None
+    on_attempt_error: Optional[Callable[[BaseException], None]] = None
+
+    def reconnect(self):  # noqa: ANN201 - paho's signature
+        if self.on_attempt:
+            self.on_attempt()
+        try:
+            return super().reconnect()
+        except BaseException as exc:
+            if self.on_attempt_error:
+                self.on_attempt_error(exc)
+            raise
+
+
 class MqttComms:
-    def __init__(self, cfg: MqttConfig, device_id: str, offline_payload: str,
-                 on_connected: Optional[Callable[[bool], None]] = None,
-                 queue_len: int = 50) -> None:
+    def __init__(self, cfg: MqttConfig, device_id: str, will: Callable[[int], Status],
+                 on_connected: Optional[Callable[[], None]] = None) -> None:
+        """``will(k)``: the offline status to leave as the last will of connection ``k``;
+        ``on_connected``: called (no locks held) after each successful connect."""
         self.cfg, self.device_id = cfg, device_id
+        self.will = will
         self.on_connected = on_connected
+        self.where = f"{cfg.host}:{cfg.port}"
         self._lock = threading.RLock()
         self._connected = False
         self._stopping = False
-        self._status: Optional[str] = None
-        self._stats: Optional[str] = None
-        self.queue = OutboundQueue(queue_len)
+        self._started = False
+        self._status: Optional[Status] = None
+        self._status_sent = 0  # statuses handed to paho: the next one gets seq + 1
+        self._announce = False
+        self.spool = OutboundQueue(SPOOL_MAX)
+        self.queue = OutboundQueue(MASK_QUEUE)
         self.connects = 0
+        self._unacked: Set[int] = set()
+        self._acked: Deque[int] = deque()
+        self._down_since = time.monotonic()
+        self._error: Optional[str] = None
+        self._logged_error: Optional[str] = None
+        self._fatal: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
         self._subs: Dict[str, int] = {}
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         self.client_id = cfg.client_id or f"segedge-{device_id}"
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=self.client_id, protocol=protocol)
-        self.client.max_queued_messages_set(queue_len)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.tls = bool(cfg.tls_ca or cfg.tls_cert)
+        self.client = _Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                              client_id=self.client_id, protocol=protocol)
+        self.client.max_queued_messages_set(0)  # bounded here: WINDOW, spool and queue
+        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password or None)
-        if cfg.tls_ca or cfg.tls_cert:
+        if self.tls:
             self.client.tls_set(ca_certs=cfg.tls_ca or None, certfile=cfg.tls_cert or None,
                                 keyfile=cfg.tls_key or None, cert_reqs=ssl.CERT_REQUIRED)
-        self.client.will_set(self.topic("status"), offline_payload, qos=1, retain=True)
+        self.client.on_attempt = self._on_attempt
+        self.client.on_attempt_error = self._on_attempt_error
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
 
     def topic(self, kind: str) -> str:
         return f"{self.cfg.prefix}/{self.device_id}/{kind}"
@@ -84,12 +179,66 @@ class MqttComms:
     def connected(self) -> bool:
         return self._connected
 
+    # --- connection state -----------------------------------------------------------
     def start(self) -> None:
-        log.info("connecting to mqtt%s://%s:%d as %s (MQTT %s)",
-                 "s" if self.cfg.tls_ca or self.cfg.tls_cert else "", self.cfg.host,
-                 self.cfg.port, self.client_id, self.cfg.protocol)
+        log.info("connecting to mqtt%s://%s as %s (MQTT %s)", "s" if self.tls else "",
+                 self.where, self.client_id, self.cfg.protocol)
+        if self.cfg.username and not self.tls and not is_loopback(self.cfg.host):
+            log.warning("mqtt credentials for user %r travel in plaintext to %s: set "
+                        "mqtt.tls_ca to use TLS", self.cfg.username, self.where)
+        self._down_since = time.monotonic()
+        self._started = True
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self.client.loop_start()
+        self._thread = self.client._thread  # paho clears its own reference when it dies
+
+    def _on_attempt(self) -> None:
+        # the will of the connection about to be made carries its number and the seq of
+        # the last status sent before it
+        k = self.connects + 1
+        will = replace(self.will(k), connection=k, seq=self._status_sent)
+        self.client.will_set(self.topic("status"), will.to_json(), qos=1, retain=True)
+
+    def _on_attempt_error(self, exc: BaseException) -> None:
+        if not isinstance(exc, OSError):
+            self._fatal = exc
+            log.error("mqtt network thread failed: %s: %s", type(exc).__name__, exc)
+            return
+        self._note(describe_error(exc, self.cfg.host, self.cfg.port))
+
+    def _note(self, error: str) -> None:
+        """Remember why we are not connected; log it once per change, not per retry."""
+        self._error = error
+        if error != self._logged_error:
+            self._logged_error = error
+            log.warning("mqtt: %s; retrying", error)
+
+    def problem(self, now: Optional[float] = None) -> Optional[str]:
+        """The health reason: None while connected or within the grace after a drop.
+
+        Before the first connection there is no grace: the agent is not delivering yet.
+        """
+        if self._connected:
+            return None
+        now = time.monotonic() if now is None else now
+        if self.connects and now - self._down_since < GRACE_S:
+            return None
+        return f"mqtt: {self._error or f'connecting to {self.where}'}"
+
+    def state(self) -> Dict[str, object]:
+        """For the health file: connected, broker, reason."""
+        return {"connected": self._connected, "broker": self.where,
+                "reason": None if self._connected else self._error}
+
+    def fatal(self) -> Optional[str]:
+        """Why the network thread is gone, or None while it runs (or before start/after stop)."""
+        if not self._started or self._stopping:
+            return None
+        if self._thread is not None and self._thread.is_alive():
+            return None
+        exc = self._fatal
+        return f"mqtt network thread died ({type(exc).__name__}: {exc})" if exc else \
+            "mqtt network thread died"
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Remembered and renewed after every reconnect."""
@@ -100,64 +249,105 @@ class MqttComms:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker refused connection: %s", reason_code)
+            self._note(describe_refusal(reason_code, self.cfg.host, self.cfg.port))
             return
         with self._lock:
             self._connected = True
             self.connects += 1
+            self._announce = True  # the main loop publishes the status now current
+            self._error = self._logged_error = None
             for topic, qos in self._subs.items():
                 client.subscribe(topic, qos)
-            if self._status is not None:
-                self._send((self.topic("status"), self._status, 1, True))
-            if self._stats is not None:
-                self._send((self.topic("stats"), self._stats, 1, False))
-                self._stats = None
-            self.queue.drain(self._send)
-        log.info("mqtt connected (%s)", "reconnect" if self.connects > 1 else "first")
+            self._pump()
+        log.info("mqtt connected (%s) to %s", "reconnect" if self.connects > 1 else "first",
+                 self.where)
         if self.on_connected:
-            self.on_connected(True)
+            self.on_connected()
+
+    def take_announce(self) -> bool:
+        """True once after each connect: time to (re)publish the current status."""
+        with self._lock:
+            announce, self._announce = self._announce, False
+            return announce
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
             was, self._connected = self._connected, False
+            if was:
+                self._down_since = time.monotonic()
         if was and not self._stopping:
-            log.warning("mqtt disconnected: %s; paho reconnects", reason_code)
-            if self.on_connected:
-                self.on_connected(False)
+            self._note(f"connection to {self.where} lost ({reason_code})")
 
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # called with paho's message lock held: no lock of ours here (see pump)
+        self._acked.append(mid)
+
+    # --- sending --------------------------------------------------------------------
     def _send(self, item: Message) -> bool:
+        """Hand one message to paho; False when it cannot take it now (kept by the caller)."""
+        if not self._connected:
+            return False
         topic, payload, qos, retain = item
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
+        if qos and len(self._unacked) >= WINDOW:
+            return False
+        text = payload(self.connects) if callable(payload) else payload
+        info = self.client.publish(topic, text, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS or (qos and info.rc == mqtt.MQTT_ERR_NO_CONN):
+            if qos:  # paho keeps QoS>0 messages until acknowledged, across reconnects
+                self._unacked.add(info.mid)
+            return True
+        return False
 
-    def publish_status(self, payload: str) -> None:
+    def _pump(self) -> None:
+        while self._acked:
+            self._unacked.discard(self._acked.popleft())
+        if self._connected:
+            self.spool.drain(self._send)
+            if not len(self.spool):
+                self.queue.drain(self._send)
+
+    def pump(self) -> None:
+        """Deliver what waits (spool first, then masks); called from the main loop."""
         with self._lock:
-            self._status = payload
-            if self._connected:
-                self._send((self.topic("status"), payload, 1, True))
+            self._pump()
+
+    def _status_item(self, status: Status) -> Message:
+        return (self.topic("status"), lambda k: self._stamp(status, k).to_json(), 1, True)
+
+    def _stamp(self, status: Status, connection: int) -> Status:
+        """Number a status as it is sent: ``seq`` counts statuses sent, without gaps."""
+        self._status_sent += 1
+        return replace(status, connection=connection, seq=self._status_sent)
+
+    def publish_status(self, status: Status) -> None:
+        """Spooled in order; before the first connection only once an attempt has failed
+        (a normal start does not replay its first milliseconds of 'connecting')."""
+        with self._lock:
+            self._status = status
+            if self.connects or self._error:
+                self.spool.append(self._status_item(status))
+                self._pump()
 
     def publish_stats(self, payload: str) -> None:
         with self._lock:
-            if self._connected and self._send((self.topic("stats"), payload, 1, False)):
-                self._stats = None
-            else:
-                self._stats = payload
+            self.spool.append((self.topic("stats"), payload, 1, False))
+            self._pump()
 
     def publish_frame(self, payload: str) -> bool:
         """Source frames are best effort: sent at QoS 0 when connected, else dropped."""
         with self._lock:
-            return self._connected and self._send((self.topic("frame"), payload, 0, False))
+            return self._send((self.topic("frame"), payload, 0, False))
 
     def publish_mask(self, payload: str) -> bool:
-        """True when handed to paho; False when queued (disconnected) or dropped.
+        """True when handed to paho; False when queued (not connected) or dropped.
 
-        Masks queue only while disconnected (the queue drains on reconnect); a
-        failed send while connected is dropped and counted, never queued behind
-        newer masks.
+        Masks queue while disconnected (or behind a spool being delivered) and drain on
+        reconnect; a failed send while connected is dropped and counted, never queued.
         """
         item = (self.topic("mask"), payload, self.cfg.qos_mask, False)
         with self._lock:
-            if not self._connected:
+            self._pump()
+            if not self._connected or len(self.spool):
                 self.queue.append(item)
                 return False
             if self._send(item):
@@ -165,14 +355,22 @@ class MqttComms:
             self.queue.dropped += 1
             return False
 
-    def stop(self, offline_payload: str, timeout: float = 3.0) -> None:
+    @property
+    def dropped(self) -> int:
+        """Masks lost: dropped oldest-first from the queue or refused while connected."""
+        return self.queue.dropped
+
+    def stop(self, offline: Status, timeout: float = 3.0) -> None:
         """Publish ``offline`` (retained), disconnect, stop the network thread."""
         with self._lock:
             connected = self._connected
-            self._status = offline_payload
+            self._status = offline
             self._stopping = True
+            self._pump()
         if connected:
-            info = self.client.publish(self.topic("status"), offline_payload, qos=1, retain=True)
+            info = self.client.publish(self.topic("status"),
+                                       self._stamp(offline, self.connects).to_json(),
+                                       qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as exc:

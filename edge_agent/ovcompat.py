@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 try:  # 2023.1 and newer
@@ -47,6 +49,28 @@ def read_model(core: Any, path: str, input_name: str, shape: List[int]) -> Any:
     if model.is_dynamic():
         model.reshape({input_name: shape})
     return model
+
+
+def read_model_bytes(core: Any, model: bytes, weights: Optional[bytes], suffix: str,
+                     input_name: str, shape: List[int]) -> Any:
+    """Read a model from the bytes that were hashed (IR .xml + .bin, or ONNX).
+
+    ``read_model(bytes, bytes)`` exists in 2022.3 and current releases; where a
+    runtime cannot read a format from memory, the same bytes go through a private
+    temporary copy, so what is compiled is still exactly what was checked.
+    """
+    try:
+        read = core.read_model(model, weights or b"")
+    except Exception:  # noqa: BLE001 - retried below; a bad model fails there too
+        with tempfile.TemporaryDirectory(prefix="segedge-model-") as tmp:
+            path = Path(tmp) / f"model{suffix}"
+            path.write_bytes(model)
+            if weights is not None:
+                path.with_suffix(".bin").write_bytes(weights)
+            read = core.read_model(str(path))
+    if read.is_dynamic():
+        read.reshape({input_name: shape})
+    return read
 
 
 def add_preprocessing(model: Any, input_name: str, color_order: str,

@@ -10,7 +10,6 @@ bound everything in between.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import time
@@ -24,10 +23,10 @@ from . import encoding, postprocess
 from .capture import LatestFrame
 from .config import OutputConfig
 from .inference import Engine
-from .messages import Mask
+from .messages import Frame, Mask
 from .preprocess import as_bgr, to_model_input
+from .resilience import RateLimiter
 from .stats import Counters, LatencyWindow
-from .supervisor import RateLimiter
 
 log = logging.getLogger("segedge.pipeline")
 
@@ -98,28 +97,36 @@ class Reorder:
 
 
 class Pipeline:
+    """``max_age_s``: a frame older than this at publish time is dropped as stale (0 = never)."""
+
     def __init__(self, engine: Engine, out: OutputConfig, device_id: str, slot: LatestFrame,
                  counters: Counters, latency: LatencyWindow, stop: threading.Event,
                  send: Callable[[str], bool],
-                 send_frame: Optional[Callable[[str], bool]] = None) -> None:
+                 send_frame: Optional[Callable[[str], bool]] = None,
+                 max_age_s: float = 0.0) -> None:
         self.engine, self.out, self.device_id = engine, out, device_id
         self.slot, self.counters, self.latency, self.stop = slot, counters, latency, stop
         self.send, self.send_frame = send, send_frame
+        self.max_age_s = max_age_s
         self.reorder = Reorder()
         self.slots = threading.BoundedSemaphore(engine.num_requests + 2)
-        self.submitted = 0
         self.infer_done = threading.Event()
         self.limiter = RateLimiter(out.max_publish_fps)
-        self.classes = list(engine.manifest.classes)
+        self.classes = list(engine.classes)
         ncls = postprocess.num_classes(self.classes, engine.output_channels)
         self.classes += [f"class{i}" for i in range(len(self.classes), ncls)]
         self._last_bad_log = 0.0
         self._masks_sent = 0
+        # decision state (the watchdog's stall check), kept apart from the stats counters
+        self._progress_lock = threading.Lock()
+        self.submitted = 0
+        self._received = 0
+        self._progress_mono = time.monotonic()
         self.threads = [threading.Thread(target=self._publish_loop, name="publish", daemon=True),
                         threading.Thread(target=self._infer_loop, name="infer", daemon=True)]
-        engine.on_result = self._on_result
 
     def start(self) -> None:
+        self.engine.start(self._on_result)
         for t in self.threads:
             t.start()
 
@@ -131,13 +138,26 @@ class Pipeline:
     def alive(self) -> bool:
         return all(t.is_alive() for t in self.threads)
 
+    @property
+    def masks_sent(self) -> int:
+        return self._masks_sent
+
     def inflight(self) -> int:
-        done = self.counters.snapshot()["inferred"] + self.reorder.skipped
-        return max(0, self.submitted - done)
+        with self._progress_lock:
+            return max(0, self.submitted - self._received - self.reorder.skipped)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds requests have been in flight without any result (0 when none are)."""
+        with self._progress_lock:
+            busy = self.submitted - self._received - self.reorder.skipped > 0
+            return now - self._progress_mono if busy else 0.0
 
     def _on_result(self, meta: Optional[FrameMeta], output: Optional[np.ndarray]) -> None:
         if meta is None:
             return
+        with self._progress_lock:
+            self._received += 1
+            self._progress_mono = time.monotonic()
         self.counters.add("inferred")
         self.reorder.put(meta.seq, (meta, output))
 
@@ -155,10 +175,13 @@ class Pipeline:
                 while not self.slots.acquire(timeout=0.2):
                     if self.stop.is_set():
                         return
-                meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
-                                 frame.captured_mono, tuple(frame.image.shape[:2]),
-                                 frame.image if self.out.frame_every else None)
-                self.submitted += 1
+                with self._progress_lock:
+                    meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
+                                     frame.captured_mono, tuple(frame.image.shape[:2]),
+                                     frame.image if self.out.frame_every else None)
+                    if self.submitted - self._received - self.reorder.skipped <= 0:
+                        self._progress_mono = time.monotonic()  # idle until now: no stall
+                    self.submitted += 1
                 self.engine.submit(tensor, meta)
         finally:
             self.engine.drain()
@@ -186,7 +209,11 @@ class Pipeline:
             if output is None:
                 self.counters.add("errors")
                 continue
-            if not self.limiter.allow(time.monotonic()):
+            now = time.monotonic()
+            if self.max_age_s and now - meta.captured_mono > self.max_age_s:
+                self.counters.add("stale")  # never publish an old frame as new
+                continue
+            if not self.limiter.allow(now):
                 self.counters.add("skipped_rate")
                 continue
             try:
@@ -208,16 +235,16 @@ class Pipeline:
         except (ValueError, cv2.error):
             return
         if ok:
-            self.send_frame(json.dumps({
-                "schema_version": 1, "device_id": self.device_id, "frame_id": meta.frame_id,
-                "captured_at": round(meta.captured_at, 6), "width": int(meta.frame_hw[1]),
-                "height": int(meta.frame_hw[0]), "encoding": "jpeg",
-                "image": base64.b64encode(jpg.tobytes()).decode("ascii")}))
+            self.send_frame(Frame(
+                device_id=self.device_id, frame_id=meta.frame_id,
+                captured_at=round(meta.captured_at, 6), width=int(meta.frame_hw[1]),
+                height=int(meta.frame_hw[0]),
+                image=base64.b64encode(jpg.tobytes()).decode("ascii")).to_json())
 
     def build_mask(self, meta: FrameMeta, output: np.ndarray) -> Tuple[str, float]:
-        mask = postprocess.to_mask(output, self.engine.manifest.output.kind or "logits")
-        if self.out.mask_resolution == "frame":
-            mask = postprocess.resize_mask(mask, meta.frame_hw)
+        mask = postprocess.to_frame_mask(output, self.engine.output_kind,
+                                         meta.frame_hw if self.out.mask_resolution == "frame"
+                                         else None)
         cov = postprocess.coverage(mask, len(self.classes))
         data = encoding.encode(mask, self.out.mask_encoding)
         published_at = time.time()

@@ -1,4 +1,4 @@
-"""Logits -> class-index mask and per-class coverage."""
+"""Logits -> class-index mask (at model or frame resolution) and per-class coverage."""
 
 from __future__ import annotations
 
@@ -13,11 +13,7 @@ def to_mask(output: np.ndarray, kind: str = "logits") -> np.ndarray:
 
     One channel: class 1 where logit > 0 (or probability > 0.5); several: argmax.
     """
-    out = np.asarray(output)
-    if out.ndim == 4:
-        out = out[0]
-    if out.ndim != 3:
-        raise ValueError(f"expected [1,C,H,W] output, got shape {np.shape(output)}")
+    out = _single(output)
     if out.shape[0] == 1:
         threshold = 0.5 if kind == "probabilities" else 0.0
         return (out[0] > threshold).astype(np.uint8)
@@ -26,11 +22,37 @@ def to_mask(output: np.ndarray, kind: str = "logits") -> np.ndarray:
     return np.argmax(out, axis=0).astype(np.uint8)
 
 
-def resize_mask(mask: np.ndarray, size_hw: Optional[Tuple[int, int]]) -> np.ndarray:
-    if size_hw is None or tuple(mask.shape[:2]) == tuple(size_hw):
-        return mask
-    h, w = size_hw
-    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+def _single(output: np.ndarray) -> np.ndarray:
+    out = np.asarray(output)
+    if out.ndim == 4:
+        out = out[0]
+    if out.ndim != 3:
+        raise ValueError(f"expected [1,C,H,W] output, got shape {np.shape(output)}")
+    return out
+
+
+def to_frame_mask(output: np.ndarray, kind: str = "logits",
+                  frame_hw: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Class mask at ``frame_hw`` (None: model resolution, exactly ``to_mask``).
+
+    Smooth edges: the scores are upsampled bilinearly and the class decided per frame
+    pixel, instead of scaling the class mask by nearest neighbour. Two channels are
+    resized as one difference map (bilinear is linear, so the decision is the same).
+    """
+    out = _single(output)
+    if frame_hw is None or tuple(out.shape[1:]) == tuple(frame_hw):
+        return to_mask(out, kind)
+    h, w = int(frame_hw[0]), int(frame_hw[1])
+    if out.shape[0] == 1:
+        score = cv2.resize(np.ascontiguousarray(out[0], np.float32), (w, h),
+                           interpolation=cv2.INTER_LINEAR)
+        return (score > (0.5 if kind == "probabilities" else 0.0)).astype(np.uint8)
+    if out.shape[0] == 2:
+        diff = np.ascontiguousarray(out[1] - out[0], np.float32)
+        return (cv2.resize(diff, (w, h), interpolation=cv2.INTER_LINEAR) > 0).astype(np.uint8)
+    hwc = np.ascontiguousarray(out.transpose(1, 2, 0), np.float32)  # cv2: up to 512 channels
+    return np.argmax(cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR),
+                     axis=2).astype(np.uint8)
 
 
 def coverage(mask: np.ndarray, num_classes: int) -> List[float]:

@@ -24,8 +24,7 @@ def percentile(values: List[float], q: float) -> Optional[float]:
 class Counters:
     """Thread-safe monotonically increasing counters plus per-interval rates."""
 
-    NAMES = ("captured", "inferred", "dropped", "published", "skipped_rate",
-             "mqtt_dropped", "errors")
+    NAMES = ("captured", "inferred", "dropped", "stale", "published", "skipped_rate", "errors")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

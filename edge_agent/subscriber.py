@@ -2,9 +2,15 @@
 
     segedge-subscribe --host 127.0.0.1 --device cam-01 --out ./masks
 
-With ``--out`` it writes, per device, the class-index mask PNG and an overlay:
-the mask over the source frame when the agent publishes frames
-(``output.frame_every``), otherwise over a blank canvas.
+With ``--out`` it writes, per device, the mask as a palette PNG (pixel values are the
+class indices, a viewer shows colours) and an overlay with outlines, legend and caption:
+over the source frame when the agent publishes frames (``output.frame_every``),
+otherwise over a grey canvas.
+
+Every message is untrusted: one over MAX_PAYLOAD_BYTES, a mask or frame whose declared
+or header size exceeds MAX_PIXELS (checked before decoding), or anything else unusable
+is counted as bad and skipped, and handling goes on. Frames are decoded only with
+``--out`` and kept within FRAMES_KEPT per device and FRAME_BUDGET_BYTES in all.
 """
 
 from __future__ import annotations
@@ -17,18 +23,24 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .encoding import decode
+from . import overlay
+from .encoding import MAX_PIXELS, MaskError, decode, image_size
 
 BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
+MAX_PAYLOAD_BYTES = 16 << 20  # larger messages are refused before JSON parsing
+MAX_DEVICES = 1000  # device ids followed at once; messages for more are counted as bad
+FRAMES_KEPT = 8  # newest source frames kept per device, for overlays
+FRAME_BUDGET_BYTES = 256 << 20  # all kept frames together; the oldest go first
 
 
 def safe_device_id(device_id: str) -> bool:
@@ -37,8 +49,7 @@ def safe_device_id(device_id: str) -> bool:
         and "\\" not in device_id and "\0" not in device_id
 
 
-PALETTE = np.array([[0, 0, 0], [0, 200, 255], [255, 80, 0], [0, 220, 0], [200, 0, 200],
-                    [255, 255, 0], [0, 0, 255], [128, 128, 255]], np.uint8)  # BGR
+LATENCY_KEEP = 1000  # latencies of the newest received masks, for the summary
 
 
 @dataclass
@@ -51,22 +62,19 @@ class DeviceView:
     last_frame: Optional[int] = None
     bad: int = 0
     frames: Dict[int, np.ndarray] = field(default_factory=dict)  # newest source frames
+    latencies_ms: Deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_KEEP))
 
 
-def overlay(mask: np.ndarray, frame: Optional[np.ndarray]) -> np.ndarray:
-    """Colour the classes over ``frame`` (resized mask) or a blank canvas."""
-    colours = PALETTE[mask % len(PALETTE)]
-    if frame is None:
-        return colours
-    if frame.shape[:2] != mask.shape:
-        colours = cv2.resize(colours, (frame.shape[1], frame.shape[0]),
-                             interpolation=cv2.INTER_NEAREST)
-        mask = cv2.resize(mask, (frame.shape[1], frame.shape[0]),
-                          interpolation=cv2.INTER_NEAREST)
-    out = frame.copy()
-    fg = mask > 0
-    out[fg] = (0.5 * frame[fg] + 0.5 * colours[fg]).astype(np.uint8)
-    return out
+def latency_summary(values: Sequence[float]) -> Dict[str, Any]:
+    """p50/p95 and count of the received masks' capture->publish latencies."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0, "p50": None, "p95": None}
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"count": len(ordered), "p50": pct(0.50), "p95": pct(0.95)}
 
 
 def stats_line(view: DeviceView) -> str:
@@ -93,6 +101,9 @@ class Subscriber:
         self.out = Path(out) if out else None
         self.quiet, self.save_every = quiet, max(1, save_every)
         self.views: Dict[str, DeviceView] = {}
+        self._kept: Dict[Tuple[str, int], int] = {}  # (device, frame_id) -> arrival number
+        self._arrivals = 0
+        self._frame_bytes = 0
         self.bad_messages = 0  # not JSON objects, or failing in handling
         self.lock = threading.Lock()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -110,6 +121,9 @@ class Subscriber:
             client.subscribe(f"{self.prefix}/{self.device}/+", qos=1)
 
     def _view(self, device_id: str) -> DeviceView:
+        if device_id not in self.views and len(self.views) >= MAX_DEVICES:
+            raise ValueError(f"already following {MAX_DEVICES} devices; {device_id!r:.40} "
+                             f"ignored")
         return self.views.setdefault(device_id, DeviceView(device_id))
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -127,7 +141,8 @@ class Subscriber:
             if device_id in self.views:
                 self.views[device_id].bad += 1
         if count % BAD_LOG_EVERY == 1 or BAD_LOG_EVERY == 1:
-            print(f"bad message on {topic} ({count} so far): {type(exc).__name__}: {exc}",
+            print(printable(f"bad message on {topic} ({count} so far): {type(exc).__name__}: "
+                            f"{exc}"),
                   file=sys.stderr, flush=True)
 
     def _handle(self, msg) -> None:
@@ -135,6 +150,9 @@ class Subscriber:
         if len(parts) < 3:
             return
         device_id, kind = parts[-2], parts[-1]
+        if len(msg.payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"{len(msg.payload)} bytes, more than the {MAX_PAYLOAD_BYTES} "
+                             f"a message may have")
         try:
             data = json.loads(msg.payload)
         except ValueError as exc:
@@ -146,42 +164,81 @@ class Subscriber:
             if kind == "status":
                 view.status = data
                 if not self.quiet:
-                    print(f"{device_id}: status {data.get('state')}"
-                          f"{' (' + data['reason'] + ')' if data.get('reason') else ''}",
+                    reason = f" ({data['reason']})" if data.get("reason") else ""
+                    print(printable(f"{device_id}: status {data.get('state')}{reason}"),
                           flush=True)
             elif kind == "stats":
                 view.stats = data
                 if not self.quiet:
-                    print(stats_line(view), flush=True)
+                    print(printable(stats_line(view)), flush=True)
             elif kind == "frame":
                 self._on_frame(view, data)
             elif kind == "mask":
                 self._on_mask(view, data)
 
     def _on_frame(self, view: DeviceView, data: Dict[str, Any]) -> None:
+        image_b64 = data.get("image", "")
+        if not isinstance(image_b64, str) or len(image_b64) > MAX_PAYLOAD_BYTES:
+            raise ValueError("frame image must be base64 text")
         try:
-            raw = np.frombuffer(base64.b64decode(data.get("image", ""), validate=True), np.uint8)
-        except (binascii.Error, TypeError, ValueError) as exc:
+            raw = base64.b64decode(image_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
             raise ValueError(f"frame image is not base64: {exc}") from None
-        image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+        fid = _frame_id(data)
+        width, height = image_size(raw)  # from the header: bound pixels before decoding
+        if not 0 < width * height <= MAX_PIXELS:
+            raise ValueError(f"frame of {width}x{height} is outside 1..{MAX_PIXELS} pixels")
+        if not self.out:  # frames only serve the overlays written under --out
+            return
+        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        if image is None or image.shape[:2] != (height, width):
+            raise ValueError("frame image does not decode to its declared size")
+        self._keep_frame(view, fid, image)
+
+    def _keep_frame(self, view: DeviceView, fid: int, image: np.ndarray) -> None:
+        """Keep the newest FRAMES_KEPT frames per device, all within FRAME_BUDGET_BYTES."""
+        self._drop_frame(view, fid)
+        view.frames[fid] = image
+        self._frame_bytes += image.nbytes
+        self._arrivals += 1
+        self._kept[(view.device_id, fid)] = self._arrivals
+        for old in sorted(view.frames)[:-FRAMES_KEPT]:
+            self._drop_frame(view, old)
+        while self._frame_bytes > FRAME_BUDGET_BYTES and self._kept:
+            device_id, old = min(self._kept, key=self._kept.__getitem__)  # oldest arrival
+            self._drop_frame(self.views[device_id], old)
+
+    def _drop_frame(self, view: DeviceView, fid: int) -> None:
+        image = view.frames.pop(fid, None)
+        self._kept.pop((view.device_id, fid), None)
         if image is not None:
-            view.frames[int(data["frame_id"])] = image
-            for old in sorted(view.frames)[:-8]:
-                del view.frames[old]
+            self._frame_bytes -= image.nbytes
 
     def _on_mask(self, view: DeviceView, data: Dict[str, Any]) -> None:
         try:
-            mask = decode(data["mask"], data["encoding"])
-            if mask.shape != (data["height"], data["width"]):
-                raise ValueError(f"mask shape {mask.shape} != {data['height']}x{data['width']}")
-        except (KeyError, ValueError, TypeError) as exc:
+            fid = _frame_id(data)
+            height, width = data.get("height"), data.get("width")
+            if not (isinstance(height, int) and isinstance(width, int)
+                    and 0 < height * width <= MAX_PIXELS):
+                raise MaskError(f"height x width must be 1..{MAX_PIXELS} pixels")
+            mask = decode(data.get("mask"), data.get("encoding"), max_pixels=height * width)
+            if mask.shape != (height, width):
+                raise MaskError(f"mask shape {mask.shape} != {height}x{width}")
+        except MaskError as exc:
             view.bad += 1
-            print(f"{view.device_id}: undecodable mask: {exc}", file=sys.stderr)
+            print(printable(f"{view.device_id}: undecodable mask: {exc}"), file=sys.stderr)
             return
-        fid = int(data["frame_id"])
+        classes, coverage = data.get("classes"), data.get("coverage")
+        if not (isinstance(classes, list) and len(classes) <= 256
+                and all(isinstance(c, str) and len(c) <= 64 for c in classes)):
+            data["classes"] = []  # only drawn in captions: bounded, or left out
+        if not (isinstance(coverage, dict) and len(coverage) <= 256):
+            data["coverage"] = None
         view.masks += 1
         view.first_frame = fid if view.first_frame is None else view.first_frame
         view.last_frame = fid
+        if isinstance(data.get("latency_ms"), (int, float)):
+            view.latencies_ms.append(float(data["latency_ms"]))
         # with published frames, save the masks that have one; otherwise every Nth
         wanted = fid in view.frames if view.frames else view.masks % self.save_every == 0
         if self.out and wanted and not safe_device_id(view.device_id):
@@ -189,9 +246,19 @@ class Subscriber:
         if self.out and wanted:
             folder = self.out / view.device_id
             folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / f"mask_{fid:08d}.png"), mask)
-            cv2.imwrite(str(folder / f"overlay_{fid:08d}.jpg"),
-                        overlay(mask, view.frames.get(fid)))
+            self._save(folder, fid, mask, data, view.frames.get(fid))
+
+    def _save(self, folder: Path, fid: int, mask: np.ndarray, data: Dict[str, Any],
+              frame: Optional[np.ndarray]) -> None:
+        """The palette mask PNG and the overlay of one mask message."""
+        classes = [str(c) for c in data.get("classes") or []]
+        latency = data.get("latency_ms")
+        label = overlay.Caption(data.get("device_id") or folder.name, fid,
+                                float(latency) if isinstance(latency, (int, float)) else None,
+                                overlay.coverage_pairs(classes, data.get("coverage")))
+        (folder / f"mask_{fid:08d}.png").write_bytes(overlay.palette_png(mask))
+        cv2.imwrite(str(folder / f"overlay_{fid:08d}.jpg"),
+                    overlay.draw(mask, frame, classes, label), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
     def run(self, duration: float = 0.0, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
         stop = stop or threading.Event()
@@ -211,7 +278,20 @@ class Subscriber:
         with self.lock:
             return {d: {"state": v.status.get("state"), "masks": v.masks, "bad": v.bad,
                         "first_frame": v.first_frame, "last_frame": v.last_frame,
-                        "stats": v.stats} for d, v in self.views.items()}
+                        "latency_ms": latency_summary(v.latencies_ms), "stats": v.stats}
+                    for d, v in self.views.items()}
+
+
+def printable(text: str, limit: int = 1000) -> str:
+    """A line safe for a terminal: no control characters (escape sequences) from messages."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+def _frame_id(data: Dict[str, Any]) -> int:
+    fid = data.get("frame_id")
+    if isinstance(fid, bool) or not isinstance(fid, int) or not 0 <= fid < 1 << 63:
+        raise MaskError(f"frame_id must be a non-negative integer, got {str(fid)[:20]!r}")
+    return fid
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -7,11 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-all}"
 
-APT_AGENT=(mosquitto mosquitto-clients)
-# Test rig: camera stand-in (ffmpeg), device roots and their boot (mmdebstrap, systemd-nspawn),
-# network namespaces (iproute2), Ansible transport (ssh).
-APT_ALL=("${APT_AGENT[@]}" ffmpeg mmdebstrap debootstrap systemd-container iproute2 openssh-client
-         openssh-server openssl procps)
+# The agent and the demo need no system packages (the demo uses Mosquitto when it is
+# installed, else its embedded broker). Tests: a real Mosquitto and its clients (the rig);
+# camera stand-ins (ffmpeg; GStreamer's RTSP server for tests/helpers/rtsp_server.py),
+# device roots and their boot (mmdebstrap, systemd-nspawn), network namespaces (iproute2),
+# Ansible transport (ssh).
+APT_AGENT=()
+APT_ALL=(mosquitto mosquitto-clients ffmpeg mmdebstrap debootstrap systemd-container iproute2
+         openssh-client openssh-server openssl procps python3-gi gir1.2-gst-rtsp-server-1.0
+         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 
 case "$profile" in
   agent) apt_pkgs=("${APT_AGENT[@]}"); extras="agent" ;;
@@ -34,10 +38,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $("$PY" --version 2>&1)"
+  "$PY" -m venv .venv || { echo "setup: '$PY -m venv' failed (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+fi
 stamp=".venv/.segedge-$extras-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: pip install -e .[$extras] (constraints.txt)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
+  # not quiet: a first install downloads ~100 MB (openvino, opencv), progress shows it
+  echo "setup: pip install -e .[$extras] into .venv (constraints.txt)"
+  .venv/bin/python -m pip install --disable-pip-version-check --progress-bar on \
+    -c constraints.txt -e ".[$extras]"
   touch "$stamp"
 fi

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.broker import Broker, mosquitto_binary
+from tools.broker import Broker, mosquitto_binary
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

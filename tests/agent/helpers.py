@@ -162,6 +162,46 @@ class AgentProcess:
         return self.proc.wait(10)
 
 
+class PersistentSubscriber:
+    """A QoS 1 subscriber with a persistent session (clean_session false)."""
+
+    def __init__(self, host: str, port: int, device_id: str) -> None:
+        self.messages: List[Dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                  client_id=f"persist-{device_id}", clean_session=False,
+                                  protocol=mqtt.MQTTv311)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(f"segedge/{device_id}/+", qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect_async(host, port, keepalive=10)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise RuntimeError("persistent subscriber could not subscribe")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        kind = msg.topic.rsplit("/", 1)[-1]
+        if kind in ("stats", "status"):
+            with self.lock:
+                self.messages.append({"kind": kind, **json.loads(msg.payload)})
+
+    def of(self, kind: str) -> List[Dict[str, Any]]:
+        with self.lock:
+            return [m for m in self.messages if m["kind"] == kind]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def gaps(seqs: List[int]) -> List[int]:
+    """Sequence numbers missing from 1..max(seqs)."""
+    got = set(seqs)
+    return [s for s in range(1, max(got) + 1) if s not in got] if got else []
+
+
 def validator(kind: str):
     import jsonschema
 

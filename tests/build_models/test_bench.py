@@ -22,10 +22,18 @@ def test_bench_writes_json_and_chart(tmp_path, pets_dir):
                 "--iterations", "3", "--warmup", "1", "--rounds", "3", "--calib", "2",
                 "--out", str(out)])
     report = json.loads(out.read_text())
-    assert set(report["results"]) == {"torch eager FP32", "OV FP32 (f32)", "OV FP32 (default)",
-                                      "OV FP16 IR (f32)", "OV INT8"}
+    assert set(report["results"]) == {"torch eager FP32", "TorchScript FP32",
+                                      "torch bf16 autocast", "OV FP32 (f32)",
+                                      "OV FP32 (default)", "OV FP16 IR (f32)", "OV INT8"}
     for result in report["results"].values():
         assert result["fps"] > 0 and result["latency_ms_p50"] > 0 and result["iterations"] == 3
     assert report["results"]["OV FP32 (f32)"]["inference_precision"] == "f32"
     assert set(report["ratios"]["OV INT8"]) == {"fps_vs_torch", "latency_speedup_vs_torch"}
+    assert report["results"]["torch bf16 autocast"]["inference_precision"] == "bf16"
+    # every variant is scored on the same test images; the traced and frozen TorchScript
+    # computes what eager does, so their scores agree
+    scores = {name: r["accuracy"] for name, r in report["results"].items()}
+    assert all(0.0 <= s["dice"] <= 1.0 and s["images"] >= 1 for s in scores.values())
+    assert scores["TorchScript FP32"]["dice"] == pytest.approx(
+        scores["torch eager FP32"]["dice"], abs=1e-3)
     assert out.with_suffix(".png").is_file()

@@ -28,7 +28,7 @@ def test_demo_bundle_verifies_and_validates(bundle):
     assert result["ok"], result["problems"]
     assert result["warnings"] == []
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((DEMO.parent / "docs/schemas/manifest.schema.json").read_text())
+    schema = json.loads((DEMO.parent / "edge_agent/schemas/manifest.schema.json").read_text())
     jsonschema.validate(json.loads((bundle / "manifest.json").read_text()), schema)
     evaluation = mf.load_manifest(bundle).evaluation
     assert evaluation["images"] == 97 and set(evaluation["metrics"]) == {"FP32", "FP16", "INT8"}
@@ -47,3 +47,30 @@ def test_demo_clip_reads_back_with_opencv():
         ok, _ = cap.read()
     cap.release()
     assert shape == (480, 640, 3) and frames >= 120
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_demo_bundle_meets_the_accuracy_goal_it_records(bundle):
+    """The figures measured when the bundle was built (97 test images, f32): Dice >= 0.92,
+    pet IoU >= 0.80, INT8 within 0.005 of FP32; the report carries the candidates chart."""
+    metrics = mf.load_manifest(bundle).evaluation["metrics"]
+    for precision in ("FP32", "INT8"):
+        assert metrics[precision]["inference_precision"] == "f32"
+        assert metrics[precision]["dice"] >= 0.92 and metrics[precision]["fg_iou"] >= 0.80
+    assert abs(metrics["INT8"]["dice"] - metrics["FP32"]["dice"]) <= 0.005
+    candidates = json.loads((bundle / "report" / "candidates.json").read_text())
+    assert candidates["chosen"] in candidates["candidates"]
+    assert (bundle / "report" / "candidates.png").stat().st_size > 5000
+
+
+def test_model_card_figures_are_the_bundles():
+    """demo/README.md's f32 accuracy rows say what the committed manifest says."""
+    card = (DEMO / "README.md").read_text()
+    for bundle in BUNDLES:
+        assert f"## models/{bundle.parent.name}/{bundle.name}" in card
+        metrics = mf.load_manifest(bundle).evaluation["metrics"]
+        for precision, row in (("FP32", "| FP32 IR | f32"), ("FP16", "| FP16 IR (`gpu`) | f32"),
+                               ("INT8", "| INT8 IR (`cpu`, `npu`) | f32")):
+            line = next(ln for ln in card.splitlines() if ln.startswith(row))
+            m = metrics[precision]
+            assert f"| {m['dice']:.4f} | {m['fg_iou']:.4f} | {m['fg_dice']:.4f} |" in line, line

@@ -52,7 +52,7 @@ def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
 
 def test_manifest_validates_against_json_schema(tiny_build):
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((REPO / "docs/schemas/manifest.schema.json").read_text())
+    schema = json.loads((REPO / "edge_agent/schemas/manifest.schema.json").read_text())
     data = json.loads((tiny_build["bundle"] / "manifest.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(data)
     data["targets"]["cpu"]["files"][0]["sha256"] = "nothex"
@@ -206,3 +206,30 @@ def test_accuracy_control_runs_with_nncf(tiny_build):
         Q.QuantConfig(subset_size=4, tolerance=1.0))
     assert info["method"] == "accuracy_control" and info["validation_images"] == 6
     assert isinstance(int8, ov.Model)
+
+
+def test_recipe_options_train_and_resume_with_ema(pets_dir, tmp_path):
+    """EMA, extra data, background mixing, focal loss and warm restarts; best.pt holds the
+    EMA weights and --resume continues the raw weights, the EMA and the history."""
+    import torch
+
+    from build_models import data as D
+    from build_models import train
+
+    args = ["--data", str(pets_dir), "--out", str(tmp_path), "--size", "64", "--epochs", "2",
+            "--batch-size", "6", "--ema", "0.9", "--extra-data", str(pets_dir),
+            "--background-mix", "0.5", "--loss", "dice_focal", "--warmup", "0.2",
+            "--restarts", "1", "--threads", "2", "--device", "cpu", "--no-progress"]
+    report = train.main(args)
+    n_train = len(D.read_split(pets_dir, "train")) + len(D.read_split(pets_dir, "trainval"))
+    assert report["meta"]["train_images"] == n_train
+    assert report["meta"]["extra_data"] == [str(pets_dir)]
+    assert report["meta"]["augment"]["background_mix"] == 0.5
+    last = train.load_checkpoint(tmp_path / "last.pt")
+    assert last["ema_updates"] == report["steps"] > 0
+    ema, raw = last["state_dict"], last["train_state_dict"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema if ema[k].is_floating_point())
+    args[args.index("--epochs") + 1] = "3"
+    resumed = train.main([*args, "--resume", str(tmp_path / "last.pt")])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert train.load_checkpoint(tmp_path / "last.pt")["ema_updates"] == resumed["steps"]

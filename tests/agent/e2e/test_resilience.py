@@ -7,8 +7,8 @@ import time
 import pytest
 
 from tests.agent.helpers import agent_config, scene, validator, wait_until
-from tests.helpers.broker import free_port
 from tests.helpers.mjpeg_server import MjpegServer
+from tools.broker import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import pytest
 from edge_agent.subscriber import Subscriber
 from tests.agent.helpers import agent_config, wait_until
 from tests.conftest import require
-from tests.helpers.broker import Broker, mosquitto_binary
+from tools.broker import Broker, mosquitto_binary
 
 pytestmark = pytest.mark.e2e
 

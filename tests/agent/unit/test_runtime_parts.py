@@ -12,12 +12,13 @@ import pytest
 
 from edge_agent.capture import Frame, LatestFrame
 from edge_agent.health import write_health
+from edge_agent.messages import Frame as FrameMsg
 from edge_agent.messages import Mask, ModelInfo, Stats, Status
 from edge_agent.mqtt import OutboundQueue
 from edge_agent.pipeline import Reorder
+from edge_agent.resilience import Backoff, RateLimiter
 from edge_agent.sdnotify import Notifier
 from edge_agent.stats import Counters, LatencyWindow, ProcessUsage, percentile
-from edge_agent.supervisor import Backoff, RateLimiter
 from tests.agent.helpers import validator
 
 
@@ -159,7 +160,8 @@ def test_health_file_is_atomic_json(tmp_path):
 
 def test_messages_match_schemas():
     info = ModelInfo("m", "1", "INT8")
-    st = Status("cam", "degraded", 1.0, "0.1.0", info, "CPU", "source: gone", {"NPU": "x"})
+    st = Status("cam", "degraded", 1.0, "0.1.0", info, "CPU", "source: gone", {"NPU": "x"},
+                session="a1b2c3", seq=1, connection=1)
     validator("status").validate(json.loads(st.to_json()))
     mk = Mask("cam", 3, 1.0, 1.1, 100.0, 4, 2, 8, 4, ["bg", "pet"], {"bg": 0.5, "pet": 0.5},
               "rle", {"size": [2, 4], "counts": "04"}, info, "CPU")
@@ -168,8 +170,11 @@ def test_messages_match_schemas():
                {"p50": None, "p95": None, "p99": None, "count": 0},
                {"captured": 1, "inferred": 1, "dropped": 0, "published": 1},
                {"capture": 0, "inflight": 0, "reorder": 0, "mqtt_outbound": 0}, "CPU", "INT8",
-               "f32", 2, info, {"rss_bytes": 1, "cpu_percent": 0.0, "threads": 3}, "online")
+               "f32", 2, info, {"rss_bytes": 1, "cpu_percent": 0.0, "threads": 3}, "online",
+               session="a1b2c3", seq=1)
     validator("stats").validate(json.loads(sx.to_json()))
+    fr = FrameMsg("cam", 3, 1.0, 8, 4, "/9j/4AAQ")
+    validator("frame").validate(json.loads(fr.to_json()))
     bad = json.loads(st.to_json())
     bad["state"] = "sleepy"
     with pytest.raises(Exception, match="sleepy"):
@@ -185,7 +190,7 @@ def test_rate_limiter_averages_with_uneven_input():
 
 
 def test_infer_stall_period():
-    from edge_agent.app import INFER_STALL_MIN_S, infer_stall_s
+    from edge_agent.watchdog import INFER_STALL_MIN_S, infer_stall_s
 
     assert infer_stall_s(0.0) == INFER_STALL_MIN_S and infer_stall_s(30.0) == 60.0
 

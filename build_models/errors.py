@@ -1,0 +1,25 @@
+"""The build's errors: one base class, importable without torch, so ``segedge-build`` can
+turn any of them into one line (data, download, bundle) in any install."""
+
+from __future__ import annotations
+
+#: modules of the ``build`` extra: missing in an agent-only install
+BUILD_EXTRA_MODULES = ("torch", "torchvision", "segmentation_models_pytorch", "timm", "nncf",
+                       "tqdm", "matplotlib", "PIL", "onnx")
+INSTALL_HINT = "pip install 'segedge[build]'"
+
+
+class BuildError(Exception):
+    """A build step cannot do what was asked; the message says what and where."""
+
+
+class BundleError(BuildError):
+    """The bundle cannot be built as asked (e.g. the INT8 accuracy gate failed)."""
+
+
+def missing_build_extra(exc: BaseException) -> str:
+    """The ``build`` extra's module whose absence raised ``exc``, or '' for anything else."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    root = exc.name.split(".")[0]
+    return root if root in BUILD_EXTRA_MODULES else ""

@@ -1,0 +1,1 @@
+"""Repository tools (demo, broker launcher): not part of the installed packages."""
