@@ -161,7 +161,8 @@ def test_client_certificates_mutual_tls(fleet):
     # an identity-only run: the inventory must name the release the device runs (the gate
     # checks it), here the demo model of test_fleet's upgrade or the session's first bundle
     running = dev.run("readlink /opt/segedge/models/current").stdout.strip()
-    bundle = (REPO / "demo/models/pets-mobile/1.0.0" if running.endswith("pets-mobile-1.0.0")
+    name, _, version = running.rsplit("/", 1)[-1].rpartition("-")
+    bundle = (REPO / "demo/models" / name / version if name != "tiny"
               else fleet.bundles["good"])
     mode = ("-e", "segedge_broker_auth=certificate", "-e", f"segedge_agent_bundle_dir={bundle}")
     rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, *mode)
