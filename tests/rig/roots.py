@@ -23,8 +23,9 @@ BASE = ["systemd", "systemd-sysv", "dbus", "udev", "python3", "python3-venv",
 # devices have no route to a Debian mirror (apt then has nothing to do, as on a
 # fleet with pre-seeded images or a local mirror).
 SUITES = {
-    # cpu, gpu and npu lanes: bookworm, Python 3.11; iGPU compute runtime from Debian main
-    "bookworm": BASE + ["intel-opencl-icd", "libze1", "ocl-icd-libopencl1"],
+    # cpu, gpu and npu lanes: bookworm, Python 3.11; iGPU compute runtime from Debian main;
+    # the broker host: mosquitto (disabled in the pristine root, the broker role enables it)
+    "bookworm": BASE + ["intel-opencl-icd", "libze1", "ocl-icd-libopencl1", "mosquitto"],
     # myriad lane: bullseye, Python 3.9 (newest for OpenVINO 2022.3 wheels), libusb
     "bullseye": BASE + ["libusb-1.0-0"],
 }
@@ -55,6 +56,9 @@ def ensure_root(suite: str, log=print) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"mmdebstrap {suite} failed ({proc.returncode}):\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    # Package postinsts enable their services: a device runs only what the roles enable.
+    for wants in (tmp / "etc/systemd/system/multi-user.target.wants").glob("mosquitto.service"):
+        wants.unlink()
     (tmp / ".complete").write_text(f"built in {time.monotonic() - t0:.1f}s\n")
     if target.exists():  # another session won the race
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "deploy/roles/segedge_agent"
+ROLES = [ROLE, REPO / "deploy/roles/segedge_broker"]
 UNIT = REPO / "systemd/segedge-agent.service"
 
 
@@ -22,13 +24,15 @@ def test_ansible_lint_production_profile():
     lint = Path(sys.executable).parent / "ansible-lint"
     require(lint.exists(), "ansible-lint (the deploy extra)")
     proc = subprocess.run([str(lint), "--profile", "production", "--offline", "-q",
-                           "site.yml", "roles/segedge_agent"],
+                           "site.yml", "roles/segedge_agent", "roles/segedge_broker"],
                           cwd=REPO / "deploy", capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, NO_COLOR="1", ANSIBLE_CONFIG="ansible.cfg"))
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
 
 
-def test_every_default_is_specified_and_documented():
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_every_default_is_specified_and_documented(role):
+    ROLE = role
     defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
     specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
     options = specs["argument_specs"]["main"]["options"]
@@ -42,14 +46,17 @@ def test_every_default_is_specified_and_documented():
         assert any(line.startswith("#") for line in block[-6:]), f"{name}: undocumented default"
 
 
-def test_templates_carry_ansible_managed():
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_templates_carry_ansible_managed(role):
+    ROLE = role
     for tpl in (ROLE / "templates").glob("*.j2"):
         assert tpl.read_text().startswith("{{ ansible_managed | comment }}"), tpl.name
 
 
 def test_playbook_rolls_out_in_batches():
-    play = yaml.safe_load((REPO / "deploy/site.yml").read_text())[0]
-    assert "serial" in play and "max_fail_percentage" in play
+    broker, agents = yaml.safe_load((REPO / "deploy/site.yml").read_text())
+    assert broker["roles"] == [{"role": "segedge_broker"}], "the broker (and its CA) first"
+    assert "serial" in agents and "max_fail_percentage" in agents
 
 
 def test_unit_has_the_required_settings():
@@ -96,3 +103,26 @@ def test_preflight_refuses_bundle_paths_that_leave_the_release(tmp_path):
     assert proc.returncode != 0, out[-3000:]
     failed = set(re.findall(r"failed: \[localhost\] \(item=(.*?)\)", out))
     assert failed == set(bad), out[-3000:]
+
+
+def test_example_inventory_and_defaults_are_secure():
+    """TLS, one identity per device, no anonymous or plaintext listener, out of the box."""
+    inv = REPO / "deploy/inventory"
+    all_vars = yaml.safe_load((inv / "group_vars/all.yml").read_text())
+    site = yaml.safe_load((inv / "group_vars/segedge.yml").read_text())
+    assert all_vars["segedge_broker_auth"] == "certificate"
+    assert all_vars["segedge_agent_mqtt_auth"] == "{{ segedge_broker_auth }}"
+    assert site["segedge_agent_mqtt_tls"] is True and site["segedge_agent_mqtt_port"] == 8883
+    assert "segedge_agent_mqtt_password" not in site, "no fleet-wide password"
+    hosts = yaml.safe_load((inv / "example.yml").read_text())
+    assert hosts["segedge_broker"]["hosts"], "the broker is part of the example fleet"
+    agent = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    broker = yaml.safe_load((REPO / "deploy/roles/segedge_broker/defaults/main.yml").read_text())
+    assert agent["segedge_agent_mqtt_tls"] is True and agent["segedge_agent_mqtt_port"] == 8883
+    assert agent["segedge_agent_mqtt_auth"] == broker["segedge_broker_auth"] == "certificate"
+    assert agent["segedge_agent_health_require_delivery"] is True
+    assert broker["segedge_broker_loopback_port"] == 0
+    conf = (REPO / "deploy/roles/segedge_broker/templates/mosquitto.conf.j2").read_text()
+    assert "allow_anonymous false" in conf and "include_dir" not in conf
+    assert conf.count("use_username_as_clientid true") == 2  # on every listener
+    assert "/deploy/pki/" in (REPO / ".gitignore").read_text()

@@ -1,0 +1,196 @@
+"""The broker role's configuration on a real Mosquitto on this machine (no devices, fast).
+
+Mosquitto runs with the files the segedge_broker role writes (tests/rig/broker_config.py
+renders its templates, defaults, filter plugin and PKI helper); every refusal the rig
+proves on a booted broker host is proven here too, in both authentication modes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import require
+from tests.rig.broker_config import LocalBroker, free_port, pki_module
+from tests.rig.mqtt_probe import Identity, Probe
+
+NOT_AUTHORISED = 135
+DEVICES, SUBSCRIBERS, OPERATORS = ["cam-a", "cam-b"], ["dash"], ["op"]
+PASSWORDS = {"cam-a": "pw-a-123456", "cam-b": "pw-b-654321", "dash": "pw-dash", "op": "pw-op"}
+
+
+def _broker(tmp_path_factory, auth: str) -> LocalBroker:
+    require(shutil.which("mosquitto") is not None, "mosquitto (apt-get install mosquitto)")
+    broker = LocalBroker(tmp_path_factory.mktemp(f"broker-{auth}"), free_port(), auth, DEVICES,
+                         SUBSCRIBERS, OPERATORS, dict(PASSWORDS))
+    return broker.start()
+
+
+@pytest.fixture(scope="module", params=["certificate", "password"])
+def broker(request, tmp_path_factory):
+    b = _broker(tmp_path_factory, request.param)
+    yield b
+    b.stop()
+
+
+def _probe(broker: LocalBroker, name: str, client_id: str = "", **override) -> Probe:
+    files = broker.identity_files(name)
+    files.update(override)
+    probe = Probe(Identity("127.0.0.1", broker.port, client_id=client_id or f"probe-{name}",
+                           **files))
+    assert probe.connect() == 0, (name, probe.report(), broker.log.read_text()[-2000:])
+    return probe
+
+
+def test_device_publishes_under_its_own_id_and_subscribers_read(broker):
+    dash = _probe(broker, "dash")
+    assert dash.subscribe("segedge/#") == [1]
+    cam = _probe(broker, "cam-a")
+    assert cam.publish("segedge/cam-a/mask", b"m" * 2_000_000) == 0  # a big mask passes
+    assert dash._wait(lambda: "segedge/cam-a/mask" in [m.topic for m in dash.messages], 10)
+    cam.close()
+    dash.close()
+
+
+def test_device_cannot_publish_under_another_devices_id(broker):
+    dash = _probe(broker, "dash")
+    dash.subscribe("segedge/#")
+    cam = _probe(broker, "cam-a")
+    assert cam.publish("segedge/cam-b/status", b'{"state":"offline"}', retain=True) == \
+        NOT_AUTHORISED
+    time.sleep(1.0)
+    assert "segedge/cam-b/status" not in [m.topic for m in dash.messages]
+    cam.close()
+    dash.close()
+
+
+def test_client_id_of_another_device_does_not_take_it_over(broker):
+    victim = _probe(broker, "cam-b", client_id="segedge-cam-b")
+    for stolen in ("segedge-cam-b", "cam-b"):
+        attacker = _probe(broker, "cam-a", client_id=stolen)
+        # still bound to its own identity: it may write under cam-a only
+        assert attacker.publish("segedge/cam-b/status") == NOT_AUTHORISED
+        attacker.close()
+    time.sleep(0.5)
+    assert victim.disconnects == [], victim.report()
+    assert victim.publish("segedge/cam-b/status", b"still here") < 128  # 16: no subscribers
+    victim.close()
+
+
+def test_anonymous_client_is_refused(broker):
+    probe = Probe(Identity("127.0.0.1", broker.port, ca=str(broker.pki / "ca.crt"),
+                           client_id="anon"))
+    rc = probe.connect()
+    if broker.auth == "certificate":
+        # no client certificate: the TLS handshake (or, under TLS 1.3, the first read) fails
+        assert rc is None and ("SSL" in probe.error or probe.disconnects), probe.report()
+    else:
+        assert rc == NOT_AUTHORISED, probe.report()
+
+
+@pytest.mark.parametrize("broker", ["password"], indirect=True)
+def test_wrong_password_is_refused(broker):
+    probe = Probe(Identity("127.0.0.1", broker.port, ca=str(broker.pki / "ca.crt"),
+                           user="cam-a", password="pw-b-654321", client_id="x"))
+    assert probe.connect() in (134, NOT_AUTHORISED), probe.report()
+
+
+def test_subscriber_cannot_publish_a_retained_status(broker):
+    dash = _probe(broker, "dash")
+    assert dash.publish("segedge/cam-a/status", b'{"state":"online"}', retain=True) == \
+        NOT_AUTHORISED
+    dash.close()
+    fresh = _probe(broker, "op")
+    fresh.subscribe("segedge/cam-a/status", seconds=1.0)
+    assert [m.payload for m in fresh.messages] == [], "a retained status was stored"
+    fresh.close()
+
+
+def test_device_cannot_subscribe_to_another_devices_masks(broker):
+    # Mosquitto 2.0's ACL file grants the SUBACK but checks every delivery against the
+    # reader's ACL: nothing of cam-b's ever reaches cam-a.
+    spy = _probe(broker, "cam-a")
+    spy.subscribe("segedge/cam-b/mask")
+    spy.subscribe("segedge/#")
+    dash = _probe(broker, "dash")
+    dash.subscribe("segedge/cam-b/mask")
+    cam_b = _probe(broker, "cam-b")
+    assert cam_b.publish("segedge/cam-b/mask", b"mask") == 0
+    assert dash._wait(lambda: bool(dash.messages), 10), "the control subscriber got nothing"
+    time.sleep(1.0)
+    assert spy.messages == [], spy.report()
+    spy.close()
+    cam_b.close()
+    dash.close()
+
+
+def test_operator_commands_reach_only_the_addressed_device(broker):
+    cam = _probe(broker, "cam-a")
+    assert cam.subscribe("segedge/cam-a/cmd/#") == [1]
+    op = _probe(broker, "op")
+    assert op.publish("segedge/cam-a/cmd/restart") == 0
+    assert op.publish("segedge/cam-a/status", retain=True) == NOT_AUTHORISED
+    assert cam._wait(lambda: bool(cam.messages), 10), cam.report()
+    dash = _probe(broker, "dash")
+    assert dash.publish("segedge/cam-a/cmd/restart") == NOT_AUTHORISED
+    for p in (cam, op, dash):
+        p.close()
+
+
+@pytest.mark.parametrize("broker", ["certificate"], indirect=True)
+def test_wrong_or_expired_certificate_is_refused(broker, tmp_path):
+    pki = pki_module()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def write(name, cert, key):
+        (tmp_path / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / f"{name}.key").write_bytes(pki._key_pem(key))
+        return {"cert": str(tmp_path / f"{name}.crt"), "key": str(tmp_path / f"{name}.key")}
+
+    now = dt.datetime.now(dt.timezone.utc)
+    # another CA, same CN as a real device
+    other_ca_key = ec.generate_private_key(ec.SECP256R1())
+    other_ca = pki.make_cert("segedge CA", other_ca_key, None, [], False, now,
+                             now + dt.timedelta(1))
+    key = ec.generate_private_key(ec.SECP256R1())
+    wrong = write("wrong", pki.make_cert("cam-a", key, (other_ca, other_ca_key), [], False, now,
+                                         now + dt.timedelta(1)), key)
+    # the kit's CA, but expired yesterday
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate((broker.pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((broker.pki / "ca.key").read_bytes(), None)
+    key2 = ec.generate_private_key(ec.SECP256R1())
+    expired = write("expired", pki.make_cert("cam-a", key2, (ca, ca_key), [], False,
+                                             now - dt.timedelta(days=30),
+                                             now - dt.timedelta(days=1)), key2)
+    for files in (wrong, expired):
+        probe = Probe(Identity("127.0.0.1", broker.port, ca=str(broker.pki / "ca.crt"),
+                               client_id="x", **files))
+        assert probe.connect() is None, probe.report()
+        assert "SSL" in probe.error or "EOF" in probe.error or probe.disconnects, probe.report()
+    # and the genuine one still works
+    _probe(broker, "cam-a").close()
+
+
+@pytest.mark.parametrize("broker", ["certificate"], indirect=True)
+def test_a_rotated_certificate_is_refused_the_new_one_works(broker, tmp_path):
+    """segedge-pki --revoke, a new run (ensure + restart): the old certificate (which
+    connected until now: same CA, not expired) is refused, only the CRL says no."""
+    old = {"cert": str(tmp_path / "old.crt"), "key": str(tmp_path / "old.key")}
+    shutil.copy(broker.pki / "clients/cam-b.crt", old["cert"])
+    shutil.copy(broker.pki / "clients/cam-b.key", old["key"])
+    assert pki_module().revoke(broker.pki, "cam-b")
+    broker.restart()  # render() re-runs ensure: new cam-b certificate, new CRL
+    probe = Probe(Identity("127.0.0.1", broker.port, ca=str(broker.pki / "ca.crt"),
+                           client_id="x", **old))
+    assert probe.connect() is None, probe.report()
+    deadline = time.monotonic() + 10  # the broker's log line lands a little later
+    while "certificate verify failed" not in broker.log.read_text():
+        assert time.monotonic() < deadline, broker.log.read_text()[-1000:]
+        time.sleep(0.2)
+    _probe(broker, "cam-b").close()
