@@ -129,13 +129,13 @@ def test_device_cannot_subscribe_to_another_devices_masks(broker):
 
 def test_operator_commands_reach_only_the_addressed_device(broker):
     cam = _probe(broker, "cam-a")
-    assert cam.subscribe("segedge/cam-a/cmd/#") == [1]
+    assert cam.subscribe("segedge/cam-a/+/set") == [1]
     op = _probe(broker, "op")
-    assert op.publish("segedge/cam-a/cmd/restart") == 0
+    assert op.publish("segedge/cam-a/paused/set") == 0
     assert op.publish("segedge/cam-a/status", retain=True) == NOT_AUTHORISED
     assert cam._wait(lambda: bool(cam.messages), 10), cam.report()
     dash = _probe(broker, "dash")
-    assert dash.publish("segedge/cam-a/cmd/restart") == NOT_AUTHORISED
+    assert dash.publish("segedge/cam-a/paused/set") == NOT_AUTHORISED
     for p in (cam, op, dash):
         p.close()
 
@@ -194,3 +194,21 @@ def test_a_rotated_certificate_is_refused_the_new_one_works(broker, tmp_path):
         assert time.monotonic() < deadline, broker.log.read_text()[-1000:]
         time.sleep(0.2)
     _probe(broker, "cam-b").close()
+
+
+def test_devices_write_only_their_own_home_assistant_discovery(broker):
+    # the agent's discovery configs (edge_agent.homeassistant: node id segedge_<id>) pass;
+    # another device's node id and anything else under the discovery prefix are refused
+    cam = _probe(broker, "cam-a")
+    assert cam.publish("homeassistant/sensor/segedge_cam-a/cam-a_fps/config", b"{}",
+                       retain=True) < 128  # 0, or 16: accepted, nobody subscribed yet
+    assert cam.publish("homeassistant/sensor/segedge_cam-b/cam-b_fps/config", b"{}",
+                       retain=True) == NOT_AUTHORISED
+    assert cam.publish("homeassistant/status", b"online") == NOT_AUTHORISED
+    dash = _probe(broker, "dash")
+    dash.subscribe("homeassistant/sensor/segedge_cam-a/cam-a_fps/config", seconds=1.0)
+    assert [m.payload for m in dash.messages] == [b"{}"], dash.report()
+    assert cam.publish("homeassistant/sensor/segedge_cam-a/cam-a_fps/config", b"",
+                       retain=True) < 128  # removal, as the agent sends when discovery is off
+    for p in (cam, dash):
+        p.close()

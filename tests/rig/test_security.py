@@ -100,9 +100,9 @@ def test_a_subscriber_cannot_publish_a_retained_status(fleet):
     assert out["connack"] == 0 and out["puback"] == NOT_AUTHORISED, out
     status = fleet.status("dev-cpu")
     assert status["state"] == "online" and "probe" not in json.dumps(status), status
-    out = fleet.probe("watcher", "publish", "segedge/dev-gpu/cmd/restart")
+    out = fleet.probe("watcher", "publish", "segedge/dev-gpu/paused/set")
     assert out["puback"] == NOT_AUTHORISED, out
-    out = fleet.probe("operator", "publish", "segedge/dev-gpu/cmd/noop")
+    out = fleet.probe("operator", "publish", "segedge/dev-gpu/snapshot/set")
     assert out["connack"] == 0 and out["puback"] < 128, out
 
 
