@@ -1,19 +1,24 @@
-"""The agent end to end (its own stats on a real broker) vs benchmark_app on the same IR.
+"""The agent end to end (its own stats on a real broker) vs its limit on the same IR and clip.
 
-    python benchmarks/bench_agent.py --duration 20 --out runs/bench/agent.json
+    python benchmarks/bench_agent.py --duration 10 --repeats 3 --out runs/bench/agent.json
     python benchmarks/bench_agent.py --bundle demo/models/pets/1.0.0 --clip demo/clip.mp4
 
-The agent reads the clip at 1.5x benchmark_app's throughput (latest frame wins) with no
-publish limit, so its inference fps is the pipeline's ceiling: capture + decode, preprocessing,
-async inference, postprocessing, encoding and MQTT publish, all in one process.
-``benchmark_app`` runs the same model file on the same device with the THROUGHPUT hint
-(and then LATENCY, for the latency comparison). Prints the ratios; writes JSON.
+Each repeat measures, back to back: ``benchmark_app`` (THROUGHPUT hint) on the model file;
+the CPU cost of decoding the clip alone (the agent's own OpenCV reader, process CPU time
+per frame); from them the decode-inclusive limit
+``1 / (1/benchmark_app_fps + decode_cpu_s_per_frame / cores)``; and the agent reading the
+clip at 1.1x that limit (latest frame wins) with no publish limit, its CPU per frame split by
+stage (``EDGE_AGENT_STAGE_TIMES``, edge_agent/stagetime.py). Then once: the agent at a paced
+30 fps camera (capture->publish p50) against ``benchmark_app``'s LATENCY-hint median.
+``--compare DIR`` runs another checkout's agent in the same repeats (interleaved A/B).
+Prints the ratios; writes JSON and a chart next to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -36,7 +41,8 @@ from tools.demo import find_bundle  # noqa: E402
 
 
 def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: float,
-              work: Path, encoding: str, source_fps: float) -> Dict[str, Any]:
+              work: Path, encoding: str, source_fps: float, root: Path = ROOT,
+              resolution: str = "model") -> Dict[str, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -45,8 +51,16 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
     stats: List[Dict[str, Any]] = []
     got = threading.Event()
 
+    stage_file = work / "stages.json"
+    stage_file.unlink(missing_ok=True)
+
     def on_message(_c, _u, msg) -> None:
-        stats.append(json.loads(msg.payload))
+        tick = json.loads(msg.payload)
+        try:  # the agent's stage snapshot (written every second) next to its stats tick
+            tick["_stages"] = json.loads(stage_file.read_text())
+        except (OSError, ValueError):
+            tick["_stages"] = None
+        stats.append(tick)
         got.set()
 
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
@@ -61,9 +75,11 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
         f'[model]\nbundle = {json.dumps(str(bundle))}\ntarget = "{target}"\n'
         f'devices = ["{device}"]\n'
         f'[output]\nmax_publish_fps = 0.0\nstats_interval_s = 2.0\nmask_encoding = "{encoding}"\n'
+        f'mask_resolution = "{resolution}"\n'
         f'[mqtt]\nport = {port}\nprefix = "bench"\n')
+    env = dict(os.environ, PYTHONPATH=str(root), EDGE_AGENT_STAGE_TIMES=str(stage_file))
     agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--config", str(config)],
-                             cwd=str(ROOT))
+                             cwd=str(root), env=env)
     try:
         time.sleep(duration + 4.5)  # start-up + warm-up tick + the measured ticks
     finally:
@@ -89,7 +105,64 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
             "latency_p99_ms": round(max(t["latency_ms"]["p99"] for t in ticks), 2),
             "cpu_percent": mean("process.cpu_percent"),
             "rss_mb": round(ticks[-1]["process"]["rss_bytes"] / 2**20, 1),
-            "frames": ticks[-1]["frames"]}
+            "frames": ticks[-1]["frames"],
+            "cpu_ms_per_frame": stage_split(ticks[0], ticks[-1])}
+
+
+def stage_split(first: Dict[str, Any], last: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    """ms of CPU per frame by stage, between two stats ticks' stage snapshots."""
+    a, b = first.get("_stages"), last.get("_stages")
+    if not a or not b:
+        return None
+    ca, cb = a["counters"], b["counters"]
+    inferred = max(1, cb.get("inferred", 0) - ca.get("inferred", 0))
+    captured = max(1, cb.get("captured", 0) - ca.get("captured", 0))
+
+    def thread(name: str) -> float:
+        return sum(v for k, v in b["threads"].items() if k.startswith(name)) - sum(
+            v for k, v in a["threads"].items() if k.startswith(name))
+
+    def stage(name: str) -> float:
+        sa = a["stages"].get(name, {"cpu_s": 0.0, "calls": 0})
+        sb = b["stages"].get(name, {"cpu_s": 0.0, "calls": 0})
+        return (sb["cpu_s"] - sa["cpu_s"]) / max(1, sb["calls"] - sa["calls"])
+
+    out = {
+        "decode_per_captured": (thread("capture") + thread("ffmpeg")) / captured * 1e3,
+        # per inferred frame: the decode of dropped frames included
+        "decode": (thread("capture") + thread("ffmpeg")) / inferred * 1e3,
+        "preprocess": stage("preprocess") * 1e3,
+        "inference": (thread("native") / inferred + stage("submit")) * 1e3,
+        "postprocess": stage("postprocess") * 1e3,
+        "encode": stage("encode") * 1e3,
+        "publish": (stage("message") + stage("publish")
+                    + thread("paho") / inferred) * 1e3,
+        "total": (b["process_cpu_s"] - a["process_cpu_s"]) / inferred * 1e3,
+    }
+    named = sum(v for k, v in out.items() if k not in ("total", "decode_per_captured"))
+    out["other"] = out["total"] - named
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def decode_cpu(clip: Path, seconds: float) -> Dict[str, float]:
+    """Decode the clip alone with the agent's reader: process CPU seconds per frame."""
+    from edge_agent.capture import Reader
+
+    frames, reader = 0, Reader(str(clip), 10.0)
+    c0, t0 = time.process_time(), time.monotonic()
+    try:
+        while time.monotonic() - t0 < seconds:
+            ok, image = reader.read()
+            if not ok:
+                reader.close()
+                reader = Reader(str(clip), 10.0)
+                continue
+            frames += image is not None
+    finally:
+        reader.close()
+    cpu = time.process_time() - c0
+    return {"frames": frames, "cpu_ms_per_frame": round(cpu / max(1, frames) * 1e3, 3),
+            "wall_fps": round(frames / (time.monotonic() - t0), 1)}
 
 
 def synthetic_bundle(root: Path, size: int = 256, width: int = 32, depth: int = 6) -> Path:
@@ -142,6 +215,54 @@ def run_benchmark_app(model: Path, device: str, hint: str, seconds: int) -> Dict
             if med else None}
 
 
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_avg() -> List[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def chart(result: Dict[str, Any], path: Path) -> None:
+    """fps per repeat (benchmark_app, limit, agents) and the agent's CPU per frame by stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reps = result["repeats"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    xs = list(range(1, len(reps) + 1))
+    ax1.plot(xs, [r["benchmark_app_fps"] for r in reps], "o-", label="benchmark_app")
+    ax1.plot(xs, [r["limit_fps"] for r in reps], "s-", label="limit (decode-inclusive)")
+    for name in result["agents"]:
+        ax1.plot(xs, [r["agents"][name]["fps_inference"] for r in reps], "^-",
+                 label=f"agent: {name}")
+    ax1.set_xlabel("repeat")
+    ax1.set_ylabel("frames/s")
+    ax1.set_ylim(bottom=0)
+    ax1.legend(fontsize=8)
+    ax1.set_title(result["model"]["name"])
+    stages = ["decode", "preprocess", "inference", "postprocess", "encode", "publish", "other"]
+    names = [n for n in result["agents"] if result["cpu_ms_per_frame"].get(n)]
+    bottom = [0.0] * len(names)
+    for st in stages:
+        vals = [max(0.0, result["cpu_ms_per_frame"][n][st]) for n in names]
+        ax2.bar(names, vals, bottom=bottom, label=st)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax2.set_ylabel("CPU ms per inferred frame")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="", help="bundle version dir (default: newest in demo/)")
@@ -150,51 +271,111 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--target", default="cpu")
     p.add_argument("--device", default="CPU")
     p.add_argument("--clip", default=str(ROOT / "demo" / "clip.mp4"))
-    p.add_argument("--duration", type=float, default=20.0, help="measured agent seconds")
+    p.add_argument("--duration", type=float, default=10.0, help="measured agent seconds")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--encoding", default="png", choices=("png", "rle"))
+    p.add_argument("--resolution", default="model", choices=("model", "frame"))
     p.add_argument("--source-fps", type=float, default=0.0,
-                   help="clip read rate (0 = 1.5x benchmark_app's throughput)")
+                   help="clip read rate (0 = 1.1x the decode-inclusive limit)")
+    p.add_argument("--camera-fps", type=float, default=30.0,
+                   help="paced camera for the latency run (0 = skip)")
+    p.add_argument("--compare", action="append", default=[], metavar="DIR",
+                   help="another checkout whose agent runs in the same repeats")
     p.add_argument("--out", default="runs/bench/agent.json")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="segedge-bench-"))
+    roots = {"this": ROOT, **{Path(d).name: Path(d).resolve() for d in args.compare}}
+    n = cores()
+    reps: List[Dict[str, Any]] = []
     try:
         bundle = Path(args.bundle) if args.bundle else (
             synthetic_bundle(work) if args.synthetic else find_bundle(ROOT / "demo" / "models"))
-        clip = Path(args.clip)
+        clip = Path(args.clip).resolve()
+        bundle = bundle.resolve() if bundle is not None else None
         if bundle is None or not clip.is_file():
             raise SystemExit(f"no bundle under demo/models or no clip {clip}: pass --bundle/--clip")
         manifest, entry, model = open_target(bundle, args.target)
         seconds = max(5, int(args.duration / 2))
-        bench_tp = run_benchmark_app(model, args.device, "throughput", seconds)
-        bench_lat = run_benchmark_app(model, args.device, "latency", seconds)
-        # feed 1.5x what the model can take: the agent is saturated, yet no CPU is burnt
-        # decoding thousands of frames that would only be dropped
-        source_fps = args.source_fps or min(1000.0, 1.5 * bench_tp["fps"])
-        agent = run_agent(bundle, args.target, args.device, clip, args.duration, work,
-                          args.encoding, source_fps)
-        agent["source_fps"] = round(source_fps, 1)
+        for r in range(args.repeats):
+            rep: Dict[str, Any] = {"load_avg_before": load_avg()}
+            bench = run_benchmark_app(model, args.device, "throughput", seconds)
+            dec = decode_cpu(clip, min(5.0, seconds))
+            limit = 1.0 / (1.0 / bench["fps"] + dec["cpu_ms_per_frame"] / 1e3 / n)
+            rep.update(benchmark_app_fps=bench["fps"], decode=dec, limit_fps=round(limit, 1),
+                       agents={})
+            order = list(roots.items())
+            if r % 2:
+                order.reverse()  # interleave A/B so neither always runs second
+            for name, root in order:
+                source_fps = args.source_fps or 1.1 * limit
+                agent = run_agent(bundle, args.target, args.device, clip, args.duration, work,
+                                  args.encoding, source_fps, root, args.resolution)
+                agent["source_fps"] = round(source_fps, 1)
+                agent["ratio_vs_benchmark_app"] = round(agent["fps_inference"] / bench["fps"], 3)
+                agent["ratio_vs_limit"] = round(agent["fps_inference"] / limit, 3)
+                rep["agents"][name] = agent
+                print(f"repeat {r + 1} {name}: agent {agent['fps_inference']} fps, "
+                      f"benchmark_app {bench['fps']}, decode {dec['cpu_ms_per_frame']} ms CPU, "
+                      f"limit {limit:.1f}: ratio {agent['ratio_vs_benchmark_app']} / "
+                      f"{agent['ratio_vs_limit']} (load {load_avg()})", flush=True)
+            rep["load_avg_after"] = load_avg()
+            reps.append(rep)
+        latency: Dict[str, Any] = {}
+        if args.camera_fps:
+            bench_lat = run_benchmark_app(model, args.device, "latency", seconds)
+            latency["benchmark_app_median_ms"] = bench_lat["median_latency_ms"]
+            for name, root in roots.items():
+                cam = run_agent(bundle, args.target, args.device, clip, args.duration, work,
+                                args.encoding, args.camera_fps, root, args.resolution)
+                latency[name] = {k: cam[k] for k in (
+                    "fps_inference", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+                    "cpu_percent", "cpu_ms_per_frame")}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+    def med(values: List[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    summary: Dict[str, Any] = {}
+    split: Dict[str, Any] = {}
+    for name in roots:
+        summary[name] = {
+            "fps_inference": med([r["agents"][name]["fps_inference"] for r in reps]),
+            "ratio_vs_benchmark_app": med([r["agents"][name]["ratio_vs_benchmark_app"]
+                                           for r in reps]),
+            "ratio_vs_limit": med([r["agents"][name]["ratio_vs_limit"] for r in reps]),
+            "cpu_percent": med([r["agents"][name]["cpu_percent"] for r in reps])}
+        parts = [r["agents"][name]["cpu_ms_per_frame"] for r in reps
+                 if r["agents"][name]["cpu_ms_per_frame"]]
+        split[name] = {k: med([x[k] for x in parts]) for k in parts[0]} if parts else None
     result = {
         "model": {"name": manifest.name, "version": manifest.version, "target": entry.name,
                   "precision": entry.precision, "input": manifest.input.shape},
-        "clip": str(clip), "machine": {"cpu": platform.processor() or platform.machine(),
-                                       "python": platform.python_version()},
-        "agent": agent, "benchmark_app": {"throughput": bench_tp, "latency": bench_lat},
-        "ratio_fps_agent_vs_benchmark_app": round(agent["fps_inference"] / bench_tp["fps"], 3),
-        "ratio_p50_latency_agent_vs_benchmark_app": round(
-            agent["latency_p50_ms"] / (bench_lat["median_latency_ms"] or float("nan")), 2),
+        "clip": str(clip), "encoding": args.encoding, "mask_resolution": args.resolution,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": n,
+                    "python": platform.python_version()},
+        "agents": {k: str(v) for k, v in roots.items()},
+        "benchmark_app_fps": med([r["benchmark_app_fps"] for r in reps]),
+        "decode_cpu_ms_per_frame": med([r["decode"]["cpu_ms_per_frame"] for r in reps]),
+        "limit_fps": med([r["limit_fps"] for r in reps]),
+        "summary": summary, "cpu_ms_per_frame": split, "camera": latency, "repeats": reps,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"agent: {agent['fps_inference']} fps inferred ({agent['fps_publish']} published), "
-          f"latency capture->publish p50 {agent['latency_p50_ms']} ms p95 "
-          f"{agent['latency_p95_ms']} ms, CPU {agent['cpu_percent']}%")
-    print(f"benchmark_app: {bench_tp['fps']} fps (throughput), median "
-          f"{bench_lat['median_latency_ms']} ms (latency hint)")
-    print(f"ratio agent/benchmark_app fps: {result['ratio_fps_agent_vs_benchmark_app']}; "
-          f"written to {out}")
+    chart(result, out.with_suffix(".png"))
+    print(f"benchmark_app {result['benchmark_app_fps']} fps, decode "
+          f"{result['decode_cpu_ms_per_frame']} ms CPU/frame on {n} cores -> limit "
+          f"{result['limit_fps']} fps (medians of {len(reps)})")
+    for name, s in summary.items():
+        print(f"agent {name}: {s['fps_inference']} fps = {s['ratio_vs_benchmark_app']} of "
+              f"benchmark_app, {s['ratio_vs_limit']} of the limit; CPU ms/frame {split[name]}")
+    if latency:
+        for name in roots:
+            print(f"camera {args.camera_fps:g} fps, agent {name}: capture->publish p50 "
+                  f"{latency[name]['latency_p50_ms']} ms vs benchmark_app latency median "
+                  f"{latency['benchmark_app_median_ms']} ms (goal: +3 ms)")
+    print(f"written to {out} and {out.with_suffix('.png')}")
     return result
 
 

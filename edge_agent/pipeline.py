@@ -26,6 +26,7 @@ from .inference import Engine
 from .messages import Frame, Mask
 from .preprocess import as_bgr, to_model_input
 from .resilience import RateLimiter
+from .stagetime import StageTimes
 from .stats import Counters, LatencyWindow
 
 log = logging.getLogger("segedge.pipeline")
@@ -117,6 +118,7 @@ class Pipeline:
         self.classes += [f"class{i}" for i in range(len(self.classes), ncls)]
         self._last_bad_log = 0.0
         self._masks_sent = 0
+        self.times = StageTimes()  # per-stage CPU for the benchmark; off by default
         # decision state (the watchdog's stall check), kept apart from the stats counters
         self._progress_lock = threading.Lock()
         self.submitted = 0
@@ -167,11 +169,13 @@ class Pipeline:
                 frame = self.slot.get(0.2)
                 if frame is None:
                     continue
+                t0 = self.times.start()
                 try:
                     tensor = to_model_input(frame.image, self.engine.size_hw)
                 except (ValueError, TypeError) as exc:
                     self._bad_frame(frame.frame_id, exc)
                     continue
+                self.times.stop("preprocess", t0)
                 while not self.slots.acquire(timeout=0.2):
                     if self.stop.is_set():
                         return
@@ -182,7 +186,9 @@ class Pipeline:
                     if self.submitted - self._received - self.reorder.skipped <= 0:
                         self._progress_mono = time.monotonic()  # idle until now: no stall
                     self.submitted += 1
+                t0 = self.times.start()
                 self.engine.submit(tensor, meta)
+                self.times.stop("submit", t0)
         finally:
             self.engine.drain()
             self.infer_done.set()
@@ -197,8 +203,10 @@ class Pipeline:
     def _publish_loop(self) -> None:
         while True:
             item = self.reorder.pop(0.2)
+            self.times.maybe_write(self.counters.snapshot())
             if item is None:
                 if self.infer_done.is_set() and not len(self.reorder):
+                    self.times.maybe_write(self.counters.snapshot(), force=True)
                     return
                 continue
             self.slots.release()
@@ -224,7 +232,10 @@ class Pipeline:
             every = self.out.frame_every
             if every and self.send_frame and self._masks_sent % every == 0:
                 self._send_frame(meta)  # before its mask, so overlays find it
-            if self.send(payload):
+            t0 = self.times.start()
+            sent = self.send(payload)
+            self.times.stop("publish", t0)
+            if sent:
                 self._masks_sent += 1
                 self.counters.add("published")
                 self.latency.add(latency_ms)
@@ -242,11 +253,14 @@ class Pipeline:
                 image=base64.b64encode(jpg.tobytes()).decode("ascii")).to_json())
 
     def build_mask(self, meta: FrameMeta, output: np.ndarray) -> Tuple[str, float]:
+        t0 = self.times.start()
         mask = postprocess.to_frame_mask(output, self.engine.output_kind,
                                          meta.frame_hw if self.out.mask_resolution == "frame"
                                          else None)
         cov = postprocess.coverage(mask, len(self.classes))
+        t0 = self.times.stop("postprocess", t0)
         data = encoding.encode(mask, self.out.mask_encoding)
+        t0 = self.times.stop("encode", t0)
         published_at = time.time()
         latency_ms = round((time.monotonic() - meta.captured_mono) * 1000.0, 2)
         msg = Mask(device_id=self.device_id, frame_id=meta.frame_id,
@@ -256,4 +270,6 @@ class Pipeline:
                    classes=self.classes, coverage=dict(zip(self.classes, cov)),
                    encoding=self.out.mask_encoding, mask=data, model=self.engine.info,
                    device=self.engine.device)
-        return msg.to_json(), latency_ms
+        text = msg.to_json()
+        self.times.stop("message", t0)
+        return text, latency_ms
