@@ -128,7 +128,8 @@ class Pipeline:
                         threading.Thread(target=self._infer_loop, name="infer", daemon=True)]
 
     def start(self) -> None:
-        self.engine.start(self._on_result)
+        # the class decision in the graph where masks are at model resolution
+        self.engine.start(self._on_result, decide=self.out.mask_resolution == "model")
         for t in self.threads:
             t.start()
 
@@ -171,7 +172,8 @@ class Pipeline:
                     continue
                 t0 = self.times.start()
                 try:
-                    tensor = to_model_input(frame.image, self.engine.size_hw)
+                    tensor = to_model_input(frame.image, None if self.engine.resize_in_graph
+                                            else self.engine.size_hw)
                 except (ValueError, TypeError) as exc:
                     self._bad_frame(frame.frame_id, exc)
                     continue
@@ -254,7 +256,7 @@ class Pipeline:
 
     def build_mask(self, meta: FrameMeta, output: np.ndarray) -> Tuple[str, float]:
         t0 = self.times.start()
-        mask = postprocess.to_frame_mask(output, self.engine.output_kind,
+        mask = postprocess.to_frame_mask(output, self.engine.result_kind,
                                          meta.frame_hw if self.out.mask_resolution == "frame"
                                          else None)
         cov = postprocess.coverage(mask, len(self.classes))
