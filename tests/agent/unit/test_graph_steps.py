@@ -111,3 +111,12 @@ def test_engine_without_graph_resize_still_takes_any_frame(tmp_path):
     engine.submit(_blocks(96, 128)[np.newaxis], 0)  # wrong size: resized in Python
     engine.drain()
     assert got[0].shape == (1, 2, 64, 64)
+
+
+def test_binary_coverage_fast_path_matches_bincount():
+    rng = np.random.default_rng(3)
+    for mask in (rng.integers(0, 2, (37, 41)).astype(np.uint8),
+                 rng.integers(0, 4, (8, 9)).astype(np.uint8),  # stray values: not counted
+                 np.zeros((5, 5), np.uint8), np.ones((5, 5), np.uint8)):
+        counts = np.bincount(mask.ravel(), minlength=2)[:2]
+        assert postprocess.coverage(mask, 2) == [round(float(c) / mask.size, 6) for c in counts]
