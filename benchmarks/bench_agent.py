@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -203,14 +204,20 @@ def synthetic_bundle(root: Path, size: int = 256, width: int = 32, depth: int = 
 
 def run_benchmark_app(model: Path, device: str, hint: str, seconds: int) -> Dict[str, Any]:
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run([exe, "-m", str(model), "-d", device, "-hint", hint, "-t", str(seconds)],
                          capture_output=True, text=True, timeout=seconds + 120)
     out = res.stdout + res.stderr
     fps = re.search(r"Throughput:\s*([\d.]+)\s*FPS", out)
     med = re.search(r"Median:\s*([\d.]+)\s*(ms|us)", out)
+    count = re.search(r"Count:\s*(\d+)\s*iterations", out)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if res.returncode != 0 or not fps:
         raise SystemExit(f"benchmark_app failed ({res.returncode}):\n{out[-2000:]}")
     return {"hint": hint, "fps": float(fps.group(1)),
+            # its whole process (start-up and compile included): an upper bound per inference
+            "cpu_ms_per_inference": round(cpu / int(count.group(1)) * 1e3, 3) if count else None,
             "median_latency_ms": (float(med.group(1)) / (1000 if med.group(2) == "us" else 1))
             if med else None}
 
@@ -302,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             dec = decode_cpu(clip, min(5.0, seconds))
             limit = 1.0 / (1.0 / bench["fps"] + dec["cpu_ms_per_frame"] / 1e3 / n)
             rep.update(benchmark_app_fps=bench["fps"], decode=dec, limit_fps=round(limit, 1),
-                       agents={})
+                       benchmark_app_cpu_ms=bench["cpu_ms_per_inference"], agents={})
             order = list(roots.items())
             if r % 2:
                 order.reverse()  # interleave A/B so neither always runs second
@@ -313,6 +320,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 agent["source_fps"] = round(source_fps, 1)
                 agent["ratio_vs_benchmark_app"] = round(agent["fps_inference"] / bench["fps"], 3)
                 agent["ratio_vs_limit"] = round(agent["fps_inference"] / limit, 3)
+                split = agent["cpu_ms_per_frame"]
+                if split and bench["cpu_ms_per_inference"]:  # the load-proof view: CPU per frame
+                    agent["cpu_ratio_limit_vs_agent"] = round(
+                        (bench["cpu_ms_per_inference"] + dec["cpu_ms_per_frame"])
+                        / split["total"], 3)
                 rep["agents"][name] = agent
                 print(f"repeat {r + 1} {name}: agent {agent['fps_inference']} fps, "
                       f"benchmark_app {bench['fps']}, decode {dec['cpu_ms_per_frame']} ms CPU, "
@@ -344,7 +356,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "ratio_vs_benchmark_app": med([r["agents"][name]["ratio_vs_benchmark_app"]
                                            for r in reps]),
             "ratio_vs_limit": med([r["agents"][name]["ratio_vs_limit"] for r in reps]),
-            "cpu_percent": med([r["agents"][name]["cpu_percent"] for r in reps])}
+            "cpu_percent": med([r["agents"][name]["cpu_percent"] for r in reps]),
+            "cpu_ratio_limit_vs_agent": med([r["agents"][name].get("cpu_ratio_limit_vs_agent")
+                                             or 0.0 for r in reps])}
         parts = [r["agents"][name]["cpu_ms_per_frame"] for r in reps
                  if r["agents"][name]["cpu_ms_per_frame"]]
         split[name] = {k: med([x[k] for x in parts]) for k in parts[0]} if parts else None
@@ -357,6 +371,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "agents": {k: str(v) for k, v in roots.items()},
         "benchmark_app_fps": med([r["benchmark_app_fps"] for r in reps]),
         "decode_cpu_ms_per_frame": med([r["decode"]["cpu_ms_per_frame"] for r in reps]),
+        "benchmark_app_cpu_ms_per_inference": med([r["benchmark_app_cpu_ms"] or 0.0
+                                                   for r in reps]),
         "limit_fps": med([r["limit_fps"] for r in reps]),
         "summary": summary, "cpu_ms_per_frame": split, "camera": latency, "repeats": reps,
     }
@@ -366,10 +382,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     chart(result, out.with_suffix(".png"))
     print(f"benchmark_app {result['benchmark_app_fps']} fps, decode "
           f"{result['decode_cpu_ms_per_frame']} ms CPU/frame on {n} cores -> limit "
-          f"{result['limit_fps']} fps (medians of {len(reps)})")
+          f"{result['limit_fps']} fps (medians of {len(reps)}); benchmark_app CPU "
+          f"{result['benchmark_app_cpu_ms_per_inference']} ms/inference")
     for name, s in summary.items():
         print(f"agent {name}: {s['fps_inference']} fps = {s['ratio_vs_benchmark_app']} of "
-              f"benchmark_app, {s['ratio_vs_limit']} of the limit; CPU ms/frame {split[name]}")
+              f"benchmark_app, {s['ratio_vs_limit']} of the limit; CPU (benchmark_app + decode) / "
+              f"agent = {s['cpu_ratio_limit_vs_agent']}; CPU ms/frame {split[name]}")
     if latency:
         for name in roots:
             print(f"camera {args.camera_fps:g} fps, agent {name}: capture->publish p50 "
