@@ -142,7 +142,15 @@ def stage_split(first: Dict[str, Any], last: Dict[str, Any]) -> Optional[Dict[st
     }
     named = sum(v for k, v in out.items() if k not in ("total", "decode_per_captured"))
     out["other"] = out["total"] - named
-    return {k: round(v, 3) for k, v in out.items()}
+    result: Dict[str, Any] = {k: round(v, 3) for k, v in out.items()}
+    result["threads"] = {k: round((v - a["threads"].get(k, 0.0)) / inferred * 1e3, 3)
+                         for k, v in b["threads"].items()}
+    spans = {}
+    for k, v in b.get("spans", {}).items():
+        w = a.get("spans", {}).get(k, {"wall_s": 0.0, "count": 0})
+        spans[k] = round((v["wall_s"] - w["wall_s"]) / max(1, v["count"] - w["count"]) * 1e3, 3)
+    result["latency_mean_ms"] = spans
+    return result
 
 
 def decode_cpu(clip: Path, seconds: float) -> Dict[str, float]:
@@ -202,10 +210,14 @@ def synthetic_bundle(root: Path, size: int = 256, width: int = 32, depth: int = 
     return bundle
 
 
-def run_benchmark_app(model: Path, device: str, hint: str, seconds: int) -> Dict[str, Any]:
+def run_benchmark_app(model: Path, device: str, hint: str, seconds: int,
+                      fixed_cpu_s: float = 0.0) -> Dict[str, Any]:
+    """benchmark_app's fps, latency median and CPU per inference (less ``fixed_cpu_s``:
+    its start-up and compile, measured by a one-iteration run)."""
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = subprocess.run([exe, "-m", str(model), "-d", device, "-hint", hint, "-t", str(seconds)],
+    limit = ["-niter", "1"] if seconds == 0 else ["-t", str(seconds)]
+    res = subprocess.run([exe, "-m", str(model), "-d", device, "-hint", hint, *limit],
                          capture_output=True, text=True, timeout=seconds + 120)
     out = res.stdout + res.stderr
     fps = re.search(r"Throughput:\s*([\d.]+)\s*FPS", out)
@@ -213,11 +225,14 @@ def run_benchmark_app(model: Path, device: str, hint: str, seconds: int) -> Dict
     count = re.search(r"Count:\s*(\d+)\s*iterations", out)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if seconds == 0:
+        return {"cpu_s": cpu}
     if res.returncode != 0 or not fps:
         raise SystemExit(f"benchmark_app failed ({res.returncode}):\n{out[-2000:]}")
     return {"hint": hint, "fps": float(fps.group(1)),
             # its whole process (start-up and compile included): an upper bound per inference
-            "cpu_ms_per_inference": round(cpu / int(count.group(1)) * 1e3, 3) if count else None,
+            "cpu_ms_per_inference": round(max(0.0, cpu - fixed_cpu_s) / int(count.group(1)) * 1e3,
+                                          3) if count else None,
             "median_latency_ms": (float(med.group(1)) / (1000 if med.group(2) == "us" else 1))
             if med else None}
 
@@ -303,9 +318,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             raise SystemExit(f"no bundle under demo/models or no clip {clip}: pass --bundle/--clip")
         manifest, entry, model = open_target(bundle, args.target)
         seconds = max(5, int(args.duration / 2))
+        fixed = run_benchmark_app(model, args.device, "throughput", 0)["cpu_s"]
         for r in range(args.repeats):
             rep: Dict[str, Any] = {"load_avg_before": load_avg()}
-            bench = run_benchmark_app(model, args.device, "throughput", seconds)
+            bench = run_benchmark_app(model, args.device, "throughput", seconds, fixed)
             dec = decode_cpu(clip, min(5.0, seconds))
             limit = 1.0 / (1.0 / bench["fps"] + dec["cpu_ms_per_frame"] / 1e3 / n)
             rep.update(benchmark_app_fps=bench["fps"], decode=dec, limit_fps=round(limit, 1),
@@ -361,7 +377,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                              or 0.0 for r in reps])}
         parts = [r["agents"][name]["cpu_ms_per_frame"] for r in reps
                  if r["agents"][name]["cpu_ms_per_frame"]]
-        split[name] = {k: med([x[k] for x in parts]) for k in parts[0]} if parts else None
+        split[name] = {k: med([x[k] for x in parts]) for k in parts[0]
+                       if not isinstance(parts[0][k], dict)} if parts else None
     result = {
         "model": {"name": manifest.name, "version": manifest.version, "target": entry.name,
                   "precision": entry.precision, "input": manifest.input.shape},

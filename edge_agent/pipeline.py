@@ -40,6 +40,7 @@ class FrameMeta:
     captured_mono: float
     frame_hw: Tuple[int, int]
     image: Optional[np.ndarray] = None  # kept only when frames are published
+    submitted_mono: float = 0.0
 
 
 SKIPPED = object()  # Reorder.pop: a result that never came, given up on
@@ -162,6 +163,8 @@ class Pipeline:
             self._received += 1
             self._progress_mono = time.monotonic()
         self.counters.add("inferred")
+        if self.times.enabled:
+            self.times.span("submit_to_result", time.monotonic() - meta.submitted_mono)
         self.reorder.put(meta.seq, (meta, output))
 
     def _infer_loop(self) -> None:
@@ -184,7 +187,8 @@ class Pipeline:
                 with self._progress_lock:
                     meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
                                      frame.captured_mono, tuple(frame.image.shape[:2]),
-                                     frame.image if self.out.frame_every else None)
+                                     frame.image if self.out.frame_every else None,
+                                     time.monotonic())
                     if self.submitted - self._received - self.reorder.skipped <= 0:
                         self._progress_mono = time.monotonic()  # idle until now: no stall
                     self.submitted += 1
@@ -237,6 +241,9 @@ class Pipeline:
             t0 = self.times.start()
             sent = self.send(payload)
             self.times.stop("publish", t0)
+            if self.times.enabled:
+                self.times.span("capture_to_submit", meta.submitted_mono - meta.captured_mono)
+                self.times.span("capture_to_sent", time.monotonic() - meta.captured_mono)
             if sent:
                 self._masks_sent += 1
                 self.counters.add("published")

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 ENV = "EDGE_AGENT_STAGE_TIMES"
 WRITE_EVERY_S = 1.0
@@ -54,6 +54,7 @@ class StageTimes:
         self._lock = threading.Lock()
         self._cpu: Dict[str, float] = {}
         self._calls: Dict[str, int] = {}
+        self._spans: Dict[str, List[float]] = {}  # wall seconds: [sum, count]
         self._next_write = 0.0
 
     def start(self) -> float:
@@ -69,13 +70,25 @@ class StageTimes:
             self._calls[stage] = self._calls.get(stage, 0) + 1
         return t1
 
+    def span(self, name: str, seconds: float) -> None:
+        """Add a wall-clock interval (where a frame's latency goes)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            acc = self._spans.setdefault(name, [0.0, 0])
+            acc[0] += seconds
+            acc[1] += 1
+
     def snapshot(self, counters: Optional[Mapping[str, int]] = None) -> Dict[str, object]:
         with self._lock:
             stages = {k: {"cpu_s": round(v, 6), "calls": self._calls[k]}
                       for k, v in self._cpu.items()}
+            spans = {k: {"wall_s": round(v[0], 6), "count": int(v[1])}
+                     for k, v in self._spans.items()}
         times = os.times()
         return {"mono": time.monotonic(), "process_cpu_s": times.user + times.system,
-                "stages": stages, "threads": thread_cpu(), "counters": dict(counters or {})}
+                "stages": stages, "spans": spans, "threads": thread_cpu(),
+                "counters": dict(counters or {})}
 
     def maybe_write(self, counters: Optional[Mapping[str, int]] = None,
                     force: bool = False) -> None:
