@@ -210,6 +210,53 @@ def synthetic_bundle(root: Path, size: int = 256, width: int = 32, depth: int = 
     return bundle
 
 
+def preset_bundle(root: Path, preset: str, clip: Path, calib: int = 32) -> Path:
+    """A random-weight model of a build preset (e.g. ``seed``), NNCF INT8 calibrated on clip
+    frames, as a cpu bundle: its speed is the trained model's (weights do not change cost)."""
+    import datetime as dt
+
+    import cv2
+    import nncf
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    from build_models import export, models
+    from edge_agent import manifest as mf
+
+    cfg = models.preset(preset)
+    torch.manual_seed(0)
+    size = cfg.size
+    fp32 = export.to_openvino(models.create(cfg).eval(), size)
+    cap, frames = cv2.VideoCapture(str(clip)), []
+    while len(frames) < calib:
+        ok, img = cap.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA),
+                           cv2.COLOR_BGR2RGB)
+        frames.append(rgb.transpose(2, 0, 1)[np.newaxis].astype(np.float32))
+    cap.release()
+    int8 = nncf.quantize(fp32, nncf.Dataset(frames), subset_size=len(frames))
+    bundle = root / f"preset-{preset}" / "random"
+    (bundle / "cpu").mkdir(parents=True)
+    export.save_ir(int8, bundle / "cpu" / "model.xml")
+    files = [mf.file_entry(bundle, bundle / "cpu" / n) for n in ("model.xml", "model.bin")]
+    channels = int(int8.outputs[0].get_partial_shape()[1].get_length())
+    mf.write_manifest(bundle, mf.Manifest(
+        name=f"preset-{preset}", version="random",
+        created=dt.datetime.now(dt.timezone.utc).isoformat(),
+        tools={"openvino": ov.get_version()}, source_checkpoint={"sha256": "0" * 64},
+        model={"architecture": cfg.arch, "encoder": cfg.encoder,
+               "preset": preset, "weights": "random (speed only)"},
+        input=mf.TensorSpec("image", [1, 3, size, size], "f32"),
+        output=mf.TensorSpec("logits", [1, channels, size, size], "f32", kind="logits"),
+        classes=["background", "pet"], evaluation={},
+        targets={"cpu": mf.TargetEntry("cpu", "CPU", "INT8", "openvino_ir", "cpu/model.xml",
+                                       files, "2023.0", True)}, files=files))
+    return bundle
+
+
 def run_benchmark_app(model: Path, device: str, hint: str, seconds: int,
                       fixed_cpu_s: float = 0.0) -> Dict[str, Any]:
     """benchmark_app's fps, latency median and CPU per inference (less ``fixed_cpu_s``:
@@ -290,6 +337,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--bundle", default="", help="bundle version dir (default: newest in demo/)")
     p.add_argument("--synthetic", action="store_true",
                    help="use a generated 256x256 FP32 conv net instead of a bundle")
+    p.add_argument("--preset", default="",
+                   help="build a random-weight INT8 bundle of this build preset (e.g. seed)")
     p.add_argument("--target", default="cpu")
     p.add_argument("--device", default="CPU")
     p.add_argument("--clip", default=str(ROOT / "demo" / "clip.mp4"))
@@ -310,9 +359,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     n = cores()
     reps: List[Dict[str, Any]] = []
     try:
-        bundle = Path(args.bundle) if args.bundle else (
-            synthetic_bundle(work) if args.synthetic else find_bundle(ROOT / "demo" / "models"))
         clip = Path(args.clip).resolve()
+        bundle = Path(args.bundle) if args.bundle else (
+            synthetic_bundle(work) if args.synthetic else
+            preset_bundle(work, args.preset, clip) if args.preset
+            else find_bundle(ROOT / "demo" / "models"))
         bundle = bundle.resolve() if bundle is not None else None
         if bundle is None or not clip.is_file():
             raise SystemExit(f"no bundle under demo/models or no clip {clip}: pass --bundle/--clip")
