@@ -57,7 +57,7 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
 
     def on_message(_c, _u, msg) -> None:
         tick = json.loads(msg.payload)
-        try:  # the agent's stage snapshot (written every second) next to its stats tick
+        try:  # the agent's latest stage snapshot next to its stats tick
             tick["_stages"] = json.loads(stage_file.read_text())
         except (OSError, ValueError):
             tick["_stages"] = None
@@ -107,6 +107,9 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
             "cpu_percent": mean("process.cpu_percent"),
             "rss_mb": round(ticks[-1]["process"]["rss_bytes"] / 2**20, 1),
             "frames": ticks[-1]["frames"],
+            "dropped_fraction": round(
+                (ticks[-1]["frames"]["dropped"] - ticks[0]["frames"]["dropped"])
+                / max(1, ticks[-1]["frames"]["captured"] - ticks[0]["frames"]["captured"]), 3),
             "cpu_ms_per_frame": stage_split(ticks[0], ticks[-1])}
 
 
@@ -174,15 +177,39 @@ def decode_cpu(clip: Path, seconds: float) -> Dict[str, float]:
             "wall_fps": round(frames / (time.monotonic() - t0), 1)}
 
 
-def synthetic_bundle(root: Path, size: int = 256, width: int = 32, depth: int = 6) -> Path:
-    """A conv net of realistic cost (no torch): ``depth`` 3x3 convs of ``width`` channels."""
+def write_bundle(bundle: Path, name: str, version: str, arch: Dict[str, str], size: int,
+                 channels: int, precision: str) -> Path:
+    """A manifest for ``bundle/cpu/model.xml`` (as the schema asks: see tiny_bundle)."""
     import datetime as dt
 
+    import openvino as ov
+
+    from edge_agent import manifest as mf
+
+    files = [mf.file_entry(bundle, bundle / "cpu" / n) for n in ("model.xml", "model.bin")]
+    mf.write_manifest(bundle, mf.Manifest(
+        name=name, version=version,
+        created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        tools={"openvino": ov.get_version(), "torch": "none", "nncf": "none"},
+        source_checkpoint={"file": "none", "sha256": "0" * 64},
+        model={"architecture": arch["architecture"], "encoder": arch.get("encoder", "none"),
+               "preset": arch.get("preset", "bench"), "label_mode": "binary"},
+        input=mf.TensorSpec("image", [1, 3, size, size], "f32"),
+        output=mf.TensorSpec("logits", [1, channels, size, size], "f32", kind="logits"),
+        classes=["background", "pet"],
+        evaluation={"split": "none (random weights: speed only)", "images": 0, "metrics": {}},
+        targets={"cpu": mf.TargetEntry(
+            "cpu", "CPU", precision, "openvino_ir", "cpu/model.xml", files, "2023.0", True,
+            accuracy={"dice": 0.0, "fg_iou": 0.0, "inference_precision": "default"})},
+        files=files))
+    return bundle
+
+
+def synthetic_bundle(root: Path, size: int = 256, width: int = 32, depth: int = 6) -> Path:
+    """A conv net of realistic cost (no torch): ``depth`` 3x3 convs of ``width`` channels."""
     import numpy as np
     import openvino as ov
     from openvino import opset13 as ops
-
-    from edge_agent import manifest as mf
 
     rng = np.random.default_rng(0)
     image = ops.parameter([1, 3, size, size], ov.Type.f32, name="image")
@@ -197,32 +224,19 @@ def synthetic_bundle(root: Path, size: int = 256, width: int = 32, depth: int = 
     bundle = root / "synthetic" / "1"
     (bundle / "cpu").mkdir(parents=True)
     ov.save_model(ov.Model([logits.output(0)], [image], "synthetic"), str(bundle / "cpu/model.xml"))
-    files = [mf.file_entry(bundle, bundle / "cpu" / n) for n in ("model.xml", "model.bin")]
-    mf.write_manifest(bundle, mf.Manifest(
-        name="synthetic", version="1", created=dt.datetime.now(dt.timezone.utc).isoformat(),
-        tools={"openvino": ov.get_version()}, source_checkpoint={"sha256": "0" * 64},
-        model={"architecture": f"{depth}x conv3x3/{width}"},
-        input=mf.TensorSpec("image", [1, 3, size, size], "f32"),
-        output=mf.TensorSpec("logits", [1, 2, size, size], "f32", kind="logits"),
-        classes=["background", "pet"], evaluation={},
-        targets={"cpu": mf.TargetEntry("cpu", "CPU", "FP32", "openvino_ir", "cpu/model.xml",
-                                       files, "2023.0", True)}, files=files))
-    return bundle
+    return write_bundle(bundle, "synthetic", "1", {"architecture": f"{depth}x conv3x3/{width}"},
+                        size, 2, "FP32")
 
 
 def preset_bundle(root: Path, preset: str, clip: Path, calib: int = 32) -> Path:
     """A random-weight model of a build preset (e.g. ``seed``), NNCF INT8 calibrated on clip
     frames, as a cpu bundle: its speed is the trained model's (weights do not change cost)."""
-    import datetime as dt
-
     import cv2
     import nncf
     import numpy as np
-    import openvino as ov
     import torch
 
     from build_models import export, models
-    from edge_agent import manifest as mf
 
     cfg = models.preset(preset)
     torch.manual_seed(0)
@@ -241,20 +255,10 @@ def preset_bundle(root: Path, preset: str, clip: Path, calib: int = 32) -> Path:
     bundle = root / f"preset-{preset}" / "random"
     (bundle / "cpu").mkdir(parents=True)
     export.save_ir(int8, bundle / "cpu" / "model.xml")
-    files = [mf.file_entry(bundle, bundle / "cpu" / n) for n in ("model.xml", "model.bin")]
     channels = int(int8.outputs[0].get_partial_shape()[1].get_length())
-    mf.write_manifest(bundle, mf.Manifest(
-        name=f"preset-{preset}", version="random",
-        created=dt.datetime.now(dt.timezone.utc).isoformat(),
-        tools={"openvino": ov.get_version()}, source_checkpoint={"sha256": "0" * 64},
-        model={"architecture": cfg.arch, "encoder": cfg.encoder,
-               "preset": preset, "weights": "random (speed only)"},
-        input=mf.TensorSpec("image", [1, 3, size, size], "f32"),
-        output=mf.TensorSpec("logits", [1, channels, size, size], "f32", kind="logits"),
-        classes=["background", "pet"], evaluation={},
-        targets={"cpu": mf.TargetEntry("cpu", "CPU", "INT8", "openvino_ir", "cpu/model.xml",
-                                       files, "2023.0", True)}, files=files))
-    return bundle
+    return write_bundle(bundle, f"preset-{preset}", "random",
+                        {"architecture": cfg.arch, "encoder": cfg.encoder, "preset": preset},
+                        size, channels, "INT8")
 
 
 def run_benchmark_app(model: Path, device: str, hint: str, seconds: int,
@@ -310,7 +314,7 @@ def chart(result: Dict[str, Any], path: Path) -> None:
     xs = list(range(1, len(reps) + 1))
     ax1.plot(xs, [r["benchmark_app_fps"] for r in reps], "o-", label="benchmark_app")
     ax1.plot(xs, [r["limit_fps"] for r in reps], "s-", label="limit (decode-inclusive)")
-    for name in result["agents"]:
+    for name in result["summary"]:
         ax1.plot(xs, [r["agents"][name]["fps_inference"] for r in reps], "^-",
                  label=f"agent: {name}")
     ax1.set_xlabel("repeat")
@@ -319,7 +323,7 @@ def chart(result: Dict[str, Any], path: Path) -> None:
     ax1.legend(fontsize=8)
     ax1.set_title(result["model"]["name"])
     stages = ["decode", "preprocess", "inference", "postprocess", "encode", "publish", "other"]
-    names = [n for n in result["agents"] if result["cpu_ms_per_frame"].get(n)]
+    names = [n for n in result["summary"] if result["cpu_ms_per_frame"].get(n)]
     bottom = [0.0] * len(names)
     for st in stages:
         vals = [max(0.0, result["cpu_ms_per_frame"][n][st]) for n in names]
@@ -347,7 +351,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--encoding", default="png", choices=("png", "rle"))
     p.add_argument("--resolution", default="model", choices=("model", "frame"))
     p.add_argument("--source-fps", type=float, default=0.0,
-                   help="clip read rate (0 = 1.1x the decode-inclusive limit)")
+                   help="clip read rate (0: --pace x the decode-inclusive limit)")
+    p.add_argument("--pace", type=float, action="append", default=[],
+                   help="clip read rate as a fraction of the limit (repeatable: one agent run "
+                        "each; default 1.1). Frames read beyond what the agent takes are "
+                        "decoded and dropped: a lower pace with no drops shows its capacity")
     p.add_argument("--camera-fps", type=float, default=30.0,
                    help="paced camera for the latency run (0 = skip)")
     p.add_argument("--compare", action="append", default=[], metavar="DIR",
@@ -357,6 +365,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="segedge-bench-"))
     roots = {"this": ROOT, **{Path(d).name: Path(d).resolve() for d in args.compare}}
     n = cores()
+    paces = args.pace or [1.1]
+    runs = [(name if len(paces) == 1 else f"{name}@{pace:g}", root, pace)
+            for name, root in roots.items() for pace in paces]
     reps: List[Dict[str, Any]] = []
     try:
         clip = Path(args.clip).resolve()
@@ -377,11 +388,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             limit = 1.0 / (1.0 / bench["fps"] + dec["cpu_ms_per_frame"] / 1e3 / n)
             rep.update(benchmark_app_fps=bench["fps"], decode=dec, limit_fps=round(limit, 1),
                        benchmark_app_cpu_ms=bench["cpu_ms_per_inference"], agents={})
-            order = list(roots.items())
+            order = list(runs)
             if r % 2:
                 order.reverse()  # interleave A/B so neither always runs second
-            for name, root in order:
-                source_fps = args.source_fps or 1.1 * limit
+            for name, root, pace in order:
+                source_fps = args.source_fps or pace * limit
                 agent = run_agent(bundle, args.target, args.device, clip, args.duration, work,
                                   args.encoding, source_fps, root, args.resolution)
                 agent["source_fps"] = round(source_fps, 1)
@@ -396,7 +407,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 print(f"repeat {r + 1} {name}: agent {agent['fps_inference']} fps, "
                       f"benchmark_app {bench['fps']}, decode {dec['cpu_ms_per_frame']} ms CPU, "
                       f"limit {limit:.1f}: ratio {agent['ratio_vs_benchmark_app']} / "
-                      f"{agent['ratio_vs_limit']} (load {load_avg()})", flush=True)
+                      f"{agent['ratio_vs_limit']}, {agent['dropped_fraction']:.0%} of frames read "
+                      f"dropped (load {load_avg()})", flush=True)
             rep["load_avg_after"] = load_avg()
             reps.append(rep)
         latency: Dict[str, Any] = {}
@@ -417,13 +429,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     summary: Dict[str, Any] = {}
     split: Dict[str, Any] = {}
-    for name in roots:
+    for name, _, _ in runs:
         summary[name] = {
             "fps_inference": med([r["agents"][name]["fps_inference"] for r in reps]),
             "ratio_vs_benchmark_app": med([r["agents"][name]["ratio_vs_benchmark_app"]
                                            for r in reps]),
             "ratio_vs_limit": med([r["agents"][name]["ratio_vs_limit"] for r in reps]),
             "cpu_percent": med([r["agents"][name]["cpu_percent"] for r in reps]),
+            "dropped_fraction": med([r["agents"][name]["dropped_fraction"] for r in reps]),
             "cpu_ratio_limit_vs_agent": med([r["agents"][name].get("cpu_ratio_limit_vs_agent")
                                              or 0.0 for r in reps])}
         parts = [r["agents"][name]["cpu_ms_per_frame"] for r in reps
@@ -455,7 +468,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     for name, s in summary.items():
         print(f"agent {name}: {s['fps_inference']} fps = {s['ratio_vs_benchmark_app']} of "
               f"benchmark_app, {s['ratio_vs_limit']} of the limit; CPU (benchmark_app + decode) / "
-              f"agent = {s['cpu_ratio_limit_vs_agent']}; CPU ms/frame {split[name]}")
+              f"agent = {s['cpu_ratio_limit_vs_agent']}; {s['dropped_fraction']:.0%} of frames "
+              f"read dropped; CPU ms/frame {split[name]}")
     if latency:
         for name in roots:
             print(f"camera {args.camera_fps:g} fps, agent {name}: capture->publish p50 "

@@ -17,17 +17,17 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 ENV = "EDGE_AGENT_STAGE_TIMES"
-WRITE_EVERY_S = 1.0
+WRITE_EVERY_S = 0.25  # often enough to see most short-lived decoder threads
 
 
-def thread_cpu() -> Dict[str, float]:
-    """CPU seconds per thread: Python threads by name, then 'ffmpeg' and 'native' (OpenVINO)."""
+def thread_cpu() -> Dict[int, Tuple[str, float]]:
+    """tid -> (name, CPU seconds): Python threads by name, then 'ffmpeg' and 'native'."""
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
     tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
-    out: Dict[str, float] = {}
+    out: Dict[int, Tuple[str, float]] = {}
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
@@ -41,7 +41,7 @@ def thread_cpu() -> Dict[str, float]:
         cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         name = names.get(int(tid)) or ("ffmpeg" if stat[stat.index("(") + 1:].startswith("av:")
                                         else "native")  # FFmpeg's decode workers: "av:..."
-        out[name] = round(out.get(name, 0.0) + cpu, 4)
+        out[int(tid)] = (name, cpu)
     return out
 
 
@@ -56,6 +56,22 @@ class StageTimes:
         self._calls: Dict[str, int] = {}
         self._spans: Dict[str, List[float]] = {}  # wall seconds: [sum, count]
         self._next_write = 0.0
+        self._seen: Dict[int, Tuple[str, float]] = {}  # threads that ended keep their CPU
+        self._retired: Dict[str, float] = {}  # CPU of ended threads whose tid came back
+
+    def threads(self) -> Dict[str, float]:
+        """CPU seconds by thread name, ended threads included (as last seen: a thread that
+        lived between two snapshots is missed and only shows in the process total)."""
+        with self._lock:
+            for tid, (name, cpu) in thread_cpu().items():
+                old = self._seen.get(tid)
+                if old is not None and (old[0] != name or old[1] > cpu):  # tid reused
+                    self._retired[old[0]] = self._retired.get(old[0], 0.0) + old[1]
+                self._seen[tid] = (name, cpu)
+            out = dict(self._retired)
+            for name, cpu in self._seen.values():
+                out[name] = out.get(name, 0.0) + cpu
+        return {k: round(v, 4) for k, v in out.items()}
 
     def start(self) -> float:
         return time.thread_time() if self.enabled else 0.0
@@ -87,7 +103,7 @@ class StageTimes:
                      for k, v in self._spans.items()}
         times = os.times()
         return {"mono": time.monotonic(), "process_cpu_s": times.user + times.system,
-                "stages": stages, "spans": spans, "threads": thread_cpu(),
+                "stages": stages, "spans": spans, "threads": self.threads(),
                 "counters": dict(counters or {})}
 
     def maybe_write(self, counters: Optional[Mapping[str, int]] = None,
