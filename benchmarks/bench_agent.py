@@ -200,7 +200,7 @@ def write_bundle(bundle: Path, name: str, version: str, arch: Dict[str, str], si
         evaluation={"split": "none (random weights: speed only)", "images": 0, "metrics": {}},
         targets={"cpu": mf.TargetEntry(
             "cpu", "CPU", precision, "openvino_ir", "cpu/model.xml", files, "2023.0", True,
-            accuracy={"dice": 0.0, "fg_iou": 0.0, "inference_precision": "default"})},
+            accuracy={"dice": 0.0, "fg_iou": 0.0, "inference_precision": "f32"})},
         files=files))
     return bundle
 
