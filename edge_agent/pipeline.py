@@ -209,10 +209,12 @@ class Pipeline:
     def _publish_loop(self) -> None:
         while True:
             item = self.reorder.pop(0.2)
-            self.times.maybe_write(self.counters.snapshot())
+            if self.times.enabled:
+                self.times.maybe_write(self.counters.snapshot())
             if item is None:
                 if self.infer_done.is_set() and not len(self.reorder):
-                    self.times.maybe_write(self.counters.snapshot(), force=True)
+                    if self.times.enabled:
+                        self.times.maybe_write(self.counters.snapshot(), force=True)
                     return
                 continue
             self.slots.release()
