@@ -5,12 +5,13 @@ AUTO fallback). Warm-up is one synchronous inference. Results of ``submit`` come
 back through the one callback given to ``start(on_result)``, from OpenVINO's
 threads; the pipeline restores frame order.
 
-Per-frame work lives in the graph where it is cheaper there (measured in
-docs/benchmarks-agent.md): frames go in at their own size and are resized by the graph
-(``RESIZE_IN_GRAPH``; the frame size is known only at the first frame and may change, so
-one compiled variant per size, at most ``MAX_SIZES``, least recently used dropped), and
-with ``start(..., decide=True)`` the graph also takes the class decision and returns a u8
-class map (``result_kind == "classes"``), so the callback copies a quarter of the bytes.
+Per-frame work lives in the graph where it pays (measured in docs/benchmarks-agent.md):
+with ``start(..., decide=True)`` the graph takes the class decision and returns a u8 class
+map (``result_kind == "classes"``), so the callback copies a quarter of the bytes and
+Python does no per-pixel work. With ``RESIZE_IN_GRAPH`` (off: see there) frames go in at
+their own size and the graph resizes them; the frame size is known only at the first
+frame and may change, so one compiled variant per size, at most ``MAX_SIZES``, least
+recently used dropped.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ def input_size(manifest: Manifest) -> Tuple[int, int]:
 
 
 ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
-RESIZE_IN_GRAPH = True  # frames at their own size; the graph resizes (one variant per size)
+# Frames at their own size, resized by the graph (one variant per size): measured 0.2-0.5 ms
+# less CPU per 640x480 frame than cv2 INTER_AREA, but bilinear without antialiasing costs
+# 1.6 Dice points on the test split (training resizes with PIL's antialiased bilinear, which
+# OpenVINO's RESIZE_BILINEAR_PILLOW matches at 5x the CPU): off until a cheap antialiased
+# resize exists in the graph (docs/benchmarks-agent.md).
+RESIZE_IN_GRAPH = False
 MAX_SIZES = 4  # compiled variants kept (frame sizes); more are compiled again when needed
 
 
@@ -175,6 +181,7 @@ class Engine:
         self.decide = decide
         if decide:
             self._variants.clear()  # the warm-up variant returns scores
+            self._variant(self.size_hw)  # compiled now, not at the first frame
         else:
             self._queue.set_callback(self._make_done(self._out))
 
