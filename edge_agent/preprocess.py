@@ -1,7 +1,8 @@
 """Frame hygiene before inference: any camera frame -> u8 BGR NHWC at model size.
 
-Colour order, float conversion, layout, normalisation and (by default) the resize live
-inside the model (ovcompat.add_preprocessing), so this is a view per frame.
+Colour order, float conversion, layout and normalisation live inside the model
+(ovcompat.add_preprocessing), so this is one resize and a view per frame (no resize at
+all when the graph resizes: inference.RESIZE_IN_GRAPH).
 """
 
 from __future__ import annotations
