@@ -4,12 +4,21 @@ Devices are tried in the configured order and every failure is kept (no silent
 AUTO fallback). Warm-up is one synchronous inference. Results of ``submit`` come
 back through the one callback given to ``start(on_result)``, from OpenVINO's
 threads; the pipeline restores frame order.
+
+Per-frame work lives in the graph where it pays (measured in docs/benchmarks-agent.md):
+with ``start(..., decide=True)`` the graph takes the class decision and returns a u8 class
+map (``result_kind == "classes"``), so the callback copies a quarter of the bytes and
+Python does no per-pixel work. With ``RESIZE_IN_GRAPH`` (off: see there) frames go in at
+their own size and the graph resizes them; the frame size is known only at the first
+frame and may change, so one compiled variant per size, at most ``MAX_SIZES``, least
+recently used dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -20,6 +29,7 @@ from .config import ModelConfig
 from .manifest import BundleError, Manifest, read_model
 from .messages import ModelInfo
 from .opened import OpenedBundle
+from .preprocess import to_model_input
 
 log = logging.getLogger("segedge.inference")
 
@@ -39,6 +49,13 @@ def input_size(manifest: Manifest) -> Tuple[int, int]:
 
 
 ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
+# Frames at their own size, resized by the graph (one variant per size): measured 0.2-0.5 ms
+# less CPU per 640x480 frame than cv2 INTER_AREA, but bilinear without antialiasing costs
+# 1.6 Dice points on the test split (training resizes with PIL's antialiased bilinear, which
+# OpenVINO's RESIZE_BILINEAR_PILLOW matches at 5x the CPU): off until a cheap antialiased
+# resize exists in the graph (docs/benchmarks-agent.md).
+RESIZE_IN_GRAPH = False
+MAX_SIZES = 4  # compiled variants kept (frame sizes); more are compiled again when needed
 
 
 class Engine:
@@ -65,6 +82,12 @@ class Engine:
         self._queue: Any = None
         self._out = 0
         self._on_result: Optional[ResultCallback] = None
+        self.resize_in_graph = RESIZE_IN_GRAPH
+        self.decide = False
+        self._core: Any = None
+        self._raw: Any = None  # the model as read, before any graph step of ours
+        self._variants: OrderedDict[Tuple[Tuple[int, int], bool], Any] = OrderedDict()
+        self._failed_sizes: Dict[Tuple[int, int], str] = {}
 
     def _properties(self, device: str) -> Dict[str, str]:
         props = {"PERFORMANCE_HINT": "THROUGHPUT"}
@@ -100,10 +123,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot read: exit 78
             raise BundleError(f"bundle refused: {blob.path}: OpenVINO cannot read the model: "
                               f"{' '.join(str(exc).split())[:200]}") from None
-        model = ovcompat.add_preprocessing(
-            model, spec.name, spec.color_order,
-            mean=spec.mean if spec.normalization == "caller" else None,
-            std=spec.std if spec.normalization == "caller" else None, scale=scale)
+        self._core, self._raw, self._scale = core, model, scale
+        model = self._with_steps(None, decide=False)
         present = ovcompat.available_devices(core)
         for device in self.cfg.devices:
             t0 = time.monotonic()
@@ -123,6 +144,7 @@ class Engine:
             self._out = ovcompat.output_index(compiled, self.manifest.output.name)
             self._compiled = compiled
             self._queue = ovcompat.new_queue(compiled, self.num_requests)
+            self._variants[(self.size_hw, False)] = (compiled, self._queue, self._out)
             log.info("model %s %s (%s) on %s in %.1fs: %d requests, %s", self.info.name,
                      self.info.version, self.info.precision, device, time.monotonic() - t0,
                      self.num_requests, self.inference_precision)
@@ -130,26 +152,91 @@ class Engine:
         raise InferenceError("no device could run the model: " + "; ".join(
             f"{d}: {r}" for d, r in self.failures.items()))
 
-    def start(self, on_result: ResultCallback) -> None:
-        """Set the one result callback (once, before the first ``submit``)."""
+    def _with_steps(self, frame_hw: Optional[Tuple[int, int]], decide: bool) -> Any:
+        """The read model + our graph steps: preprocessing (resize from ``frame_hw``) and,
+        with ``decide``, the class decision (a fresh copy each time: PPP edits in place)."""
+        spec = self.manifest.input
+        model = self._raw.clone()
+        model = ovcompat.add_preprocessing(
+            model, spec.name, spec.color_order,
+            mean=spec.mean if spec.normalization == "caller" else None,
+            std=spec.std if spec.normalization == "caller" else None, scale=self._scale,
+            frame_hw=frame_hw if frame_hw is not None and frame_hw != self.size_hw else None)
+        if decide:
+            index = ovcompat.output_index(model, self.manifest.output.name)
+            model = ovcompat.append_class_decision(model, index, self.output_kind)
+        return model
+
+    @property
+    def result_kind(self) -> str:
+        """What ``on_result`` receives: "classes" (u8 class map) or the model's own output."""
+        return "classes" if self.decide else self.output_kind
+
+    def start(self, on_result: ResultCallback, decide: bool = False) -> None:
+        """Set the one result callback (once, before the first ``submit``); ``decide``: the
+        graph returns the u8 class map (``postprocess.to_mask``'s rule) instead of scores."""
         if self._on_result is not None:
             raise RuntimeError("engine already started")
         self._on_result = on_result
-        self._queue.set_callback(self._done)
+        self.decide = decide
+        if decide:
+            self._variants.clear()  # the warm-up variant returns scores
+            self._variant(self.size_hw)  # compiled now, not at the first frame
+        else:
+            self._queue.set_callback(self._make_done(self._out))
 
-    def _done(self, request: Any, userdata: Any) -> None:
-        try:
-            output = np.array(ovcompat.output_array(request, self._out), copy=True)
-        except Exception:  # noqa: BLE001 - must not kill OpenVINO's callback thread
-            log.exception("reading inference output failed")
-            output = None
-        self._on_result(userdata, output)
+    def _make_done(self, out: int) -> Callable[[Any, Any], None]:
+        def done(request: Any, userdata: Any) -> None:
+            try:
+                output = np.array(ovcompat.output_array(request, out), copy=True)
+            except Exception:  # noqa: BLE001 - must not kill OpenVINO's callback thread
+                log.exception("reading inference output failed")
+                output = None
+            self._on_result(userdata, output)
+        return done
+
+    def _variant(self, frame_hw: Tuple[int, int]) -> Any:
+        """The compiled model and queue for frames of ``frame_hw`` (compiled on first use)."""
+        key = (frame_hw, self.decide)
+        found = self._variants.get(key)
+        if found is not None:
+            self._variants.move_to_end(key)
+            return found
+        t0 = time.monotonic()
+        model = self._with_steps(frame_hw, self.decide)
+        compiled = self._compile(self._core, model, self.device)
+        out = ovcompat.output_index(compiled, self.manifest.output.name)
+        queue = ovcompat.new_queue(compiled, self.num_requests)
+        queue.set_callback(self._make_done(out))
+        while len(self._variants) >= MAX_SIZES:
+            _, (_, old, _) = self._variants.popitem(last=False)
+            old.wait_all()  # its callbacks still deliver; then it goes
+        self._variants[key] = (compiled, queue, out)
+        log.info("compiled for %dx%d frames%s in %.1fs", frame_hw[1], frame_hw[0],
+                 " with the class decision" if self.decide else "", time.monotonic() - t0)
+        return self._variants[key]
 
     def submit(self, tensor: np.ndarray, userdata: Any) -> None:
-        """Start one inference; blocks while all requests are busy."""
-        self._queue.start_async({0: tensor}, userdata)
+        """Start one inference on [1, H, W, 3] u8 BGR (any H, W when ``resize_in_graph``,
+        else the model's); blocks while all requests are busy."""
+        hw = (int(tensor.shape[1]), int(tensor.shape[2]))
+        if hw != self.size_hw and (not self.resize_in_graph or hw in self._failed_sizes):
+            tensor, hw = to_model_input(tensor[0], self.size_hw), self.size_hw
+        try:
+            _, queue, _ = self._variant(hw)
+        except Exception as exc:  # noqa: BLE001 - a size the graph cannot take: resize here
+            if hw == self.size_hw:
+                raise
+            self._failed_sizes[hw] = " ".join(str(exc).split())[:200]
+            log.warning("cannot resize %dx%d frames in the graph (%s); resizing in Python",
+                        hw[1], hw[0], self._failed_sizes[hw])
+            self.submit(to_model_input(tensor[0], self.size_hw), userdata)
+            return
+        queue.start_async({0: tensor}, userdata)
 
     def drain(self) -> None:
+        for _, queue, _ in list(self._variants.values()):
+            queue.wait_all()
         if self._queue is not None:
             self._queue.wait_all()
 

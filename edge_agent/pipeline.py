@@ -32,6 +32,7 @@ from .inference import Engine
 from .messages import Frame, Mask
 from .preprocess import as_bgr, to_model_input
 from .resilience import RateLimiter
+from .stagetime import StageTimes
 from .stats import Counters, LatencyWindow
 
 log = logging.getLogger("segedge.pipeline")
@@ -46,6 +47,7 @@ class FrameMeta:
     frame_hw: Tuple[int, int]
     image: Optional[np.ndarray] = None  # kept only when frames or overlays may be published
     engine: Any = None  # the engine that ran it (a reload swaps engines between frames)
+    submitted_mono: float = 0.0
 
 
 SKIPPED = object()  # Reorder.pop: a result that never came, given up on
@@ -157,6 +159,7 @@ class Pipeline:
         self.classes = model_classes(engine)
         self._last_bad_log = 0.0
         self._masks_sent = 0
+        self.times = StageTimes()  # per-stage CPU for the benchmark; off by default
         # decision state (the watchdog's stall check), kept apart from the stats counters
         self._progress_lock = threading.Lock()
         self.submitted = 0
@@ -166,7 +169,8 @@ class Pipeline:
                         threading.Thread(target=self._infer_loop, name="infer", daemon=True)]
 
     def start(self) -> None:
-        self.engine.start(self._on_result)
+        # the class decision in the graph where masks are at model resolution
+        self.engine.start(self._on_result, decide=self._decide_in_graph())
         for t in self.threads:
             t.start()
 
@@ -190,6 +194,11 @@ class Pipeline:
             self._snapshot = Snapshot()
             return self._snapshot
 
+    def _decide_in_graph(self) -> bool:
+        """Masks at model size: the class decision runs in the graph (frame size: the
+        scores are upsampled first, in Python)."""
+        return self.out.mask_resolution == "model"
+
     def swap_engine(self, engine: Engine) -> threading.Event:
         """Hand a loaded, warmed-up engine to the infer thread; the event is set once it
         runs the new one (the old one drained: its results are still published)."""
@@ -206,7 +215,7 @@ class Pipeline:
         engine, done = pending
         old = self.engine
         old.drain()  # every result of the old model is in the reorder buffer now
-        engine.start(self._on_result)
+        engine.start(self._on_result, decide=self._decide_in_graph())
         self.engine = engine
         self.classes = model_classes(engine)
         log.info("model swapped: %s %s -> %s %s", old.info.name, old.info.version,
@@ -234,6 +243,8 @@ class Pipeline:
             self._received += 1
             self._progress_mono = time.monotonic()
         self.counters.add("inferred")
+        if self.times.enabled:
+            self.times.span("submit_to_result", time.monotonic() - meta.submitted_mono)
         self.reorder.put(meta.seq, (meta, output))
 
     def _infer_loop(self) -> None:
@@ -248,11 +259,14 @@ class Pipeline:
                 snapshot = self._wants_snapshot()
                 if state.paused and not snapshot:
                     continue  # paused: frames are read (the source stays live), not inferred
+                t0 = self.times.start()
                 try:
-                    tensor = to_model_input(frame.image, self.engine.size_hw)
+                    tensor = to_model_input(frame.image, None if self.engine.resize_in_graph
+                                            else self.engine.size_hw)
                 except (ValueError, TypeError) as exc:
                     self._bad_frame(frame.frame_id, exc)
                     continue
+                self.times.stop("preprocess", t0)
                 while not self.slots.acquire(timeout=0.2):
                     if self.stop.is_set():
                         return
@@ -260,11 +274,14 @@ class Pipeline:
                     keep = state.frame_every or self.overlay_interval_s or snapshot
                     meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
                                      frame.captured_mono, tuple(frame.image.shape[:2]),
-                                     frame.image if keep else None, self.engine)
+                                     frame.image if keep else None, self.engine,
+                                     time.monotonic())
                     if self.submitted - self._received - self.reorder.skipped <= 0:
                         self._progress_mono = time.monotonic()  # idle until now: no stall
                     self.submitted += 1
+                t0 = self.times.start()
                 self.engine.submit(tensor, meta)
+                self.times.stop("submit", t0)
         finally:
             self.engine.drain()
             self.infer_done.set()
@@ -279,8 +296,12 @@ class Pipeline:
     def _publish_loop(self) -> None:
         while True:
             item = self.reorder.pop(0.2)
+            if self.times.enabled:
+                self.times.maybe_write(self.counters.snapshot())
             if item is None:
                 if self.infer_done.is_set() and not len(self.reorder):
+                    if self.times.enabled:
+                        self.times.maybe_write(self.counters.snapshot(), force=True)
                     return
                 continue
             self.slots.release()
@@ -313,7 +334,12 @@ class Pipeline:
             every = state.frame_every
             if snap is not None or (every and self.send_frame and self._masks_sent % every == 0):
                 self._send_frame(meta)  # before its mask, so overlays find it
+            t0 = self.times.start()
             sent = self.send(payload)
+            self.times.stop("publish", t0)
+            if self.times.enabled:
+                self.times.span("capture_to_submit", meta.submitted_mono - meta.captured_mono)
+                self.times.span("capture_to_sent", time.monotonic() - meta.captured_mono)
             if sent:
                 self._masks_sent += 1
                 self.counters.add("published")
@@ -354,15 +380,18 @@ class Pipeline:
 
     def build_mask(self, meta: FrameMeta, output: np.ndarray,
                    mask_encoding: Optional[str] = None) -> Tuple[str, float]:
+        t0 = self.times.start()
         engine = meta.engine or self.engine
         classes = model_classes(engine)
         mask_encoding = mask_encoding or self.out.mask_encoding
-        mask = postprocess.to_frame_mask(output, engine.output_kind,
+        mask = postprocess.to_frame_mask(output, engine.result_kind,
                                          meta.frame_hw if self.out.mask_resolution == "frame"
                                          else None)
         self._last_mask = mask
         cov = postprocess.coverage(mask, len(classes))
+        t0 = self.times.stop("postprocess", t0)
         data = encoding.encode(mask, mask_encoding)
+        t0 = self.times.stop("encode", t0)
         published_at = time.time()
         latency_ms = round((time.monotonic() - meta.captured_mono) * 1000.0, 2)
         msg = Mask(device_id=self.device_id, frame_id=meta.frame_id,
@@ -372,4 +401,6 @@ class Pipeline:
                    classes=classes, coverage=dict(zip(classes, cov)),
                    encoding=mask_encoding, mask=data, model=engine.info,
                    device=engine.device)
-        return msg.to_json(), latency_ms
+        text = msg.to_json()
+        self.times.stop("message", t0)
+        return text, latency_ms

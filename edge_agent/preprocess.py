@@ -1,12 +1,13 @@
 """Frame hygiene before inference: any camera frame -> u8 BGR NHWC at model size.
 
 Colour order, float conversion, layout and normalisation live inside the model
-(ovcompat.add_preprocessing), so this is one resize and a view per frame.
+(ovcompat.add_preprocessing), so this is one resize and a view per frame (no resize at
+all when the graph resizes: inference.RESIZE_IN_GRAPH).
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -31,9 +32,12 @@ def as_bgr(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-def to_model_input(frame: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
-    """Return [1, H, W, 3] u8 BGR for the model's (H, W)."""
+def to_model_input(frame: np.ndarray, size_hw: Optional[Tuple[int, int]]) -> np.ndarray:
+    """Return [1, H, W, 3] u8 BGR for the model's (H, W) (None: the frame's own size, for a
+    graph that resizes; a camera's u8 BGR frame is then passed on as a view, not copied)."""
     bgr = as_bgr(frame)
+    if size_hw is None:
+        return bgr[np.newaxis]
     h, w = size_hw
     if bgr.shape[0] != h or bgr.shape[1] != w:
         bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA

@@ -1,0 +1,122 @@
+"""The agent's own graph steps (resize, class decision) on real compiled IRs vs the Python path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent import ovcompat, postprocess, preprocess
+from edge_agent.config import ModelConfig
+from edge_agent.inference import MAX_SIZES, Engine
+from edge_agent.opened import OpenedBundle
+from tests.helpers.tiny_bundle import make_tiny_bundle
+
+
+def _scores_model(channels: int, sigmoid: bool = False):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(channels)
+    image = ops.parameter([1, 3, 12, 16], ov.Type.f32, name="image")
+    w = rng.standard_normal((channels, 3, 3, 3)).astype(np.float32)
+    x = ops.convolution(image, ops.constant(w), [1, 1], [1, 1], [1, 1], [1, 1])
+    if sigmoid:
+        x = ops.sigmoid(x)
+    x.output(0).get_tensor().set_names({"logits"})
+    return ov.Model([x.output(0)], [image], "scores")
+
+
+@pytest.mark.parametrize("channels,kind", [(1, "logits"), (1, "probabilities"), (2, "logits"),
+                                           (5, "logits")])
+def test_class_decision_in_graph_matches_to_mask(channels, kind):
+    core = ovcompat.new_core()
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 1, 3, 12, 16)).astype(np.float32)
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}  # bf16 on AMX: two graphs could round apart
+    plain = core.compile_model(_scores_model(channels, kind == "probabilities"), "CPU", f32)
+    decided_model = ovcompat.append_class_decision(
+        _scores_model(channels, kind == "probabilities"), 0, kind)
+    decided = core.compile_model(decided_model, "CPU", f32)
+    assert decided.outputs[0].get_element_type() == ovcompat.Type.u8
+    assert "logits" in decided.outputs[0].get_names()  # the manifest's name still finds it
+    for frame in x:
+        scores = plain.create_infer_request().infer({0: frame})[0]
+        classes = decided.create_infer_request().infer({0: frame})[0]
+        assert classes.shape == (1, 12, 16) and classes.dtype == np.uint8
+        want = postprocess.to_mask(scores, kind)
+        assert np.array_equal(postprocess.to_mask(classes, "classes"), want)
+        assert np.array_equal(postprocess.to_frame_mask(classes, "classes", None), want)
+
+
+def test_classes_kind_refuses_scores_and_upsampling():
+    with pytest.raises(ValueError):
+        postprocess.to_mask(np.zeros((1, 2, 4, 4), np.float32), "classes")
+    with pytest.raises(ValueError):
+        postprocess.to_frame_mask(np.zeros((1, 4, 4), np.uint8), "classes", (8, 8))
+
+
+def _blocks(h: int, w: int) -> np.ndarray:
+    """Big red and blue blocks (BGR): the tiny model's mask is red = pet."""
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[:, : w // 2, 2] = 200  # red left half
+    frame[:, w // 2:, 0] = 200  # blue right half
+    frame[: h // 3, :, :] = (0, 0, 180)  # red top band
+    return frame
+
+
+def _run(engine: Engine, frames, resize_in_graph: bool) -> None:
+    engine.resize_in_graph = resize_in_graph
+    for i, frame in enumerate(frames):
+        engine.submit(preprocess.to_model_input(frame, None if resize_in_graph
+                                                else engine.size_hw), i)
+    engine.drain()
+
+
+def _engine(bundle, decide: bool, got):
+    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"]),
+                    OpenedBundle.open(str(bundle), "cpu"))
+    engine.load()
+    engine.warmup()
+    engine.start(lambda i, out: got.__setitem__(i, out), decide=decide)
+    return engine
+
+
+def test_engine_resizes_in_graph_per_frame_size_bounded(tmp_path):
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    sizes = [(64, 64), (96, 128), (40, 50), (120, 160), (64, 80), (96, 128)]
+    frames = [_blocks(h, w) for h, w in sizes]
+    ref_got, new_got = {}, {}
+    ref = _engine(bundle, False, ref_got)
+    _run(ref, frames, resize_in_graph=False)
+    new = _engine(bundle, True, new_got)
+    _run(new, frames, resize_in_graph=True)
+    assert len(new._variants) <= MAX_SIZES  # bounded: the least recently used size dropped
+    assert new.result_kind == "classes" and ref.result_kind == "logits"
+    for i, (h, w) in enumerate(sizes):
+        want = postprocess.to_mask(ref_got[i], ref.result_kind)
+        mask = postprocess.to_mask(new_got[i], new.result_kind)
+        assert mask.shape == want.shape == (64, 64)
+        if (h, w) == (64, 64):
+            assert np.array_equal(mask, want)  # no resize: exactly the Python path
+        else:  # bilinear in the graph vs INTER_AREA/LINEAR in cv2: borders may differ
+            assert np.mean(mask == want) > 0.95
+            assert 0.3 < mask.mean() < 0.9
+
+
+def test_engine_without_graph_resize_still_takes_any_frame(tmp_path):
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    got = {}
+    engine = _engine(bundle, False, got)
+    engine.resize_in_graph = False
+    engine.submit(_blocks(96, 128)[np.newaxis], 0)  # wrong size: resized in Python
+    engine.drain()
+    assert got[0].shape == (1, 2, 64, 64)
+
+
+def test_binary_coverage_fast_path_matches_bincount():
+    rng = np.random.default_rng(3)
+    for mask in (rng.integers(0, 2, (37, 41)).astype(np.uint8),
+                 rng.integers(0, 4, (8, 9)).astype(np.uint8),  # stray values: not counted
+                 np.zeros((5, 5), np.uint8), np.ones((5, 5), np.uint8)):
+        counts = np.bincount(mask.ravel(), minlength=2)[:2]
+        assert postprocess.coverage(mask, 2) == [round(float(c) / mask.size, 6) for c in counts]
