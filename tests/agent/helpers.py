@@ -83,6 +83,20 @@ def wait_until(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> A
         time.sleep(step)
 
 
+def subscribe_and_start(client: Any, topic: str, on_message: Any, host: str, port: int) -> None:
+    """Subscribe ``topic`` at QoS 1 on every (re)connect, start paho's loop, and return once
+    the first subscription is acknowledged."""
+    subscribed = threading.Event()
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+    client.reconnect_delay_set(0.2, 1)
+    client.connect_async(host, port, keepalive=10)
+    client.loop_start()
+    if not subscribed.wait(10):
+        raise RuntimeError(f"could not subscribe to {topic} on {host}:{port}")
+
+
 class Collector:
     """Subscribe to ``<prefix>/<device>/+`` and keep every message (JSON decoded)."""
 
@@ -90,17 +104,9 @@ class Collector:
         self.topic = f"{prefix}/{device_id}/+"
         self.messages: List[Tuple[str, Dict[str, Any], bool, float]] = []
         self.lock = threading.Lock()
-        self.subscribed = threading.Event()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect_async(host, port, keepalive=10)
-        self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise RuntimeError(f"collector could not subscribe on {host}:{port}")
+        subscribe_and_start(self.client, self.topic, self._on_message, host, port)
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
@@ -175,15 +181,7 @@ class PersistentSubscriber:
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   client_id=f"persist-{device_id}", clean_session=False,
                                   protocol=mqtt.MQTTv311)
-        self.subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe(f"segedge/{device_id}/+", qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect_async(host, port, keepalive=10)
-        self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise RuntimeError("persistent subscriber could not subscribe")
+        subscribe_and_start(self.client, f"segedge/{device_id}/+", self._on_message, host, port)
 
     def _on_message(self, client, userdata, msg) -> None:
         kind = msg.topic.rsplit("/", 1)[-1]
