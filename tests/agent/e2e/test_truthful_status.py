@@ -202,7 +202,10 @@ def test_no_stats_or_status_lost_across_broker_restarts(tmp_path, tiny_bundle, c
         assert len({s["session"] for s in stats}) == 1
         statuses = [s for s in sub.of("status") if s["reason"] != "connection lost"]  # no wills
         seqs = [s["seq"] for s in statuses]
-        assert gaps(seqs) == [] and seqs == sorted(seqs), seqs
+        # QoS 1 is at least once: a status in flight when the broker went down may come
+        # twice (same session and seq, docs/mqtt.md); first deliveries are gap-free, in order
+        first = list(dict.fromkeys(seqs))
+        assert gaps(first) == [] and first == sorted(first), seqs
         assert any((s["reason"] or "").startswith("mqtt: ") for s in statuses), statuses
         v = validator("stats")
         for s in stats[-3:]:
