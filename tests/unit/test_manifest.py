@@ -10,13 +10,6 @@ import pytest
 from edge_agent import manifest as mf
 
 
-@pytest.fixture
-def bundle(tiny_bundle, tmp_path):
-    copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
-    return copy
-
-
 def test_good_bundle_verifies_and_opens(bundle):
     assert mf.verify_bundle(bundle) == []
     manifest, target, model = mf.open_target(bundle, "cpu")

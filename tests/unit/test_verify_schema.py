@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from build_models import verify as vf
 from edge_agent import manifest as mf
 from edge_agent import schema
-
-
-@pytest.fixture
-def bundle(tiny_bundle, tmp_path):
-    copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
-    return copy
 
 
 def test_good_bundle_passes(bundle):
