@@ -23,7 +23,7 @@ from .inference import Engine
 from .messages import Stats, Status
 from .mqtt import MqttComms
 from .opened import OpenedBundle
-from .pipeline import Pipeline, model_classes
+from .pipeline import Pipeline
 from .sdnotify import Notifier
 from .stats import Counters, LatencyWindow, ProcessUsage
 from .watchdog import Watchdog
@@ -139,7 +139,7 @@ class Agent:
 
     def _cameras(self) -> List[CameraInfo]:
         info = self.engine.info
-        return [CameraInfo(self.cfg.device_id, tuple(model_classes(self.engine)), info.name,
+        return [CameraInfo(self.cfg.device_id, tuple(self.engine.classes), info.name,
                            info.version, info.precision)]
 
     def reload(self) -> Optional[str]:

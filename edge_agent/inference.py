@@ -29,6 +29,7 @@ from .config import ModelConfig
 from .manifest import BundleError, Manifest, read_model
 from .messages import ModelInfo
 from .opened import OpenedBundle
+from .postprocess import num_classes
 from .preprocess import to_model_input
 
 log = logging.getLogger("segedge.inference")
@@ -73,7 +74,11 @@ class Engine:
         shape = manifest.output.shape
         self.output_channels = int(shape[1]) if len(shape) > 1 else 1
         self.output_kind: str = manifest.output.kind or "logits"
-        self.classes: List[str] = list(manifest.classes)
+        # the bundle's class names, padded to the output's channel count (computed once:
+        # every mask message and overlay names them)
+        named = list(manifest.classes)
+        self.classes: List[str] = named + [
+            f"class{i}" for i in range(len(named), num_classes(named, self.output_channels))]
         self.device = ""
         self.failures: Dict[str, str] = {}
         self.inference_precision = ""

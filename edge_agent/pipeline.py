@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -105,13 +105,6 @@ class Reorder:
             return len(self._items)
 
 
-def model_classes(engine: Engine) -> List[str]:
-    """The bundle's class names, padded to the output's channel count."""
-    classes = list(engine.classes)
-    ncls = postprocess.num_classes(classes, engine.output_channels)
-    return classes + [f"class{i}" for i in range(len(classes), ncls)]
-
-
 class Snapshot:
     """One snapshot request: the next frame, its mask and an overlay, published at once."""
 
@@ -156,7 +149,6 @@ class Pipeline:
         self.infer_done = threading.Event()
         self.limiter = RateLimiter(out.max_publish_fps)
         self._limit_fps = out.max_publish_fps
-        self.classes = model_classes(engine)
         self._last_bad_log = 0.0
         self._masks_sent = 0
         self.times = StageTimes()  # per-stage CPU for the benchmark; off by default
@@ -217,7 +209,6 @@ class Pipeline:
         old.drain()  # every result of the old model is in the reorder buffer now
         engine.start(self._on_result, decide=self._decide_in_graph())
         self.engine = engine
-        self.classes = model_classes(engine)
         log.info("model swapped: %s %s -> %s %s", old.info.name, old.info.version,
                  engine.info.name, engine.info.version)
         done.set()
@@ -355,7 +346,7 @@ class Pipeline:
         """The frame with the last mask, legend and caption, as JPEG on the overlay topic."""
         if self.send_overlay is None or meta.image is None or self._last_mask is None:
             return False
-        classes = model_classes(meta.engine or self.engine)
+        classes = (meta.engine or self.engine).classes
         cov = postprocess.coverage(self._last_mask, len(classes))
         label = overlay.Caption(self.device_id, meta.frame_id, coverage=list(zip(classes, cov))[1:])
         try:
@@ -382,7 +373,7 @@ class Pipeline:
                    mask_encoding: Optional[str] = None) -> Tuple[str, float]:
         t0 = self.times.start()
         engine = meta.engine or self.engine
-        classes = model_classes(engine)
+        classes = engine.classes
         mask_encoding = mask_encoding or self.out.mask_encoding
         mask = postprocess.to_frame_mask(output, engine.result_kind,
                                          meta.frame_hw if self.out.mask_resolution == "frame"
