@@ -1,7 +1,11 @@
 """The agent's lifecycle: start the parts in order, stop them in reverse; stats on a tick.
 
-Health (``health.py``) owns the state and its reasons, the watchdog (``watchdog.py``)
-the liveness checks; this module wires them and publishes what they decide.
+Health (``health.py``) owns the states and their reasons, the watchdog (``watchdog.py``)
+the liveness checks; this module wires them and publishes what they decide. One agent
+serves every camera of its config (and every sender of frames over MQTT) with one
+compiled model (``pipeline.py``), each camera under its own topic id; with several
+cameras the agent has a status and stats of its own, under ``device_id``, and its
+connection's last will is on that status (docs/mqtt.md, "Several cameras").
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from . import __version__, ovcompat
-from .capture import Capture, LatestFrame
-from .config import Config
+from .camera import Camera, FrameSlots, Outputs
+from .capture import Capture
+from .config import CameraConfig, Config, SourceConfig, frames_in_topic
 from .control import PAUSED_REASON, Control
+from .frames_in import FramesIn, SenderHooks
 from .health import Health
 from .homeassistant import CameraInfo
 from .inference import Engine
 from .messages import Stats, Status
-from .mqtt import MqttComms
+from .mqtt import MAX_INCOMING_BYTES, MqttComms
 from .opened import OpenedBundle
 from .pipeline import Pipeline
 from .sdnotify import Notifier
@@ -30,6 +36,7 @@ from .watchdog import Watchdog
 
 log = logging.getLogger("segedge.agent")
 WAITING_FOR_FRAME = "source: waiting for first frame"
+FINISHED = "source: finished (the file ended and loop = false)"
 TICK_S = 0.2
 
 
@@ -38,109 +45,205 @@ class Agent:
                  notifier: Optional[Notifier] = None,
                  opened: Optional[OpenedBundle] = None) -> None:
         self.cfg, self.stop = cfg, stop
+        self.agent_id = cfg.device_id
+        self.multi = cfg.multi_camera
         self.notifier = notifier or Notifier()
         self.session = uuid.uuid4().hex[:12]
-        self.counters = Counters()
+        self.totals = Counters()  # the whole agent (in the single-camera form: the camera's)
         self.latency = LatencyWindow()
         self.usage = ProcessUsage()
-        self.slot = LatestFrame()
+        self.slots = FrameSlots()
         self.started_mono = time.monotonic()
         self._seq_lock = threading.Lock()
         self._stats_seq = 0
         opened = opened or OpenedBundle.open(cfg.model.bundle, cfg.model.target)  # BundleError
         self.engine = Engine(cfg.model, opened)
         self.wake = threading.Event()  # a health change or a new connection: publish now
-        self.health = Health(cfg.health_file, self.notifier, facts=self._facts, wake=self.wake)
+        self.health = Health(cfg.health_file, self.notifier, facts=self._facts, wake=self.wake,
+                             agent_id=self.agent_id)
+        self._cameras: Dict[str, Camera] = {}  # replaced whole (readers take no lock)
+        self._cameras_lock = threading.Lock()
+        self.captures: Dict[str, Capture] = {}
+        self._finished: set = set()
         self.comms: Optional[MqttComms] = None
         self.pipeline: Optional[Pipeline] = None
-        self.capture: Optional[Capture] = None
         self.control: Optional[Control] = None
-        self._republish = False  # the model changed (reload): publish the status again
+        self.frames_in: Optional[FramesIn] = None
+        self._republish = False  # the model changed (reload): publish the statuses again
+
+    # --- cameras ----------------------------------------------------------------------
+    def camera(self, camera_id: str) -> Optional[Camera]:
+        return self._cameras.get(camera_id)
+
+    def _add_camera(self, cam_cfg: CameraConfig, counted: bool) -> Camera:
+        cid, comms = cam_cfg.id, self.comms
+        settings = (lambda: self.control.state(cid)) if not cam_cfg.sender else None
+        camera = Camera(cam_cfg, Outputs(
+            mask=lambda text: comms.publish_mask(text, cid),
+            frame=lambda text: comms.publish_frame(text, cid),
+            overlay=lambda jpeg: comms.publish_overlay(jpeg, cid),
+            reply=comms.publish_reply), settings,
+            totals=self.totals if self.multi else None,
+            total_latency=self.latency if self.multi else None)
+        if not self.multi:  # one camera, the agent's own id: its counters are the agent's
+            camera.counters, camera.latency = self.totals, self.latency
+        self.slots.add(cid)
+        self.health.add_camera(cid, counted=counted)
+        with self._cameras_lock:
+            self._cameras = {**self._cameras, cid: camera}
+        return camera
+
+    def _remove_camera(self, camera_id: str, reason: str) -> None:
+        with self._cameras_lock:
+            self._cameras = {k: v for k, v in self._cameras.items() if k != camera_id}
+        self.slots.remove(camera_id)
+        self.health.remove_camera(camera_id)
+        self.comms.publish_status(self._status("offline", reason, camera_id=camera_id))
+
+    def _open_sender(self, sender: str) -> Optional[Camera]:
+        """A new frames-in sender: a camera of its own, not counted for the agent."""
+        f = self.cfg.frames_in
+        source = SourceConfig(uri=f"mqtt:{frames_in_topic(self.cfg)}", loop=True, fps=0.0,
+                              stall_timeout_s=f.stall_timeout_s)
+        camera = self._add_camera(CameraConfig.from_sections(sender, source, self.cfg.output,
+                                                             sender=True), counted=False)
+        self.wake.set()
+        return camera
 
     # --- what the status and the health file say ------------------------------------
-    def _status(self, state: str, reason: Optional[str], ts: float = 0.0) -> Status:
-        """``seq`` and ``connection`` are stamped by MqttComms as it sends."""
-        return Status(device_id=self.cfg.device_id, state=state,
+    def _status(self, state: str, reason: Optional[str], ts: float = 0.0,
+                camera_id: Optional[str] = None) -> Status:
+        """The agent's status (``camera_id`` None) or a camera's. ``seq`` and
+        ``connection`` are stamped by MqttComms as it sends."""
+        own = camera_id is None or camera_id == self.agent_id
+        cameras = None
+        if own and self.multi:
+            cameras = {cid: ("offline" if state == "offline" else self.health.view(cid).state)
+                       for cid in self._cameras}
+        return Status(device_id=camera_id or self.agent_id, state=state,
                       ts=round(ts or time.time(), 3),
                       agent_version=__version__, model=self.engine.info,
                       device=self.engine.device or None, reason=reason,
                       device_errors=dict(self.engine.failures),
                       runtime=ovcompat.runtime_version(), pid=os.getpid(),
-                      session=self.session)
+                      session=self.session, agent_id=None if own else self.agent_id,
+                      cameras=cameras)
 
     def _will(self, connection: int) -> Status:
         return self._status("offline", "connection lost")
 
     def _publish_status(self, now: float) -> None:
-        """Once per tick: the newest health view, and the current one after each connect."""
+        """Once per tick: the newest views, and the current ones after each connect."""
         self.health.set("mqtt", self.comms.problem(now))
         announce = self.comms.take_announce()
         view = self.health.take_change()
+        camera_views = self.health.take_camera_changes()
         republish, self._republish = self._republish, False
-        if view is None and (announce or republish):
-            view = self.health.view()  # a new connection hears the current state
+        if announce or republish:  # a new connection hears the current states
+            view = self.health.view()
+            camera_views = {cid: self.health.view(cid) for cid in self._cameras
+                            if cid != self.agent_id}
+        for cid, cview in camera_views.items():
+            if cid in self._cameras:
+                self.comms.publish_status(self._status(cview.state, cview.reason, cview.since,
+                                                       camera_id=cid))
+        if view is None and camera_views and self.multi:
+            view = self.health.view()  # the agent's status maps its cameras' states
         if view is not None:
             self.comms.publish_status(self._status(view.state, view.reason, view.since))
         if announce and self.control:
             self.control.on_connect()  # retained command states, discovery
 
     def _facts(self) -> Dict[str, Any]:
+        """The health file's facts (called under Health's lock: no Health calls here)."""
         info = self.engine.info
         comms = self.comms
+        cameras = self._cameras
         return {"model": {"name": info.name, "version": info.version,
                           "precision": info.precision},
                 "device": self.engine.device or None,
                 "mqtt": comms.state() if comms else {"connected": False, "broker": None,
                                                       "reason": None},
                 "masks_published": self.pipeline.masks_sent if self.pipeline else 0,
+                "masks_by_camera": {cid: c.masks_sent for cid, c in cameras.items()},
                 "session": self.session}
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
-        engine = self.engine
+        engine, cfg = self.engine, self.cfg
         engine.load()  # InferenceError when no device works
         engine.warmup()
         if engine.failures:
             log.warning("running on %s after failures: %s", engine.device,
                         "; ".join(f"{d}: {r}" for d, r in engine.failures.items()))
-        self.comms = MqttComms(self.cfg.mqtt, self.cfg.device_id, self._will,
-                               on_connected=self.wake.set)
-        # not online before the source delivers: capture's first frames clear this
-        self.health.set("source", WAITING_FOR_FRAME)
+        incoming = MAX_INCOMING_BYTES
+        if cfg.frames_in.enabled:  # larger frames are counted and refused, not cut off
+            incoming = max(incoming, 2 * cfg.frames_in.max_bytes + 65536)
+        self.comms = MqttComms(cfg.mqtt, self.agent_id, self._will,
+                               on_connected=self.wake.set, max_incoming_bytes=incoming)
         self.health.set("mqtt", self.comms.problem())  # not delivering before connected
-        self.control = Control(self.cfg, self.comms, self.stop, self._cameras, self.reload,
+        self.control = Control(cfg, self.comms, self.stop, self._camera_infos, self.reload,
                                self._on_paused)
+        for cam_cfg in cfg.cameras:
+            camera = self._add_camera(cam_cfg, counted=True)
+            self.control.snapshot_targets[cam_cfg.id] = camera
+            # not online before the source delivers: capture's first frames clear this
+            self.health.set("source", WAITING_FOR_FRAME, camera=cam_cfg.id)
         self.control.start()  # subscribes before the connection exists: renewed on connect
+        if cfg.frames_in.enabled:
+            reserved = {self.agent_id} | {c.id for c in cfg.cameras}
+            self.frames_in = FramesIn(cfg.frames_in, frames_in_topic(cfg), reserved,
+                                      self.slots, SenderHooks(
+                                          open=self._open_sender, close=self._remove_camera,
+                                          state=lambda s, r: self.health.set("source", r,
+                                                                             camera=s),
+                                          refused=lambda: self.totals.add("refused"),
+                                          reply=self.comms.publish_reply), self.stop)
+            self.comms.subscribe(frames_in_topic(cfg), 0, handler=self.frames_in.incoming)
+            self.frames_in.start()
+            log.info("frames in: %s (%s)", frames_in_topic(cfg),
+                     ", ".join(cfg.frames_in.senders) or "any sender")
         self.comms.start()
-        device_id = self.cfg.device_id
-        self.pipeline = Pipeline(engine, self.cfg.output, device_id, self.slot,
-                                 self.counters, self.latency, self.stop, self.comms.publish_mask,
-                                 self.comms.publish_frame,
-                                 max_age_s=self.cfg.source.stall_timeout_s,
-                                 settings=lambda: self.control.state(device_id),
-                                 send_overlay=self.comms.publish_overlay)
-        self.control.pipelines[device_id] = self.pipeline
+        self.pipeline = Pipeline(engine, cfg.output.mask_resolution, self.slots, self.camera,
+                                 self.totals, self.stop)
         self.pipeline.start()
-        self.capture = Capture(self.cfg.source, self.slot, self.stop,
-                               on_state=lambda reason: self.health.set("source", reason),
-                               on_frame=self._on_frame,
-                               on_stale=lambda: self.counters.add("stale"))
-        self.capture.start()
-        watchdog = Watchdog(self.notifier, self.pipeline, self.capture, self.comms.fatal)
+        for cam_cfg in cfg.cameras:
+            self.captures[cam_cfg.id] = self._capture(self._cameras[cam_cfg.id])
+        for capture in self.captures.values():
+            capture.start()
+        watchdog = Watchdog(self.notifier, self.pipeline, list(self.captures.values()),
+                            self.comms.fatal, [self.frames_in] if self.frames_in else [])
+        if self.multi:
+            log.info("serving %d camera(s): %s", len(cfg.cameras),
+                     ", ".join(c.id for c in cfg.cameras) or "none (frames in only)")
         self.notifier.ready(f"running on {engine.device}")
         code = self._loop(watchdog)
         self._shutdown()
         return code
 
+    def _capture(self, camera: Camera) -> Capture:
+        cid = camera.id
+
+        def on_frame(dropped: bool) -> None:
+            camera.count("captured")
+            if dropped:
+                camera.count("dropped")
+
+        return Capture(camera.cfg.source, self.slots.slot(cid), self.stop,
+                       on_state=lambda reason: self.health.set("source", reason, camera=cid),
+                       on_frame=on_frame, on_stale=lambda: camera.count("stale"),
+                       name="capture" if not self.multi else f"capture:{cid}")
+
     # --- commands -------------------------------------------------------------------
     def _on_paused(self, camera_id: str, paused: bool) -> None:
-        """Paused: no masks flow, so the agent is not ``online`` (docs/agent.md)."""
-        self.health.set("commands", PAUSED_REASON if paused else None)
+        """Paused: no masks flow, so the camera is not ``online`` (docs/agent.md)."""
+        self.health.set("commands", PAUSED_REASON if paused else None, camera=camera_id)
 
-    def _cameras(self) -> List[CameraInfo]:
+    def _camera_infos(self) -> List[CameraInfo]:
         info = self.engine.info
-        return [CameraInfo(self.cfg.device_id, tuple(self.engine.classes), info.name,
-                           info.version, info.precision)]
+        return [CameraInfo(c.id, tuple(self.engine.classes), info.name, info.version,
+                           info.precision, overlay=c.overlay_interval_s > 0)
+                for c in self.cfg.cameras]
 
     def reload(self) -> Optional[str]:
         """The ``reload`` command (its own thread): open and verify the configured bundle,
@@ -166,10 +269,16 @@ class Agent:
                  engine.info.precision, engine.device, time.monotonic() - t0)
         return None
 
-    def _on_frame(self, dropped: bool) -> None:
-        self.counters.add("captured")
-        if dropped:
-            self.counters.add("dropped")
+    def _sources_finished(self) -> bool:
+        """Every configured source ended (loop = false) and no frames come over MQTT.
+        A camera that ended while others go on says so in its status."""
+        for cid, capture in self.captures.items():
+            if capture.done() and not capture.is_alive() and cid not in self._finished:
+                self._finished.add(cid)
+                if self.multi:
+                    self.health.set("source", FINISHED, camera=cid)
+        return bool(self.captures) and len(self._finished) == len(self.captures) \
+            and self.frames_in is None
 
     def _loop(self, watchdog: Watchdog) -> int:
         interval = self.cfg.output.stats_interval_s
@@ -184,7 +293,7 @@ class Agent:
             if fatal:
                 log.error("%s; exiting", fatal)
                 return 1
-            if self.capture.done() and not self.capture.is_alive():
+            if self._sources_finished():
                 log.info("source finished; stopping")
                 self.stop.wait(0.5)  # let the last frames through
                 break
@@ -195,28 +304,52 @@ class Agent:
                 self.publish_stats(interval)
         return 0
 
-    def publish_stats(self, interval: float) -> Stats:
-        rates = self.counters.rates()
-        frames = self.counters.snapshot()
+    # --- stats ------------------------------------------------------------------------
+    def _stats(self, device_id: str, counters: Counters, latency: LatencyWindow,
+               capture_depth: int, state: str, seq: int, process: Dict[str, float],
+               **extra: Any) -> Stats:
+        rates = counters.rates()
+        frames = counters.snapshot()
         frames["mqtt_dropped"] = self.comms.dropped
         frames["spool_dropped"] = self.comms.spool.dropped
-        with self._seq_lock:
-            self._stats_seq += 1
-            seq = self._stats_seq
-        stats = Stats(
-            device_id=self.cfg.device_id, ts=round(time.time(), 3),
-            uptime_s=round(time.monotonic() - self.started_mono, 1), interval_s=interval,
+        return Stats(
+            device_id=device_id, ts=round(time.time(), 3),
+            uptime_s=round(time.monotonic() - self.started_mono, 1),
+            interval_s=self.cfg.output.stats_interval_s,
             fps={"capture": round(rates["captured"], 2), "inference": round(rates["inferred"], 2),
                  "publish": round(rates["published"], 2)},
-            latency_ms=self.latency.take(), frames=frames,
-            queues={"capture": self.slot.depth(), "inflight": self.pipeline.inflight(),
+            latency_ms=latency.take(), frames=frames,
+            queues={"capture": capture_depth, "inflight": self.pipeline.inflight(),
                     "reorder": len(self.pipeline.reorder), "mqtt_outbound": len(self.comms.queue),
                     "mqtt_spool": len(self.comms.spool)},
             device=self.engine.device, precision=self.engine.info.precision,
             inference_precision=self.engine.inference_precision,
             num_requests=self.engine.num_requests, model=self.engine.info,
-            process=self.usage.sample(), state=self.health.state, session=self.session,
-            seq=seq)
+            process=process,
+            state=state, session=self.session, seq=seq, **extra)
+
+    def publish_stats(self, interval: float) -> Stats:
+        """Each camera's stats under its id, then the agent's (in the single-camera form
+        the two are one message)."""
+        per_camera: Dict[str, Dict[str, Any]] = {}
+        process = self.usage.sample()  # the one process, in every camera's stats too
+        for cid, camera in list(self._cameras.items()):
+            if cid == self.agent_id:
+                continue
+            camera.stats_seq += 1
+            stats = self._stats(cid, camera.counters, camera.latency, self.slots.depth(cid),
+                                self.health.view(cid).state, camera.stats_seq, process,
+                                agent_id=self.agent_id)
+            self.comms.publish_stats(stats.to_json(), cid)
+            per_camera[cid] = {"state": stats.state, "fps": stats.fps,
+                               "latency_p50_ms": stats.latency_ms.get("p50"),
+                               "sender": camera.cfg.sender}
+        with self._seq_lock:
+            self._stats_seq += 1
+            seq = self._stats_seq
+        stats = self._stats(self.agent_id, self.totals, self.latency, self.slots.depth(),
+                            self.health.state, seq, process,
+                            cameras=per_camera if self.multi else None)
         self.comms.publish_stats(stats.to_json())
         self.health.refresh()
         log.debug("stats %s", stats.fps)
@@ -226,13 +359,17 @@ class Agent:
         log.info("stopping")
         self.notifier.stopping()
         self.stop.set()
-        if self.capture:
-            self.capture.join(3.0)
+        for capture in self.captures.values():
+            capture.join(3.0 / max(1, len(self.captures)) + 0.5)
         if self.pipeline:
             self.pipeline.join(5.0)
+        if self.frames_in:
+            self.frames_in.join(1.0)
         if self.control:
             self.control.join(1.0)
         if self.comms:
-            self.comms.stop(self._status("offline", "shutdown"))
+            cameras = [self._status("offline", "shutdown", camera_id=cid)
+                       for cid in self._cameras if cid != self.agent_id]
+            self.comms.stop(self._status("offline", "shutdown"), cameras=cameras)
         self.health.stop("shutdown")
         log.info("stopped")

@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 import cv2
 import numpy as np
 
+from .camera import Frame
 from .config import SourceConfig, source_kind
 from .freshness import Liveness, probe, redact
 from .resilience import Backoff
@@ -32,39 +32,8 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm",
 log = logging.getLogger("segedge.capture")
 
 
-@dataclass
-class Frame:
-    frame_id: int
-    image: np.ndarray
-    captured_at: float  # Unix seconds
-    captured_mono: float  # time.monotonic() at capture, for latency
-
-
-class LatestFrame:
-    """One-slot mailbox: put() replaces an unconsumed frame, get() waits for one."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Optional[Frame] = None
-
-    def put(self, item: Frame) -> bool:
-        """Store ``item``; True when it replaced a frame nobody took (a drop)."""
-        with self._cond:
-            dropped = self._item is not None
-            self._item = item
-            self._cond.notify()
-        return dropped
-
-    def get(self, timeout: float) -> Optional[Frame]:
-        with self._cond:
-            if self._item is None:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-        return item
-
-    def depth(self) -> int:
-        with self._cond:
-            return int(self._item is not None)
+class _Slot(Protocol):
+    def put(self, item: Frame) -> bool: ...  # True: it replaced an unconsumed frame
 
 
 class Reader:
@@ -131,10 +100,10 @@ StateCallback = Callable[[Optional[str]], None]  # None: live; else the health r
 class Capture(threading.Thread):
     """Reader thread: open, read, hand over the newest frame, reconnect on loss."""
 
-    def __init__(self, cfg: SourceConfig, slot: LatestFrame, stop: threading.Event,
+    def __init__(self, cfg: SourceConfig, slot: _Slot, stop: threading.Event,
                  on_state: StateCallback, on_frame: Callable[[bool], None],
-                 on_stale: Optional[Callable[[], None]] = None) -> None:
-        super().__init__(name="capture", daemon=True)
+                 on_stale: Optional[Callable[[], None]] = None, name: str = "capture") -> None:
+        super().__init__(name=name, daemon=True)
         self.cfg, self.slot, self.stop = cfg, slot, stop
         self.on_state, self.on_frame = on_state, on_frame
         self.on_stale = on_stale or (lambda: None)

@@ -14,7 +14,7 @@ import os
 import re
 import reprlib
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlparse
@@ -144,8 +144,59 @@ class CommandsConfig:
 
 
 @dataclass
+class FramesInConfig:
+    enabled: bool = _f(False, "take frames that other devices publish over MQTT (JPEG/PNG "
+                              "bytes, or JSON with a base64 image): each sender is a camera of "
+                              "its own (docs/agent.md#frames-from-other-devices)")
+    topic: str = _f("", "topic filter with exactly one `+` level, the sender id (`\"\"` = "
+                        "`<prefix>/<device_id>/frames_in/+`)")
+    senders: List[str] = _f([], "sender ids allowed (`[]` = any, up to `max_senders`)")
+    max_senders: int = _f(16, "senders served at once; frames from more are refused and "
+                              "counted", 1, 1000)
+    max_bytes: int = _f(4 << 20, "largest frame message accepted (bytes, before decoding)",
+                        1024, 64 << 20)
+    max_side: int = _f(4096, "largest image width or height accepted (read from the image "
+                             "header, before decoding)", 16, 16384)
+    stall_timeout_s: float = _f(30.0, "a sender silent this long: its camera turns "
+                                      "`degraded` (0 = never)", 0, 86400)
+    forget_after_s: float = _f(600.0, "a sender silent this long is forgotten: its status "
+                                      "turns `offline` and its slot frees (0 = never)",
+                               0, 604800)
+
+
+CAMERA_SOURCE_KEYS = ("uri", "loop", "fps", "stall_timeout_s", "reconnect_max_s")
+CAMERA_OUTPUT_KEYS = ("max_publish_fps", "frame_every", "mask_encoding", "overlay_interval_s")
+MAX_CAMERAS = 64
+
+
+@dataclass
+class CameraConfig:
+    """One camera of the agent: its id (topics), source and publish settings.
+
+    In a ``[[cameras]]`` table every key but ``id`` and ``uri`` defaults to the value in
+    ``[source]`` or ``[output]``. A config without ``[[cameras]]`` has one camera whose id
+    is ``device_id`` and whose source is ``[source]`` (the single-camera form).
+    """
+
+    id: str
+    source: SourceConfig
+    max_publish_fps: float
+    frame_every: int
+    mask_encoding: str
+    overlay_interval_s: float
+    sender: bool = False  # made at run time for a frames_in sender (not configured)
+
+    @classmethod
+    def from_sections(cls, camera_id: str, source: SourceConfig, out: OutputConfig,
+                      sender: bool = False) -> CameraConfig:
+        return cls(camera_id, replace(source), out.max_publish_fps, out.frame_every,
+                   out.mask_encoding, out.overlay_interval_s, sender)
+
+
+@dataclass
 class Config:
-    device_id: str = _f("cam-01", "device id, used in topics (no `/`, `+`, `#`, spaces)")
+    device_id: str = _f("cam-01", "device id, used in topics (no `/`, `+`, `#`, spaces); with "
+                                  "`[[cameras]]`, the agent's own id")
     log_level: str = _f("INFO", "DEBUG, INFO, WARNING, ERROR, CRITICAL")
     health_file: str = _f("", "if set, the JSON health file, written atomically on every state "
                               "change and every stats tick (see docs/agent.md)")
@@ -155,11 +206,23 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    frames_in: FramesInConfig = field(default_factory=FramesInConfig)
+    # filled by load(): the [[cameras]] tables, or the one camera of the single-camera form
+    cameras: List[CameraConfig] = field(default_factory=list)
+
+    @property
+    def multi_camera(self) -> bool:
+        """The agent's id is not its only camera's: it publishes a status of its own."""
+        return [c.id for c in self.cameras] != [self.device_id] or self.frames_in.enabled
+
+    def camera(self, camera_id: str) -> CameraConfig:
+        return next(c for c in self.cameras if c.id == camera_id)
 
 
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
             "mqtt": MqttConfig, "homeassistant": HomeAssistantConfig,
-            "commands": CommandsConfig}
+            "commands": CommandsConfig, "frames_in": FramesInConfig}
+TABLE_LISTS = ("cameras",)  # top-level arrays of tables, not plain keys
 
 
 SECRETS = {"mqtt.password"}  # never echoed in an error
@@ -243,7 +306,8 @@ def _coerce_env(key: str, env: str, tp: Any, raw: str) -> Any:
 
 
 def _apply(obj: Any, cls: type, data: Mapping[str, Any], prefix: str) -> None:
-    known = {f.name for f in fields(cls)} - set(SECTIONS if cls is Config else ())
+    known = {f.name for f in fields(cls)} - set(SECTIONS if cls is Config else ()) \
+        - set(TABLE_LISTS if cls is Config else ())
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in known:
@@ -259,7 +323,7 @@ def _env_overrides(cfg: Config, environ: Mapping[str, str]) -> List[str]:
     """Apply SEGEDGE_* variables; return the names of those that matched nothing."""
     targets: Dict[str, Tuple[Any, type, str]] = {}
     for f in fields(Config):
-        if f.name not in SECTIONS:
+        if f.name not in SECTIONS and f.name not in TABLE_LISTS:
             targets[f"{ENV_PREFIX}{f.name.upper()}"] = (cfg, Config, f.name)
     for section, cls in SECTIONS.items():
         for f in fields(cls):
@@ -309,7 +373,7 @@ def source_kind(uri: str) -> str:
 def _keys() -> Iterator[Tuple[str, Any, Any]]:
     """(dotted key, owning object's class, field) for every key."""
     for f in fields(Config):
-        if f.name not in SECTIONS:
+        if f.name not in SECTIONS and f.name not in TABLE_LISTS:
             yield f.name, Config, f
     for section, cls in SECTIONS.items():
         for f in fields(cls):
@@ -351,33 +415,136 @@ def _check_values(cfg: Config) -> None:
                 raise ConfigError(f"{key}: not valid UTF-8{shown}") from None
 
 
-def _check_uri(uri: str) -> None:
+def _check_uri(uri: str, key: str = "source.uri") -> None:
     try:
         url = urlparse(uri)
-        _check(url.scheme in NETWORK_SCHEMES, "source.uri",
+        _check(url.scheme in NETWORK_SCHEMES, key,
                f"bad URL {_short(uri)}: scheme must be one of {', '.join(NETWORK_SCHEMES)}")
-        _check(bool(url.hostname), "source.uri", f"bad URL {_short(uri)}: no host")
+        _check(bool(url.hostname), key, f"bad URL {_short(uri)}: no host")
         url.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:  # "Invalid IPv6 URL", port out of range, ...
-        raise ConfigError(f"source.uri: bad URL {_short(uri)}: invalid port or address ({exc})"
+        raise ConfigError(f"{key}: bad URL {_short(uri)}: invalid port or address ({exc})"
                           ) from None
+
+
+def valid_id(text: str) -> bool:
+    """A device, camera or sender id: one topic level, 1..128 characters, no spaces."""
+    return bool(text) and len(text) <= 128 and not any(c in text for c in "/+#\0 ")
+
+
+def _camera_key(cfg: Config, camera: CameraConfig, key: str) -> str:
+    """``source.uri`` in the single-camera form, ``cameras[2].uri`` otherwise."""
+    if not cfg.cameras or camera is cfg.cameras[0] and camera.source is cfg.source:
+        return f"{'source' if key in CAMERA_SOURCE_KEYS else 'output'}.{key}"
+    return f"cameras[{cfg.cameras.index(camera) + 1}].{key}"
+
+
+def _check_camera(cfg: Config, camera: CameraConfig) -> None:
+    src = camera.source
+    key = _camera_key(cfg, camera, "uri")
+    _check(bool(src.uri), key, "must not be empty")
+    kind = source_kind(src.uri)
+    if kind == "network":
+        _check_uri(src.uri, key)
+    _check(kind != "missing", key, f"no such file or directory: {_short(src.uri)}")
+    _check(camera.mask_encoding in ("png", "rle"), _camera_key(cfg, camera, "mask_encoding"),
+           f"must be png or rle, got {_short(camera.mask_encoding)}")
+
+
+def _check_frames_in(cfg: Config) -> None:
+    f = cfg.frames_in
+    if f.topic:
+        levels = f.topic.split("/")
+        _check(levels.count("+") == 1 and "#" not in f.topic
+               and all(level == "+" or "+" not in level for level in levels)
+               and all(levels) and "\0" not in f.topic, "frames_in.topic",
+               f"must be a topic filter with exactly one '+' level (the sender id) and no "
+               f"'#', got {_short(f.topic)}")
+    for sender in f.senders:
+        _check(valid_id(sender), "frames_in.senders",
+               f"{_short(sender)} is not a valid id (1..128 characters without '/', '+', "
+               f"'#' or spaces)")
+        _check(sender not in {c.id for c in cfg.cameras} and sender != cfg.device_id,
+               "frames_in.senders", f"{_short(sender)} is already a camera or the device id")
+    _check(len(set(f.senders)) == len(f.senders), "frames_in.senders", "lists an id twice")
+
+
+def frames_in_topic(cfg: Config) -> str:
+    """The subscription of ``[frames_in]``: one '+' level, the sender id."""
+    return cfg.frames_in.topic or f"{cfg.mqtt.prefix}/{cfg.device_id}/frames_in/+"
+
+
+def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
+    """The ``[[cameras]]`` tables over the [source]/[output] defaults."""
+    _check(isinstance(tables, list) and all(isinstance(t, dict) for t in tables), "cameras",
+           "must be an array of tables ([[cameras]])")
+    _check(len(tables) <= MAX_CAMERAS, "cameras", f"more than {MAX_CAMERAS} cameras")
+    known = ("id",) + CAMERA_SOURCE_KEYS + CAMERA_OUTPUT_KEYS
+    cameras: List[CameraConfig] = []
+    for n, table in enumerate(tables, 1):
+        where = f"cameras[{n}]"
+        for required in ("id", "uri"):
+            _check(required in table, f"{where}.{required}", "missing")
+        for key, value in table.items():
+            _check(key in known, f"{where}.{_key(str(key))}",
+                   f"unknown key (known: {', '.join(sorted(known))})")
+            if key == "id":
+                _check(isinstance(value, str), f"{where}.id",
+                       f"expected a string{_shown('', value)}")
+        camera_id = table["id"]
+        _check(valid_id(camera_id), f"{where}.id", f"must be 1..128 characters without "
+               f"'/', '+', '#' or spaces, got {_short(camera_id)}")
+        _check(camera_id not in {c.id for c in cameras}, f"{where}.id",
+               f"{_short(camera_id)} is used by an earlier camera")
+        camera = CameraConfig.from_sections(camera_id, cfg.source, cfg.output)
+        for key, value in table.items():
+            if key in CAMERA_SOURCE_KEYS:
+                setattr(camera.source, key,
+                        _coerce_toml(f"{where}.{key}", _field_type(SourceConfig, key), value))
+            elif key in CAMERA_OUTPUT_KEYS:
+                setattr(camera, key,
+                        _coerce_toml(f"{where}.{key}", _field_type(OutputConfig, key), value))
+        cameras.append(camera)
+    if len(cameras) > 1:
+        for n, camera in enumerate(cameras, 1):
+            _check(camera.id != cfg.device_id, f"cameras[{n}].id",
+                   f"{_short(camera.id)} is the device_id: with several cameras the agent "
+                   f"needs an id of its own")
+    return cameras
+
+
+def _check_camera_values(cfg: Config) -> None:
+    """Each camera's numbers inside the ranges of the [source]/[output] keys they mirror."""
+    for camera in cfg.cameras:
+        for key in CAMERA_SOURCE_KEYS + CAMERA_OUTPUT_KEYS:
+            cls = SourceConfig if key in CAMERA_SOURCE_KEYS else OutputConfig
+            f = next(x for x in fields(cls) if x.name == key)
+            value = getattr(camera.source if cls is SourceConfig else camera, key)
+            rng = f.metadata.get("range")
+            if rng is None:
+                if isinstance(value, str):
+                    _check(len(value) <= MAX_STRING and "\0" not in value,
+                           _camera_key(cfg, camera, key), "too long or contains a NUL")
+                continue
+            lo, hi, above = rng
+            fine = math.isfinite(value) and (value > lo if above else value >= lo) \
+                and value <= hi
+            _check(fine, _camera_key(cfg, camera, key),
+                   f"must be {_range_text(rng, f.type == 'int')}, got {_short(value)}")
 
 
 def validate(cfg: Config) -> None:
     _check_values(cfg)
-    _check(bool(cfg.device_id) and len(cfg.device_id) <= 128
-           and not any(c in cfg.device_id for c in "/+#\0 "), "device_id",
+    _check_camera_values(cfg)
+    _check(valid_id(cfg.device_id), "device_id",
            f"must be 1..128 characters without '/', '+', '#' or spaces, got "
            f"{_short(cfg.device_id)}")
     _check(cfg.log_level.upper() in LOG_LEVELS, "log_level",
            f"must be one of {', '.join(LOG_LEVELS)}, got {_short(cfg.log_level)}")
     cfg.log_level = cfg.log_level.upper()
-    src = cfg.source
-    _check(bool(src.uri), "source.uri", "must not be empty")
-    kind = source_kind(src.uri)
-    if kind == "network":
-        _check_uri(src.uri)
-    _check(kind != "missing", "source.uri", f"no such file or directory: {_short(src.uri)}")
+    for camera in cfg.cameras:
+        _check_camera(cfg, camera)
+    _check_frames_in(cfg)
     m = cfg.model
     _check(m.target in TARGETS, "model.target",
            f"must be one of {', '.join(TARGETS)}, got {_short(m.target)}")
@@ -519,9 +686,10 @@ def load(path: Optional[str],
 
 def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List[str]]:
     cfg = Config()
+    data: Dict[str, Any] = {}
     if path:
         data = _read_toml(path)
-        top = {k: v for k, v in data.items() if k not in SECTIONS}
+        top = {k: v for k, v in data.items() if k not in SECTIONS and k not in TABLE_LISTS}
         _apply(cfg, Config, top, "")
         for section, cls in SECTIONS.items():
             if section in data:
@@ -529,7 +697,20 @@ def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List
                 _apply(getattr(cfg, section), cls, data[section], f"{section}.")
     ignored = _env_overrides(cfg, environ)
     _resolve_password(cfg.mqtt, environ)
+    _check_values(cfg)  # the sections' numbers first: cameras inherit them
+    if "cameras" in data:
+        uri_set = "uri" in data.get("source", {}) or f"{ENV_PREFIX}SOURCE_URI" in environ
+        _check(not uri_set, "source.uri", "set either [source] uri (one camera) or "
+                                          "[[cameras]], not both")
+        cfg.cameras = _cameras_from(cfg, data["cameras"])
+    else:
+        cfg.cameras = [CameraConfig(cfg.device_id, cfg.source, cfg.output.max_publish_fps,
+                                    cfg.output.frame_every, cfg.output.mask_encoding,
+                                    cfg.output.overlay_interval_s)]
     validate(cfg)
+    _check(bool(cfg.cameras) or cfg.frames_in.enabled, "cameras",
+           "no camera and frames_in is off: nothing to do (list [[cameras]], or set "
+           "[frames_in] enabled = true)")
     return cfg, ignored
 
 
@@ -548,4 +729,14 @@ def key_table() -> str:
         rng = f.metadata.get("range")
         lines.append(f"| `{key}` | {types.get(f.type, f.type)} | `{default}` | "
                      f"{_range_text(rng, f.type == 'int') if rng else ''} | {f.metadata['help']} |")
+    lines.append("| `cameras[].id` | str | (required) |  | the camera's id in topics "
+                 "(`<prefix>/<id>/...`): unique, not the `device_id` unless it is the only "
+                 "camera; no `/`, `+`, `#`, spaces |")
+    for key in CAMERA_SOURCE_KEYS + CAMERA_OUTPUT_KEYS:
+        section = "source" if key in CAMERA_SOURCE_KEYS else "output"
+        cls = SourceConfig if section == "source" else OutputConfig
+        f = next(x for x in fields(cls) if x.name == key)
+        default = "(required)" if key == "uri" else f"`{section}.{key}`"
+        lines.append(f"| `cameras[].{key}` | {types.get(f.type, f.type)} | {default} |  | as "
+                     f"`{section}.{key}`, for this camera |")
     return "\n".join(lines) + "\n"

@@ -24,14 +24,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from . import __version__, homeassistant
+from .camera import Snapshot
 from .command_router import CommandRouter, Handled, Outgoing, PendingAction
 from .commands import PAUSED, RELOAD, SNAPSHOT, CommandState, Refusal, TokenBucket
 from .config import Config, state_file
 from .mqtt import MqttComms
-from .pipeline import Pipeline
 
 log = logging.getLogger("segedge.control")
 INBOX_MAX = 100  # commands waiting for the commands thread; beyond it they are dropped
@@ -39,6 +39,10 @@ SNAPSHOT_TIMEOUT_S = 5.0
 PAUSED_REASON = "paused by command"
 
 Incoming = Tuple[str, bytes, bool, Optional[str], Optional[bytes]]
+
+
+class _SnapshotTarget(Protocol):
+    def request_snapshot(self) -> Optional[Snapshot]: ...
 
 
 def load_states(path: str, base: Dict[str, CommandState]) -> Dict[str, CommandState]:
@@ -83,7 +87,7 @@ def save_states(path: str, states: Dict[str, CommandState]) -> None:
 
 
 class Control:
-    """Owns the command router of one agent (one camera today) and discovery publishing."""
+    """Owns the command router of one agent (every configured camera) and discovery."""
 
     def __init__(self, cfg: Config, comms: MqttComms, stop: threading.Event,
                  cameras: Callable[[], Sequence[homeassistant.CameraInfo]],
@@ -95,15 +99,15 @@ class Control:
         self.cfg, self.comms, self.stop = cfg, comms, stop
         self.cameras, self._reload, self.on_paused = cameras, reload, on_paused
         self.state_file = state_file(cfg)
-        base = {cfg.device_id: CommandState(False, cfg.output.max_publish_fps,
-                                            cfg.output.frame_every, cfg.output.mask_encoding)}
+        base = {c.id: CommandState(False, c.max_publish_fps, c.frame_every, c.mask_encoding)
+                for c in cfg.cameras}
         states = load_states(self.state_file, base) if self.state_file else base
         self.router = CommandRouter(cfg.mqtt.prefix, cfg.device_id, states,
                                     TokenBucket(cfg.commands.rate_per_s, cfg.commands.burst))
         self.ha = homeassistant.DiscoverySettings(cfg.homeassistant.enabled,
                                                   cfg.homeassistant.discovery_prefix,
                                                   cfg.output.overlay_interval_s)
-        self.pipelines: Dict[str, Pipeline] = {}
+        self.snapshot_targets: Dict[str, _SnapshotTarget] = {}  # camera id -> its Camera
         self._inbox: queue.Queue[Incoming] = queue.Queue(INBOX_MAX)
         self.inbox_dropped = 0
         self._last_drop_log = 0.0
@@ -201,10 +205,10 @@ class Control:
                 return
             target: Callable[[PendingAction], None] = self._do_reload
         elif action.feature == SNAPSHOT:
-            pipeline = self.pipelines.get(action.target_id)
-            snap = pipeline.request_snapshot() if pipeline else None
+            target_camera = self.snapshot_targets.get(action.target_id)
+            snap = target_camera.request_snapshot() if target_camera else None
             if snap is None:
-                why = "one is already pending" if pipeline else "no such camera"
+                why = "one is already pending" if target_camera else "no such camera"
                 self._carry_out(self.router.finish(action, why))
                 return
             target = lambda a: self._await_snapshot(a, snap)  # noqa: E731

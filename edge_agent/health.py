@@ -1,8 +1,14 @@
-"""The agent's health: one overall state from per-component reasons.
+"""The agent's health: one overall state from per-component reasons, and one per camera.
 
-Each component (``source``, ``inference``, ``mqtt``; later one per camera, e.g.
-``source:cam-02``) is either fine or has a reason. The agent is ``online`` when no
-component has a reason, else ``degraded`` with every reason joined. A change of the
+Each component (``source``, ``commands``, ``inference``, ``mqtt``) is either fine or has
+a reason. Shared components (``mqtt``, ``inference``) count for every camera; a
+camera's own (``source``, ``commands``: paused) count for that camera and, for a
+configured camera, for the agent, named ``source:<camera>`` with the reason prefixed
+by the camera id. The agent (and each camera) is ``online`` when none of its
+components has a reason, else ``degraded`` with every reason joined. Cameras made at
+run time for frames-in senders have views of their own but do not count for the
+agent: a sender that goes quiet is its camera's news, not the device's. With one
+camera whose id is the agent's (the single-camera form) the two views are one. A change of the
 overall view is logged once, told to systemd (``STATUS=``) and written to the health
 file at once, and wakes the main loop, which publishes the status message: it
 takes the newest view (``take_change``) after refreshing the MQTT component, so a
@@ -20,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .sdnotify import Notifier
 
@@ -71,66 +77,155 @@ def write_health(path: str, data: Dict[str, Any]) -> None:
         pass
 
 
+Scope = Optional[str]  # None: shared by every camera; else a camera id
+
+
 class Health:
     """The one owner of the agent's state; thread-safe (capture, MQTT and main threads)."""
 
     def __init__(self, path: str, notifier: Optional[Notifier] = None,
                  facts: Optional[Callable[[], Dict[str, Any]]] = None,
-                 wake: Optional[threading.Event] = None) -> None:
+                 wake: Optional[threading.Event] = None, agent_id: str = "") -> None:
         """``facts``: the health file's other keys (model, mqtt, masks_published, ...);
-        ``wake``: set on every change, so the main loop publishes it without waiting."""
+        ``wake``: set on every change, so the main loop publishes it without waiting;
+        ``agent_id``: components of the camera with this id are the agent's own."""
         self.path = path
         self.notifier = notifier or Notifier()
         self.facts = facts or dict
         self.wake = wake or threading.Event()
+        self.agent_id = agent_id
         self._lock = threading.Lock()
-        self._reasons: Dict[str, str] = {}
+        self._reasons: Dict[Tuple[Scope, str], str] = {}
+        self._cameras: Dict[str, bool] = {}  # camera id -> counts for the agent
         self._view = HealthView("online", None, {}, time.time())
+        self._camera_views: Dict[str, HealthView] = {}
         self._taken: Optional[HealthView] = None  # the view last handed to take_change
+        self._camera_taken: Dict[str, HealthView] = {}
         self._final: Optional[HealthView] = None  # set on shutdown: offline
 
-    def set(self, component: str, reason: Optional[str]) -> bool:
-        """Record ``component``'s reason (None = fine). True when the overall view changed."""
+    # --- cameras --------------------------------------------------------------------
+    def add_camera(self, camera_id: str, counted: bool = True) -> None:
+        """A camera with a view of its own (``counted``: it counts for the agent)."""
+        if camera_id == self.agent_id:
+            return
+        with self._lock:
+            self._cameras[camera_id] = counted
+            self._camera_views[camera_id] = replace(self._camera_view(camera_id),
+                                                    since=time.time())
+        self._changed()
+
+    def remove_camera(self, camera_id: str) -> None:
+        with self._lock:
+            self._cameras.pop(camera_id, None)
+            self._camera_views.pop(camera_id, None)
+            self._camera_taken.pop(camera_id, None)
+            for key in [k for k in self._reasons if k[0] == camera_id]:
+                del self._reasons[key]
+        if not self._changed():
+            with self._lock:
+                self._write(self._final or self._view)
+
+    def _scope(self, camera: Optional[str]) -> Scope:
+        return None if camera is None or camera == self.agent_id else camera
+
+    # --- views (pure, under the lock) -----------------------------------------------
+    def _agent_view(self) -> HealthView:
+        named: Dict[str, str] = {}
+        for (scope, component), reason in self._reasons.items():
+            if scope is None:
+                named[component] = reason
+            elif self._cameras.get(scope):
+                named[f"{component}:{scope}"] = f"{scope}: {reason}"
+        return summarize(named)
+
+    def _camera_view(self, camera_id: str) -> HealthView:
+        return summarize({component: reason for (scope, component), reason
+                          in self._reasons.items() if scope in (None, camera_id)})
+
+    # --- changes --------------------------------------------------------------------
+    def set(self, component: str, reason: Optional[str],
+            camera: Optional[str] = None) -> bool:
+        """Record ``component``'s reason (None = fine), shared or of ``camera``. True when
+        the agent's view or that camera's changed."""
+        scope = self._scope(camera)
+        with self._lock:
+            if self._final is not None or (scope is not None and scope not in self._cameras):
+                return False
+            if reason:
+                self._reasons[(scope, component)] = reason
+            else:
+                self._reasons.pop((scope, component), None)
+        return self._changed()
+
+    def _changed(self) -> bool:
+        """Recompute every view; log, notify and write what changed."""
+        changed_agent: Optional[HealthView] = None
+        changed_cameras: List[Tuple[str, HealthView]] = []
         with self._lock:
             if self._final is not None:
                 return False
-            if reason:
-                self._reasons[component] = reason
-            else:
-                self._reasons.pop(component, None)
-            view = summarize(self._reasons)
-            if view == self._view:
-                return False
-            view = replace(view, since=time.time())
-            self._view = view
-            if view.state == "degraded":
-                log.warning("status degraded: %s", view.reason)
-            else:
-                log.info("status online")
-            self._write(view)
+            now = time.time()
+            view = self._agent_view()
+            if view != self._view:
+                changed_agent = self._view = replace(view, since=now)
+            for camera_id in self._cameras:
+                cview = self._camera_view(camera_id)
+                if cview != self._camera_views.get(camera_id):
+                    self._camera_views[camera_id] = replace(cview, since=now)
+                    changed_cameras.append((camera_id, self._camera_views[camera_id]))
+            if changed_agent is not None:
+                if changed_agent.state == "degraded":
+                    log.warning("status degraded: %s", changed_agent.reason)
+                else:
+                    log.info("status online")
+            for camera_id, cview in changed_cameras:
+                if not self._cameras.get(camera_id):  # counted ones are in the agent's line
+                    log.info("camera %s %s%s", camera_id, cview.state,
+                             f": {cview.reason}" if cview.reason else "")
+            if changed_agent is not None or changed_cameras:
+                self._write(self._view)
+        if changed_agent is None and not changed_cameras:
+            return False
         self.wake.set()
-        self.notifier.status(view.status_text())
+        if changed_agent is not None:
+            self.notifier.status(changed_agent.status_text())
         return True
 
     def take_change(self) -> Optional[HealthView]:
-        """The current view if it differs from the one this returned last, else None."""
+        """The agent's view if it differs from the one this returned last, else None."""
         with self._lock:
             if self._final is not None or self._view == self._taken:
                 return None
             self._taken = self._view
             return self._view
 
-    def view(self) -> HealthView:
+    def take_camera_changes(self) -> Dict[str, HealthView]:
+        """Each camera's view that differs from the one handed out last for it."""
         with self._lock:
-            return self._final or self._view
+            if self._final is not None:
+                return {}
+            out = {cid: v for cid, v in self._camera_views.items()
+                   if self._camera_taken.get(cid) != v}
+            self._camera_taken.update(out)
+            return out
+
+    def view(self, camera: Optional[str] = None) -> HealthView:
+        """The agent's view, or a camera's (shared components included)."""
+        scope = self._scope(camera)
+        with self._lock:
+            if self._final is not None:
+                return self._final
+            if scope is None:
+                return self._view
+            return self._camera_views.get(scope) or self._camera_view(scope)
 
     @property
     def state(self) -> str:
         return self.view().state
 
-    def reason(self, component: str) -> Optional[str]:
+    def reason(self, component: str, camera: Optional[str] = None) -> Optional[str]:
         with self._lock:
-            return self._reasons.get(component)
+            return self._reasons.get((self._scope(camera), component))
 
     def refresh(self) -> None:
         """Rewrite the health file (fresh ``ts`` and facts) without a state change."""
@@ -147,4 +242,10 @@ class Health:
         data = dict(self.facts())
         data.update({"state": view.state, "ts": round(time.time(), 3), "reason": view.reason,
                      "components": dict(view.components), "pid": os.getpid()})
+        if self._cameras:
+            final = self._final
+            data["cameras"] = {
+                cid: {"state": (final or v).state, "reason": (final or v).reason,
+                      "counted": self._cameras[cid]}
+                for cid, v in self._camera_views.items()}
         write_health(self.path, data)

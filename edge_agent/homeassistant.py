@@ -68,6 +68,7 @@ class CameraInfo:
     model_name: str = ""
     model_version: str = ""
     precision: str = ""
+    overlay: Optional[bool] = None  # its overlay stream is on (None: the settings say)
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def camera_discovery(prefix: str, agent_id: str, camera: CameraInfo, sw_version:
         "payload_press": "PRESS", "icon": "mdi:camera"})
     if agent_id == cid:
         _reload_button(b, prefix, agent_id)
-    if settings.overlay_interval_s > 0:
+    if camera.overlay if camera.overlay is not None else settings.overlay_interval_s > 0:
         b.add("image", "overlay", "Overlay", {
             "image_topic": overlay_topic(prefix, cid), "content_type": "image/jpeg"})
     else:

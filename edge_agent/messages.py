@@ -17,8 +17,15 @@ class ModelInfo:
     precision: str  # of the bundle target: INT8, FP16, FP32
 
 
-def _json(obj: Any) -> str:
-    return json.dumps(asdict(obj), separators=(",", ":"), allow_nan=False)
+def _json(obj: Any, omit_if_none: tuple = ()) -> str:
+    data = asdict(obj)
+    for key in omit_if_none:  # fields of several cameras: absent in the single-camera form
+        if data.get(key) is None:
+            data.pop(key, None)
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+MULTI_CAMERA_FIELDS = ("agent_id", "cameras")
 
 
 @dataclass
@@ -36,10 +43,14 @@ class Status:
     session: str = ""  # this agent process (random), shared with its last will
     seq: int = 0  # statuses sent in the session, from 1 (the will: the last one before it)
     connection: int = 0  # MQTT connection it was sent on (the will: the one it ends)
+    # several cameras: a camera's status names its agent (whose status carries the last
+    # will); the agent's status maps each camera to its state
+    agent_id: Optional[str] = None
+    cameras: Optional[Dict[str, str]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return _json(self)
+        return _json(self, MULTI_CAMERA_FIELDS)
 
 
 @dataclass
@@ -84,10 +95,14 @@ class Stats:
     state: str
     session: str = ""
     seq: int = 0  # stats messages of the session, from 1: a gap is a lost interval
+    # several cameras: a camera's stats name the agent; the agent's hold its sums and, per
+    # camera, its state and rates
+    agent_id: Optional[str] = None
+    cameras: Optional[Dict[str, Dict[str, Any]]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return _json(self)
+        return _json(self, MULTI_CAMERA_FIELDS)
 
 
 @dataclass
@@ -101,6 +116,21 @@ class Frame:
     height: int
     image: str  # base64 of the JPEG bytes
     encoding: str = "jpeg"
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return _json(self)
+
+
+@dataclass
+class FrameError:
+    """The reply to a frame sent with an MQTT 5 response topic that got no mask: refused
+    (``error`` says why) or replaced by a newer frame of the same sender before inference."""
+
+    device_id: str  # the sender's camera id ("" when the sender id was unusable)
+    error: str
+    ts: float
+    frame_id: Optional[int] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

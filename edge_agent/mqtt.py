@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Callable, Deque, Dict, Optional, Set, Tuple, Union
+from typing import Callable, Deque, Dict, Optional, Sequence, Set, Tuple, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -53,6 +53,7 @@ SPOOL_MAX = 1000  # status + stats messages kept while disconnected (~1.2 MB)
 MASK_QUEUE = 50  # masks kept while disconnected
 WINDOW = 100  # QoS>0 messages handed to paho and not yet acknowledged
 RECONNECT_MAX_S = 5  # paho's reconnect delay: 1 s doubling to this (a TCP connect: cheap)
+MAX_INCOMING_BYTES = 1 << 20  # MQTT 5 Maximum Packet Size we accept (commands are tiny)
 
 
 class OutboundQueue:
@@ -138,9 +139,12 @@ class _Client(mqtt.Client):
 
 class MqttComms:
     def __init__(self, cfg: MqttConfig, device_id: str, will: Callable[[int], Status],
-                 on_connected: Optional[Callable[[], None]] = None) -> None:
+                 on_connected: Optional[Callable[[], None]] = None,
+                 max_incoming_bytes: int = MAX_INCOMING_BYTES) -> None:
         """``will(k)``: the offline status to leave as the last will of connection ``k``;
-        ``on_connected``: called (no locks held) after each successful connect."""
+        ``on_connected``: called (no locks held) after each successful connect;
+        ``max_incoming_bytes``: under MQTT 5 the broker is told not to send us larger
+        packets (frames from other devices are the largest thing we take)."""
         self.cfg, self.device_id = cfg, device_id
         self.will = will
         self.on_connected = on_connected
@@ -150,7 +154,8 @@ class MqttComms:
         self._stopping = False
         self._started = False
         self._status: Optional[Status] = None
-        self._status_sent = 0  # statuses handed to paho: the next one gets seq + 1
+        self._status_sent: Dict[str, int] = {}  # per status topic id: the last seq sent
+        self.max_incoming_bytes = max_incoming_bytes
         self._announce = False
         self.spool = OutboundQueue(SPOOL_MAX)
         self.queue = OutboundQueue(MASK_QUEUE)
@@ -183,8 +188,9 @@ class MqttComms:
         self.on_message: Optional[Incoming] = None
         self.client.on_message = self._on_message
 
-    def topic(self, kind: str) -> str:
-        return f"{self.cfg.prefix}/{self.device_id}/{kind}"
+    def topic(self, kind: str, camera_id: Optional[str] = None) -> str:
+        """``<prefix>/<id>/<kind>``: the agent's own id, or a camera's."""
+        return f"{self.cfg.prefix}/{camera_id or self.device_id}/{kind}"
 
     @property
     def connected(self) -> bool:
@@ -199,7 +205,13 @@ class MqttComms:
                         "mqtt.tls_ca to use TLS", self.cfg.username, self.where)
         self._down_since = time.monotonic()
         self._started = True
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        props = None
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = self.max_incoming_bytes
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                  clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                                  properties=props)
         self.client.loop_start()
         self._thread = self.client._thread  # paho clears its own reference when it dies
 
@@ -207,7 +219,8 @@ class MqttComms:
         # the will of the connection about to be made carries its number and the seq of
         # the last status sent before it
         k = self.connects + 1
-        will = replace(self.will(k), connection=k, seq=self._status_sent)
+        will = replace(self.will(k), connection=k,
+                       seq=self._status_sent.get(self.device_id, 0))
         self.client.will_set(self.topic("status"), will.to_json(), qos=1, retain=True)
 
     def _on_attempt_error(self, exc: BaseException) -> None:
@@ -251,8 +264,12 @@ class MqttComms:
         return f"mqtt network thread died ({type(exc).__name__}: {exc})" if exc else \
             "mqtt network thread died"
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        """Remembered and renewed after every reconnect."""
+    def subscribe(self, topic: str, qos: int = 1, handler: Optional[Incoming] = None) -> None:
+        """Remembered and renewed after every reconnect. ``handler``: messages matching
+        this filter go to it instead of ``on_message`` (paho's network thread: queue only)."""
+        if handler is not None:
+            self.client.message_callback_add(
+                topic, lambda client, userdata, msg: self._deliver(handler, msg))
         with self._lock:
             self._subs[topic] = qos
             if self._connected:
@@ -277,9 +294,11 @@ class MqttComms:
 
     def _on_message(self, client, userdata, msg) -> None:
         """Network thread: hand over and return (the handler only queues)."""
-        handler = self.on_message
-        if handler is None:
-            return
+        if self.on_message is not None:
+            self._deliver(self.on_message, msg)
+
+    @staticmethod
+    def _deliver(handler: Incoming, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
@@ -334,31 +353,35 @@ class MqttComms:
             self._pump()
 
     def _status_item(self, status: Status) -> Message:
-        return (self.topic("status"), lambda k: self._stamp(status, k).to_json(), 1, True)
+        return (self.topic("status", status.device_id),
+                lambda k: self._stamp(status, k).to_json(), 1, True)
 
     def _stamp(self, status: Status, connection: int) -> Status:
-        """Number a status as it is sent: ``seq`` counts statuses sent, without gaps."""
-        self._status_sent += 1
-        return replace(status, connection=connection, seq=self._status_sent)
+        """Number a status as it is sent: ``seq`` counts the statuses sent on its topic,
+        without gaps."""
+        seq = self._status_sent.get(status.device_id, 0) + 1
+        self._status_sent[status.device_id] = seq
+        return replace(status, connection=connection, seq=seq)
 
     def publish_status(self, status: Status) -> None:
         """Spooled in order; before the first connection only once an attempt has failed
         (a normal start does not replay its first milliseconds of 'connecting')."""
         with self._lock:
-            self._status = status
+            if status.device_id == self.device_id:
+                self._status = status
             if self.connects or self._error:
                 self.spool.append(self._status_item(status))
                 self._pump()
 
-    def publish_stats(self, payload: str) -> None:
+    def publish_stats(self, payload: str, camera_id: Optional[str] = None) -> None:
         with self._lock:
-            self.spool.append((self.topic("stats"), payload, 1, False))
+            self.spool.append((self.topic("stats", camera_id), payload, 1, False))
             self._pump()
 
-    def publish_frame(self, payload: str) -> bool:
+    def publish_frame(self, payload: str, camera_id: Optional[str] = None) -> bool:
         """Source frames are best effort: sent at QoS 0 when connected, else dropped."""
         with self._lock:
-            return self._send((self.topic("frame"), payload, 0, False))
+            return self._send((self.topic("frame", camera_id), payload, 0, False))
 
     def publish_retained(self, topic: str, payload: str) -> None:
         """A retained QoS 1 message (command state, discovery config): spooled in order."""
@@ -382,18 +405,18 @@ class MqttComms:
                 return True
             return False
 
-    def publish_overlay(self, jpeg: bytes) -> bool:
+    def publish_overlay(self, jpeg: bytes, camera_id: Optional[str] = None) -> bool:
         """Overlay JPEG bytes: QoS 0, not retained, dropped while disconnected."""
         with self._lock:
-            return self._send((self.topic("overlay"), jpeg, 0, False))
+            return self._send((self.topic("overlay", camera_id), jpeg, 0, False))
 
-    def publish_mask(self, payload: str) -> bool:
+    def publish_mask(self, payload: str, camera_id: Optional[str] = None) -> bool:
         """True when handed to paho; False when queued (not connected) or dropped.
 
         Masks queue while disconnected (or behind a spool being delivered) and drain on
         reconnect; a failed send while connected is dropped and counted, never queued.
         """
-        item = (self.topic("mask"), payload, self.cfg.qos_mask, False)
+        item = (self.topic("mask", camera_id), payload, self.cfg.qos_mask, False)
         with self._lock:
             self._pump()
             if not self._connected or len(self.spool):
@@ -409,19 +432,24 @@ class MqttComms:
         """Masks lost: dropped oldest-first from the queue or refused while connected."""
         return self.queue.dropped
 
-    def stop(self, offline: Status, timeout: float = 3.0) -> None:
-        """Publish ``offline`` (retained), disconnect, stop the network thread."""
+    def stop(self, offline: Status, timeout: float = 3.0,
+             cameras: Sequence[Status] = ()) -> None:
+        """Publish ``offline`` (retained) for the agent and each of ``cameras``,
+        disconnect, stop the network thread."""
         with self._lock:
             connected = self._connected
             self._status = offline
             self._stopping = True
             self._pump()
         if connected:
-            info = self.client.publish(self.topic("status"),
-                                       self._stamp(offline, self.connects).to_json(),
-                                       qos=1, retain=True)
+            infos = [self.client.publish(self.topic("status", status.device_id),
+                                         self._stamp(status, self.connects).to_json(),
+                                         qos=1, retain=True)
+                     for status in (*cameras, offline)]
+            deadline = time.monotonic() + timeout
             try:
-                info.wait_for_publish(timeout)
+                for info in infos:
+                    info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("offline status not confirmed: %s", exc)
         self.client.disconnect()

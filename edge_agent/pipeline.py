@@ -1,15 +1,18 @@
-"""The frame path: latest frame -> inference (async, in flight) -> in-order publish.
+"""The frame path: latest frames -> inference (async, in flight) -> in-order publish.
 
-Two named threads. ``infer`` takes the newest frame, waits for a free slot and
-starts an async request; OpenVINO's callback files the result under its
-submission number; ``publish`` takes results strictly in that order, applies the
-publish-rate limit, postprocesses, encodes and hands the mask to MQTT. Slots
-bound everything in between.
+Two named threads serve every camera of the agent with one compiled model. ``infer``
+takes the next camera's newest frame (``FrameSlots``: round robin over the cameras
+with a frame ready), waits for a free request slot and starts an async request;
+OpenVINO's callback files the result under its submission number; ``publish`` takes
+results strictly in that order (so each camera's masks are in frame order), applies
+that camera's publish-rate limit, postprocesses, encodes and hands the mask to MQTT
+under the camera's id (and, for a frame sent with an MQTT 5 response topic, to that
+topic too). Slots bound everything in between.
 
-Runtime settings (pause, publish rate, frame interval, mask encoding) come from
-``settings()``, a frozen ``CommandState`` read once per frame (edge_agent.control owns
-it). A snapshot request and a model swap (``reload``) are one-shot hand-overs taken
-by the publish and infer threads respectively.
+Runtime settings (pause, publish rate, frame interval, mask encoding) come from each
+camera's ``settings()``, a frozen ``CommandState`` read once per frame
+(edge_agent.control owns it). A snapshot request and a model swap (``reload``) are
+one-shot hand-overs taken by the publish and infer threads respectively.
 """
 
 from __future__ import annotations
@@ -25,15 +28,12 @@ import cv2
 import numpy as np
 
 from . import encoding, overlay, postprocess
-from .capture import LatestFrame
-from .commands import CommandState
-from .config import OutputConfig
+from .camera import Camera, FrameSlots
 from .inference import Engine
 from .messages import Frame, Mask
 from .preprocess import as_bgr, to_model_input
-from .resilience import RateLimiter
 from .stagetime import StageTimes
-from .stats import Counters, LatencyWindow
+from .stats import Counters
 
 log = logging.getLogger("segedge.pipeline")
 
@@ -41,6 +41,7 @@ log = logging.getLogger("segedge.pipeline")
 @dataclass(frozen=True)
 class FrameMeta:
     seq: int
+    camera_id: str
     frame_id: int
     captured_at: float
     captured_mono: float
@@ -48,6 +49,8 @@ class FrameMeta:
     image: Optional[np.ndarray] = None  # kept only when frames or overlays may be published
     engine: Any = None  # the engine that ran it (a reload swaps engines between frames)
     submitted_mono: float = 0.0
+    reply_to: Optional[str] = None  # MQTT 5 response topic of a frame sent to us
+    correlation: Optional[bytes] = None
 
 
 SKIPPED = object()  # Reorder.pop: a result that never came, given up on
@@ -105,50 +108,25 @@ class Reorder:
             return len(self._items)
 
 
-class Snapshot:
-    """One snapshot request: the next frame, its mask and an overlay, published at once."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: Optional[str] = None
-
-    def finish(self, error: Optional[str]) -> None:
-        self.error = error
-        self.done.set()
+Cameras = Callable[[str], Optional[Camera]]  # the camera of an id (None: gone)
 
 
 class Pipeline:
-    """``max_age_s``: a frame older than this at publish time is dropped as stale (0 = never).
+    """One engine for every camera: ``slots`` hands over their frames, ``cameras(id)``
+    their state (settings, counters, outputs), ``totals`` counts for the whole agent.
 
-    ``settings``: the camera's current runtime settings (default: the config's);
-    ``send_overlay``: JPEG bytes for the overlay stream, every ``overlay_interval_s``
-    (0 = off) and for snapshots.
+    ``mask_resolution``: ``model`` or ``frame`` (output.mask_resolution). A frame older
+    than its camera's ``max_age_s`` at publish time is dropped as stale (0 = never).
     """
 
-    def __init__(self, engine: Engine, out: OutputConfig, device_id: str, slot: LatestFrame,
-                 counters: Counters, latency: LatencyWindow, stop: threading.Event,
-                 send: Callable[[str], bool],
-                 send_frame: Optional[Callable[[str], bool]] = None,
-                 max_age_s: float = 0.0,
-                 settings: Optional[Callable[[], CommandState]] = None,
-                 send_overlay: Optional[Callable[[bytes], bool]] = None) -> None:
-        self.engine, self.out, self.device_id = engine, out, device_id
-        fixed = CommandState(False, out.max_publish_fps, out.frame_every, out.mask_encoding)
-        self.settings = settings or (lambda: fixed)
-        self.send_overlay = send_overlay
-        self.overlay_interval_s = out.overlay_interval_s
-        self._next_overlay = 0.0
-        self._snapshot: Optional[Snapshot] = None  # set by request_snapshot, taken by publish
+    def __init__(self, engine: Engine, mask_resolution: str, slots: FrameSlots,
+                 cameras: Cameras, totals: Counters, stop: threading.Event) -> None:
+        self.engine, self.mask_resolution = engine, mask_resolution
+        self.slots, self.cameras, self.totals, self.stop = slots, cameras, totals, stop
         self._new_engine: Optional[Tuple[Engine, threading.Event]] = None  # taken by infer
-        self._last_mask: Optional[np.ndarray] = None  # publish thread: the last mask built
-        self.slot, self.counters, self.latency, self.stop = slot, counters, latency, stop
-        self.send, self.send_frame = send, send_frame
-        self.max_age_s = max_age_s
         self.reorder = Reorder()
-        self.slots = threading.BoundedSemaphore(engine.num_requests + 2)
+        self.slots_free = threading.BoundedSemaphore(engine.num_requests + 2)
         self.infer_done = threading.Event()
-        self.limiter = RateLimiter(out.max_publish_fps)
-        self._limit_fps = out.max_publish_fps
         self._last_bad_log = 0.0
         self._masks_sent = 0
         self.times = StageTimes()  # per-stage CPU for the benchmark; off by default
@@ -178,18 +156,10 @@ class Pipeline:
     def masks_sent(self) -> int:
         return self._masks_sent
 
-    def request_snapshot(self) -> Optional[Snapshot]:
-        """A new snapshot request, or None while one is pending (one at a time)."""
-        with self._progress_lock:
-            if self._snapshot is not None and not self._snapshot.done.is_set():
-                return None
-            self._snapshot = Snapshot()
-            return self._snapshot
-
     def _decide_in_graph(self) -> bool:
         """Masks at model size: the class decision runs in the graph (frame size: the
         scores are upsampled first, in Python)."""
-        return self.out.mask_resolution == "model"
+        return self.mask_resolution == "model"
 
     def swap_engine(self, engine: Engine) -> threading.Event:
         """Hand a loaded, warmed-up engine to the infer thread; the event is set once it
@@ -213,10 +183,6 @@ class Pipeline:
                  engine.info.name, engine.info.version)
         done.set()
 
-    def _wants_snapshot(self) -> bool:
-        snap = self._snapshot
-        return snap is not None and not snap.done.is_set()
-
     def inflight(self) -> int:
         with self._progress_lock:
             return max(0, self.submitted - self._received - self.reorder.skipped)
@@ -233,7 +199,9 @@ class Pipeline:
         with self._progress_lock:
             self._received += 1
             self._progress_mono = time.monotonic()
-        self.counters.add("inferred")
+        camera = self.cameras(meta.camera_id)
+        if camera is not None:
+            camera.count("inferred")
         if self.times.enabled:
             self.times.span("submit_to_result", time.monotonic() - meta.submitted_mono)
         self.reorder.put(meta.seq, (meta, output))
@@ -243,11 +211,15 @@ class Pipeline:
             while not self.stop.is_set():
                 if self._new_engine is not None:
                     self._take_new_engine()
-                frame = self.slot.get(0.2)
-                if frame is None:
+                taken = self.slots.take(0.2)
+                if taken is None:
                     continue
-                state = self.settings()
-                snapshot = self._wants_snapshot()
+                camera_id, frame = taken
+                camera = self.cameras(camera_id)
+                if camera is None:
+                    continue  # a sender forgotten since its frame came
+                state = camera.settings()
+                snapshot = camera.pending_snapshot() is not None
                 if state.paused and not snapshot:
                     continue  # paused: frames are read (the source stays live), not inferred
                 t0 = self.times.start()
@@ -255,18 +227,19 @@ class Pipeline:
                     tensor = to_model_input(frame.image, None if self.engine.resize_in_graph
                                             else self.engine.size_hw)
                 except (ValueError, TypeError) as exc:
-                    self._bad_frame(frame.frame_id, exc)
+                    self._bad_frame(camera, frame.frame_id, exc)
                     continue
                 self.times.stop("preprocess", t0)
-                while not self.slots.acquire(timeout=0.2):
+                while not self.slots_free.acquire(timeout=0.2):
                     if self.stop.is_set():
                         return
                 with self._progress_lock:
-                    keep = state.frame_every or self.overlay_interval_s or snapshot
-                    meta = FrameMeta(self.submitted, frame.frame_id, frame.captured_at,
-                                     frame.captured_mono, tuple(frame.image.shape[:2]),
+                    keep = state.frame_every or camera.overlay_interval_s or snapshot
+                    meta = FrameMeta(self.submitted, camera_id, frame.frame_id,
+                                     frame.captured_at, frame.captured_mono,
+                                     tuple(frame.image.shape[:2]),
                                      frame.image if keep else None, self.engine,
-                                     time.monotonic())
+                                     time.monotonic(), frame.reply_to, frame.correlation)
                     if self.submitted - self._received - self.reorder.skipped <= 0:
                         self._progress_mono = time.monotonic()  # idle until now: no stall
                     self.submitted += 1
@@ -277,115 +250,128 @@ class Pipeline:
             self.engine.drain()
             self.infer_done.set()
 
-    def _bad_frame(self, frame_id: int, exc: Exception) -> None:
-        self.counters.add("errors")
+    def _bad_frame(self, camera: Camera, frame_id: int, exc: Exception) -> None:
+        camera.count("errors")
         now = time.monotonic()
         if now - self._last_bad_log > 10:
             self._last_bad_log = now
-            log.warning("frame %d skipped: %s", frame_id, exc)
+            log.warning("%s: frame %d skipped: %s", camera.id, frame_id, exc)
 
     def _publish_loop(self) -> None:
         while True:
             item = self.reorder.pop(0.2)
             if self.times.enabled:
-                self.times.maybe_write(self.counters.snapshot())
+                self.times.maybe_write(self.totals.snapshot())
             if item is None:
                 if self.infer_done.is_set() and not len(self.reorder):
                     if self.times.enabled:
-                        self.times.maybe_write(self.counters.snapshot(), force=True)
+                        self.times.maybe_write(self.totals.snapshot(), force=True)
                     return
                 continue
-            self.slots.release()
+            self.slots_free.release()
             if item is SKIPPED:
-                self.counters.add("errors")
+                self.totals.add("errors")
                 continue
             meta, output = item
-            if output is None:
-                self.counters.add("errors")
-                continue
-            now = time.monotonic()
-            if self.max_age_s and now - meta.captured_mono > self.max_age_s:
-                self.counters.add("stale")  # never publish an old frame as new
-                continue
-            state = self.settings()
-            snap = self._snapshot if self._wants_snapshot() and meta.image is not None else None
-            if state.paused and snap is None:
-                continue  # in flight when the pause came: not published
-            if state.max_publish_fps != self._limit_fps:
-                self._limit_fps = state.max_publish_fps
-                self.limiter = RateLimiter(state.max_publish_fps)
-            if snap is None and not self.limiter.allow(now):
-                self.counters.add("skipped_rate")
-                continue
-            try:
-                payload, latency_ms = self.build_mask(meta, output, state.mask_encoding)
-            except (ValueError, TypeError) as exc:
-                self._bad_frame(meta.frame_id, exc)
-                continue
-            every = state.frame_every
-            if snap is not None or (every and self.send_frame and self._masks_sent % every == 0):
-                self._send_frame(meta)  # before its mask, so overlays find it
-            t0 = self.times.start()
-            sent = self.send(payload)
-            self.times.stop("publish", t0)
-            if self.times.enabled:
-                self.times.span("capture_to_submit", meta.submitted_mono - meta.captured_mono)
-                self.times.span("capture_to_sent", time.monotonic() - meta.captured_mono)
-            if sent:
-                self._masks_sent += 1
-                self.counters.add("published")
-                self.latency.add(latency_ms)
-            if snap is not None or (self.overlay_interval_s and now >= self._next_overlay):
-                self._next_overlay = now + self.overlay_interval_s
-                overlay_sent = self._send_overlay(meta)
-                if snap is not None:
-                    snap.finish(None if sent and overlay_sent else
-                                "not handed to the broker (disconnected or a backlog)")
+            camera = self.cameras(meta.camera_id)
+            if camera is None:
+                continue  # a sender forgotten while its frame was in flight
+            self._publish_one(camera, meta, output)
 
-    def _send_overlay(self, meta: FrameMeta) -> bool:
+    def _publish_one(self, camera: Camera, meta: FrameMeta,
+                     output: Optional[np.ndarray]) -> None:
+        if output is None:
+            camera.count("errors")
+            return
+        now = time.monotonic()
+        if camera.max_age_s and now - meta.captured_mono > camera.max_age_s:
+            camera.count("stale")  # never publish an old frame as new
+            return
+        state = camera.settings()
+        snap = camera.pending_snapshot() if meta.image is not None else None
+        if state.paused and snap is None:
+            return  # in flight when the pause came: not published
+        allowed = snap is not None or camera.allow(now, state.max_publish_fps)
+        if not allowed and meta.reply_to is None:
+            camera.count("skipped_rate")
+            return
+        try:
+            payload, latency_ms = self.build_mask(camera, meta, output, state.mask_encoding)
+        except (ValueError, TypeError) as exc:
+            self._bad_frame(camera, meta.frame_id, exc)
+            return
+        if meta.reply_to is not None and camera.outputs.reply is not None \
+                and camera.outputs.reply(meta.reply_to, payload, meta.correlation):
+            camera.count("replied")
+        if not allowed:
+            camera.count("skipped_rate")  # answered its request; not on the mask topic
+            return
+        every = state.frame_every
+        if snap is not None or (every and camera.outputs.frame
+                                and camera.masks_sent % every == 0):
+            self._send_frame(camera, meta)  # before its mask, so overlays find it
+        t0 = self.times.start()
+        sent = camera.outputs.mask(payload)
+        self.times.stop("publish", t0)
+        if self.times.enabled:
+            self.times.span("capture_to_submit", meta.submitted_mono - meta.captured_mono)
+            self.times.span("capture_to_sent", time.monotonic() - meta.captured_mono)
+        if sent:
+            camera.masks_sent += 1
+            self._masks_sent += 1
+            camera.count("published")
+            camera.add_latency(latency_ms)
+        if snap is not None or (camera.overlay_interval_s and now >= camera.next_overlay):
+            camera.next_overlay = now + camera.overlay_interval_s
+            overlay_sent = self._send_overlay(camera, meta)
+            if snap is not None:
+                snap.finish(None if sent and overlay_sent else
+                            "not handed to the broker (disconnected or a backlog)")
+
+    def _send_overlay(self, camera: Camera, meta: FrameMeta) -> bool:
         """The frame with the last mask, legend and caption, as JPEG on the overlay topic."""
-        if self.send_overlay is None or meta.image is None or self._last_mask is None:
+        if camera.outputs.overlay is None or meta.image is None or camera.last_mask is None:
             return False
         classes = (meta.engine or self.engine).classes
-        cov = postprocess.coverage(self._last_mask, len(classes))
-        label = overlay.Caption(self.device_id, meta.frame_id, coverage=list(zip(classes, cov))[1:])
+        cov = postprocess.coverage(camera.last_mask, len(classes))
+        label = overlay.Caption(camera.id, meta.frame_id, coverage=list(zip(classes, cov))[1:])
         try:
-            image = overlay.draw(self._last_mask, as_bgr(meta.image), classes, label)
+            image = overlay.draw(camera.last_mask, as_bgr(meta.image), classes, label)
             ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 75])
         except (ValueError, cv2.error) as exc:
-            self._bad_frame(meta.frame_id, exc)
+            self._bad_frame(camera, meta.frame_id, exc)
             return False
-        return bool(ok) and self.send_overlay(jpg.tobytes())
+        return bool(ok) and camera.outputs.overlay(jpg.tobytes())
 
-    def _send_frame(self, meta: FrameMeta) -> None:
+    def _send_frame(self, camera: Camera, meta: FrameMeta) -> None:
         try:
             ok, jpg = cv2.imencode(".jpg", as_bgr(meta.image), [cv2.IMWRITE_JPEG_QUALITY, 80])
         except (ValueError, cv2.error):
             return
-        if ok:
-            self.send_frame(Frame(
-                device_id=self.device_id, frame_id=meta.frame_id,
+        if ok and camera.outputs.frame is not None:
+            camera.outputs.frame(Frame(
+                device_id=camera.id, frame_id=meta.frame_id,
                 captured_at=round(meta.captured_at, 6), width=int(meta.frame_hw[1]),
                 height=int(meta.frame_hw[0]),
                 image=base64.b64encode(jpg.tobytes()).decode("ascii")).to_json())
 
-    def build_mask(self, meta: FrameMeta, output: np.ndarray,
+    def build_mask(self, camera: Camera, meta: FrameMeta, output: np.ndarray,
                    mask_encoding: Optional[str] = None) -> Tuple[str, float]:
         t0 = self.times.start()
         engine = meta.engine or self.engine
         classes = engine.classes
-        mask_encoding = mask_encoding or self.out.mask_encoding
+        mask_encoding = mask_encoding or camera.cfg.mask_encoding
         mask = postprocess.to_frame_mask(output, engine.result_kind,
-                                         meta.frame_hw if self.out.mask_resolution == "frame"
+                                         meta.frame_hw if self.mask_resolution == "frame"
                                          else None)
-        self._last_mask = mask
+        camera.last_mask = mask
         cov = postprocess.coverage(mask, len(classes))
         t0 = self.times.stop("postprocess", t0)
         data = encoding.encode(mask, mask_encoding)
         t0 = self.times.stop("encode", t0)
         published_at = time.time()
         latency_ms = round((time.monotonic() - meta.captured_mono) * 1000.0, 2)
-        msg = Mask(device_id=self.device_id, frame_id=meta.frame_id,
+        msg = Mask(device_id=camera.id, frame_id=meta.frame_id,
                    captured_at=round(meta.captured_at, 6), published_at=round(published_at, 6),
                    latency_ms=latency_ms, width=int(mask.shape[1]), height=int(mask.shape[0]),
                    frame_width=int(meta.frame_hw[1]), frame_height=int(meta.frame_hw[0]),

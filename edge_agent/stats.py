@@ -24,7 +24,8 @@ def percentile(values: List[float], q: float) -> Optional[float]:
 class Counters:
     """Thread-safe monotonically increasing counters plus per-interval rates."""
 
-    NAMES = ("captured", "inferred", "dropped", "stale", "published", "skipped_rate", "errors")
+    NAMES = ("captured", "inferred", "dropped", "stale", "published", "skipped_rate", "errors",
+             "refused", "replied")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

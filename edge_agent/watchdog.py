@@ -10,7 +10,8 @@ becomes a health reason, within ``stall_timeout_s``.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol
+import threading
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 from .sdnotify import Notifier
 
@@ -35,10 +36,15 @@ class _Capture(Protocol):
 
 
 class Watchdog:
-    def __init__(self, notifier: Notifier, pipeline: _Pipeline, capture: _Capture,
-                 mqtt_fatal: Callable[[], Optional[str]]) -> None:
+    def __init__(self, notifier: Notifier, pipeline: _Pipeline,
+                 captures: Union[_Capture, Sequence[_Capture]],
+                 mqtt_fatal: Callable[[], Optional[str]],
+                 threads: Sequence[threading.Thread] = ()) -> None:
+        """``captures``: one reader per camera; ``threads``: others that must stay alive
+        (the frames-in service)."""
         self.notifier = notifier
-        self.pipeline, self.capture, self.mqtt_fatal = pipeline, capture, mqtt_fatal
+        self.captures = list(captures) if isinstance(captures, (list, tuple)) else [captures]
+        self.pipeline, self.mqtt_fatal, self.threads = pipeline, mqtt_fatal, list(threads)
         self.interval = notifier.watchdog_interval_s
         self.stall_s = infer_stall_s(self.interval)
         self._next_ping = 0.0
@@ -47,8 +53,13 @@ class Watchdog:
         """One round: the fatal reason, or None (then systemd's watchdog is fed)."""
         if not self.pipeline.alive():
             return "pipeline thread died"
-        if not self.capture.is_alive() and not self.capture.done():
-            return "capture thread died"
+        for capture in self.captures:
+            if not capture.is_alive() and not capture.done():
+                name = getattr(capture, "name", "capture")
+                return f"{name} thread died" if name != "capture" else "capture thread died"
+        for thread in self.threads:
+            if not thread.is_alive():
+                return f"{thread.name} thread died"
         fatal = self.mqtt_fatal()
         if fatal:
             return fatal
@@ -56,7 +67,8 @@ class Watchdog:
         if stalled > self.stall_s:
             return (f"inference stalled: {self.pipeline.inflight()} request(s) in flight, "
                     f"no result for {stalled:.0f}s")
-        self.capture.check_stall(now)
+        for capture in self.captures:
+            capture.check_stall(now)
         if self.interval and now >= self._next_ping:
             self._next_ping = now + self.interval
             self.notifier.watchdog()

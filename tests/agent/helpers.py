@@ -48,12 +48,23 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def to_toml(data: Dict[str, Any]) -> str:
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    """Keys, then [sections], then [[arrays of tables]] (e.g. ``cameras``)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items()
+             if not isinstance(v, dict) and not _is_tables(v)]
     for section, values in data.items():
         if isinstance(values, dict):
             lines.append(f"[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    for name, tables in data.items():
+        if _is_tables(tables):
+            for table in tables:
+                lines.append(f"[[{name}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 

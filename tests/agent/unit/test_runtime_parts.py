@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from edge_agent.capture import Frame, LatestFrame
+from edge_agent.camera import Frame, FrameSlots, next_ready
 from edge_agent.health import write_health
 from edge_agent.messages import Frame as FrameMsg
 from edge_agent.messages import Mask, ModelInfo, Stats, Status
@@ -101,14 +101,42 @@ def test_publish_mask_queues_only_while_disconnected():
     assert len(comms.queue) == 1 and comms.queue.dropped == 1  # connected: dropped, not queued
 
 
-def test_latest_frame_wins_and_counts_drops():
-    slot = LatestFrame()
+def test_latest_frame_wins_per_camera_and_counts_drops():
+    slots = FrameSlots()
+    slot = slots.slot("a")
     img = np.zeros((1, 1, 3), np.uint8)
     assert slot.put(Frame(1, img, 0.0, 0.0)) is False
     assert slot.put(Frame(2, img, 0.0, 0.0)) is True
-    assert slot.depth() == 1 and slot.get(0.01).frame_id == 2 and slot.get(0.01) is None
+    assert slot.depth() == 1
+    camera_id, frame = slots.take(0.01)
+    assert (camera_id, frame.frame_id) == ("a", 2) and slots.take(0.01) is None
     threading.Timer(0.05, lambda: slot.put(Frame(3, img, 0.0, 0.0))).start()
-    assert slot.get(2.0).frame_id == 3
+    assert slots.take(2.0)[1].frame_id == 3
+    assert slots.put("gone", Frame(4, img, 0.0, 0.0)) == (False, None)  # no such camera
+
+
+def test_round_robin_serves_every_camera_with_a_frame_in_turn():
+    assert next_ready(["a", "b", "c"], lambda c: True, None) == "a"
+    assert next_ready(["a", "b", "c"], lambda c: True, "a") == "b"
+    assert next_ready(["a", "b", "c"], lambda c: c != "b", "a") == "c"
+    assert next_ready(["a", "b", "c"], lambda c: c == "a", "a") == "a"  # alone: again
+    assert next_ready(["a", "b"], lambda c: False, "a") is None
+    assert next_ready(["a", "b"], lambda c: True, "gone") == "a"
+    assert next_ready([], bool, None) is None
+    slots = FrameSlots()
+    img = np.zeros((1, 1, 3), np.uint8)
+    for cid in ("fast", "slow", "dead"):
+        slots.add(cid)
+    served = []
+    for i in range(30):  # 'fast' always has a frame, 'slow' every third round, 'dead' never
+        slots.put("fast", Frame(i, img, 0.0, 0.0))
+        if i % 3 == 0:
+            slots.put("slow", Frame(i, img, 0.0, 0.0))
+        served.append(slots.take(0.01)[0])
+    assert "dead" not in served and served.count("slow") == 10  # each slow frame was served
+    assert served.count("fast") == 20  # the rest: the fast camera, never blocked
+    slots.remove("slow")
+    assert slots.depth("slow") == 0 and slots.depth() <= 1
 
 
 def test_reorder_releases_in_submission_order():
@@ -225,6 +253,6 @@ def test_capture_read_error_is_a_read_failure():
         def read(self):
             raise cv2.error("boom")
 
-    cap = Capture(SourceConfig(uri="rtsp://x/y"), LatestFrame(), threading.Event(),
+    cap = Capture(SourceConfig(uri="rtsp://x/y"), FrameSlots().slot("c"), threading.Event(),
                   on_state=lambda ok, r: None, on_frame=lambda d: None)
     assert cap._pump(BadReader()).startswith("read failed")
