@@ -55,6 +55,9 @@ class LocalBroker:
     operators: List[str] = field(default_factory=list)
     passwords: Dict[str, str] = field(default_factory=dict)
     overrides: Dict[str, object] = field(default_factory=dict)
+    # device id -> its camera ids (segedge_agent_cameras), -> its frames-in senders
+    cameras: Dict[str, List[str]] = field(default_factory=dict)
+    senders: Dict[str, List[str]] = field(default_factory=dict)
     proc: Optional[subprocess.Popen] = None
 
     @property
@@ -69,11 +72,21 @@ class LocalBroker:
     def log(self) -> Path:
         return self.workdir / "mosquitto.log"
 
+    @property
+    def fleet(self) -> List[Dict[str, object]]:
+        """``segedge_broker__fleet`` as tasks/preflight.yml gathers it (host = device id)."""
+        return [{"host": d, "id": d, "cameras": list(self.cameras.get(d, [])),
+                 "senders": list(self.senders.get(d, []))} for d in self.devices]
+
+    @property
+    def sender_ids(self) -> List[str]:
+        return [s for d in self.devices for s in self.senders.get(d, [])]
+
     def render(self) -> Path:
         etc = self.workdir / "etc"
         etc.mkdir(parents=True, exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
-        identities = self.devices + self.subscribers + self.operators
+        identities = self.devices + self.subscribers + self.operators + self.sender_ids
         pki = pki_module()
         pki.ensure(self.pki, "broker", ["IP:127.0.0.1", "DNS:localhost"],
                    identities if self.auth == "certificate" else [], 30, 1, False)
@@ -88,7 +101,7 @@ class LocalBroker:
         env.filters["comment"] = lambda text: "\n".join("# " + line
                                                         for line in str(text).splitlines())
         env.filters["bool"] = bool
-        env.filters["mosquitto_pbkdf2"] = filters_module().mosquitto_pbkdf2
+        env.filters.update(filters_module().FilterModule().filters())  # mosquitto_pbkdf2, ...
         values = {k: v for k, v in defaults.items() if "{{" not in str(v)}
         values.update({"ansible_managed": "rendered by tests/rig/broker_config.py",
                        "segedge_broker_auth": self.auth,
@@ -97,6 +110,7 @@ class LocalBroker:
                        "segedge_broker_subscribers": self.subscribers,
                        "segedge_broker_operators": self.operators,
                        "segedge_broker__devices": self.devices,
+                       "segedge_broker__fleet": self.fleet,
                        "segedge_broker__passwords": self.passwords})
         values.update(self.overrides)
         for name in ("passwd", "acl"):

@@ -19,13 +19,18 @@ from tests.rig.mqtt_probe import Identity, Probe
 
 NOT_AUTHORISED = 135
 DEVICES, SUBSCRIBERS, OPERATORS = ["cam-a", "cam-b"], ["dash"], ["op"]
-PASSWORDS = {"cam-a": "pw-a-123456", "cam-b": "pw-b-654321", "dash": "pw-dash", "op": "pw-op"}
+# segedge_agent_cameras ids and segedge_agent_frames_in.senders of each device
+CAMERAS = {"cam-a": ["a-front", "a-yard"], "cam-b": ["b-door"]}
+SENDERS = {"cam-a": ["svc-1"], "cam-b": ["svc-2"]}
+PASSWORDS = {"cam-a": "pw-a-123456", "cam-b": "pw-b-654321", "dash": "pw-dash", "op": "pw-op",
+             "svc-1": "pw-svc-1", "svc-2": "pw-svc-2"}
 
 
 def _broker(tmp_path_factory, auth: str) -> LocalBroker:
     require(shutil.which("mosquitto") is not None, "mosquitto (apt-get install mosquitto)")
     broker = LocalBroker(tmp_path_factory.mktemp(f"broker-{auth}"), free_port(), auth, DEVICES,
-                         SUBSCRIBERS, OPERATORS, dict(PASSWORDS))
+                         SUBSCRIBERS, OPERATORS, dict(PASSWORDS), cameras=CAMERAS,
+                         senders=SENDERS)
     return broker.start()
 
 
@@ -211,4 +216,97 @@ def test_devices_write_only_their_own_home_assistant_discovery(broker):
     assert cam.publish("homeassistant/sensor/segedge_cam-a/cam-a_fps/config", b"",
                        retain=True) < 128  # removal, as the agent sends when discovery is off
     for p in (cam, dash):
+        p.close()
+
+
+def _topics(probe: Probe) -> list:
+    return [m.topic for m in probe.messages]
+
+
+def test_device_publishes_under_its_cameras_not_another_devices(broker):
+    dash = _probe(broker, "dash")
+    dash.subscribe("segedge/#")
+    cam = _probe(broker, "cam-a")
+    for camera in CAMERAS["cam-a"]:
+        assert cam.publish(f"segedge/{camera}/mask", b"m") == 0  # dash reads it: 0
+        assert cam.publish(f"segedge/{camera}/status", b'{"state":"online"}') == 0
+    assert dash._wait(lambda: "segedge/a-yard/status" in _topics(dash), 10), dash.report()
+    # another device's camera, and a camera id nobody has
+    assert cam.publish("segedge/b-door/status", b'{"state":"offline"}', retain=True) == \
+        NOT_AUTHORISED
+    assert cam.publish("segedge/c-nobody/mask", b"m") == NOT_AUTHORISED
+    # Home Assistant discovery of its own cameras only
+    assert cam.publish("homeassistant/sensor/segedge_a-front/a-front_fps/config", b"") < 128
+    assert cam.publish("homeassistant/sensor/segedge_b-door/b-door_fps/config", b"{}") == \
+        NOT_AUTHORISED
+    time.sleep(1.0)
+    assert not {"segedge/b-door/status", "segedge/c-nobody/mask"} & set(_topics(dash))
+    for p in (cam, dash):
+        p.close()
+
+
+def test_camera_commands_reach_only_the_device_with_that_camera(broker):
+    cam_a, cam_b = _probe(broker, "cam-a"), _probe(broker, "cam-b")
+    assert cam_a.subscribe("segedge/a-front/+/set") == [1]
+    cam_b.subscribe("segedge/+/+/set")  # granted, but nothing of cam-a's is delivered
+    op = _probe(broker, "op")
+    assert op.publish("segedge/a-front/paused/set", b"ON") == 0
+    assert cam_a._wait(lambda: "segedge/a-front/paused/set" in _topics(cam_a), 10), \
+        cam_a.report()
+    assert op.publish("segedge/b-door/paused/set", b"ON") == 0
+    assert cam_b._wait(lambda: "segedge/b-door/paused/set" in _topics(cam_b), 10), \
+        cam_b.report()
+    time.sleep(0.5)
+    assert "segedge/a-front/paused/set" not in _topics(cam_b), cam_b.report()
+    for p in (cam_a, cam_b, op):
+        p.close()
+
+
+def test_sender_publishes_only_to_its_own_frames_in_topic(broker):
+    cam_a, cam_b = _probe(broker, "cam-a"), _probe(broker, "cam-b")
+    assert cam_a.subscribe("segedge/cam-a/frames_in/+") == [1]
+    cam_b.subscribe("segedge/cam-b/frames_in/+")
+    svc = _probe(broker, "svc-1")
+    assert svc.publish("segedge/cam-a/frames_in/svc-1", b"\xff\xd8jpeg") == 0
+    assert cam_a._wait(lambda: "segedge/cam-a/frames_in/svc-1" in _topics(cam_a), 10), \
+        cam_a.report()
+    for topic in ("segedge/cam-a/frames_in/svc-2",  # another sender's name
+                  "segedge/cam-b/frames_in/svc-1",  # a device that does not list it
+                  "segedge/cam-a/status",           # the device's own topics
+                  "segedge/cam-a/paused/set",
+                  "segedge/svc-1/mask",             # its results are the device's to write
+                  "segedge/svc-1/status"):
+        assert svc.publish(topic, b"x", retain=topic.endswith("status")) == NOT_AUTHORISED, topic
+    # the other sender, to its own device: cam-a never gets it
+    svc2 = _probe(broker, "svc-2")
+    assert svc2.publish("segedge/cam-b/frames_in/svc-2", b"\xff\xd8jpeg") == 0
+    assert cam_b._wait(lambda: "segedge/cam-b/frames_in/svc-2" in _topics(cam_b), 10)
+    time.sleep(0.5)
+    assert _topics(cam_a) == ["segedge/cam-a/frames_in/svc-1"], cam_a.report()
+    assert _topics(cam_b) == ["segedge/cam-b/frames_in/svc-2"], cam_b.report()
+    for p in (cam_a, cam_b, svc, svc2):
+        p.close()
+
+
+def test_device_publishes_its_senders_results_and_they_read_only_their_own(broker):
+    svc = _probe(broker, "svc-1")
+    assert svc.subscribe("segedge/#") == [1]
+    svc.subscribe("homeassistant/#")
+    cam_a, cam_b = _probe(broker, "cam-a"), _probe(broker, "cam-b")
+    # what the device publishes for its sender: masks, stats, status, MQTT 5 replies
+    for topic in ("segedge/svc-1/mask", "segedge/svc-1/status", "segedge/svc-1/reply/42"):
+        assert cam_a.publish(topic, b"r") == 0, topic
+    # another device may not write svc-1's results, nor cam-a another sender's
+    assert cam_b.publish("segedge/svc-1/mask", b"fake") == NOT_AUTHORISED
+    assert cam_a.publish("segedge/svc-2/mask", b"fake") == NOT_AUTHORISED
+    # what svc-1 must not read: devices' and cameras' masks, other senders' results
+    for probe, topic in ((cam_a, "segedge/cam-a/mask"), (cam_a, "segedge/a-front/mask"),
+                         (cam_b, "segedge/cam-b/mask"), (cam_b, "segedge/svc-2/mask"),
+                         (cam_a, "homeassistant/sensor/segedge_a-front/a-front_fps/config")):
+        assert probe.publish(topic, b"m") < 128, topic
+    assert svc._wait(lambda: "segedge/svc-1/reply/42" in _topics(svc), 10), svc.report()
+    time.sleep(1.0)
+    assert sorted(_topics(svc)) == ["segedge/svc-1/mask", "segedge/svc-1/reply/42",
+                                    "segedge/svc-1/status"], svc.report()
+    for p in (svc, cam_a, cam_b):
         p.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 import pytest
 import yaml
@@ -16,8 +18,11 @@ from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "deploy/roles/segedge_agent"
-ROLES = [ROLE, REPO / "deploy/roles/segedge_broker"]
+BROKER_ROLE = REPO / "deploy/roles/segedge_broker"
+ROLES = [ROLE, BROKER_ROLE]
 UNIT = REPO / "systemd/segedge-agent.service"
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+ANSIBLE_ENV = dict(os.environ, NO_COLOR="1", ANSIBLE_NOCOLOR="1")
 
 
 def test_ansible_lint_production_profile():
@@ -126,3 +131,276 @@ def test_example_inventory_and_defaults_are_secure():
     assert "allow_anonymous false" in conf and "include_dir" not in conf
     assert conf.count("use_username_as_clientid true") == 2  # on every listener
     assert "/deploy/pki/" in (REPO / ".gitignore").read_text()
+
+
+# --- cameras and frames-in: the agent's configuration, the preflights ----------------
+CAMERAS = [{"id": "front-door", "uri": "rtsp://10.0.0.5/stream"},
+           {"id": "garden", "uri": "http://10.0.0.6/mjpeg", "max_publish_fps": 2,
+            "loop": False, "fps": 5, "stall_timeout_s": 20, "reconnect_max_s": 60,
+            "frame_every": 10, "mask_encoding": "rle", "overlay_interval_s": 2.5}]
+FRAMES_IN = {"enabled": True, "senders": ["svc-1", "svc-2"], "max_bytes": 1048576}
+
+
+def _run_play(tmp_path: Path, play: list, inventory: str = "localhost,") -> str:
+    """Run ``play`` with the real ansible-playbook on this machine; return its output."""
+    require(PLAYBOOK.exists(), "ansible-playbook (the deploy extra)")
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run([str(PLAYBOOK), "-i", inventory, "-c", "local", "play.yml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(ANSIBLE_ENV, ANSIBLE_ROLES_PATH=str(REPO / "deploy/roles")))
+    return proc.stdout + proc.stderr
+
+
+def _failures(out: str) -> Dict[str, List[str]]:
+    """host -> the messages of its failed tasks (or loop items)."""
+    found: Dict[str, List[str]] = {}
+    for host, body in re.findall(r"^(?:fatal|failed): \[([^\]]+)\].*?=> (\{.*\})$", out, re.M):
+        found.setdefault(host, []).append(json.loads(body).get("msg", ""))
+    return found
+
+
+def _render_agent_toml(tmp_path: Path, variants: Dict[str, dict]) -> Dict[str, str]:
+    """templates/agent.toml.j2 rendered by Ansible's template module over the role's
+    defaults, once per variant (its vars on top); name -> the file's text."""
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    tasks = [{"name": f"render {name}", "vars": overrides,
+              "ansible.builtin.template": {"src": str(ROLE / "templates/agent.toml.j2"),
+                                           "dest": str(tmp_path / f"{name}.toml"),
+                                           "mode": "0600"}}
+             for name, overrides in variants.items()]
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": tasks,
+             "vars": dict(defaults, ansible_python_interpreter=sys.executable,
+                          segedge_agent_device_id="edge-01")}]
+    out = _run_play(tmp_path, play)
+    missing = [name for name in variants if not (tmp_path / f"{name}.toml").exists()]
+    assert not missing, out[-3000:]
+    return {name: (tmp_path / f"{name}.toml").read_text() for name in variants}
+
+
+def _toml(text: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def test_agent_toml_renders_cameras_and_frames_in(tmp_path):
+    texts = _render_agent_toml(tmp_path, {
+        "single": {},
+        "cameras": {"segedge_agent_cameras": CAMERAS, "segedge_agent_frames_in": FRAMES_IN},
+        "service": {"segedge_agent_source_uri": "",
+                    "segedge_agent_frames_in": {"enabled": True, "senders": ["svc-1"]}}})
+    single, cams, service = (_toml(texts[n]) for n in ("single", "cameras", "service"))
+    # the single-camera form, as before: [source] uri, no [[cameras]], no [frames_in]
+    assert single["source"]["uri"] == "/dev/video0" and single["device_id"] == "edge-01"
+    assert "cameras" not in single and "frames_in" not in single
+    # [[cameras]]: [source] keeps the defaults but no uri (the agent refuses both)
+    assert "uri" not in cams["source"] and cams["source"]["stall_timeout_s"] == 10.0
+    assert cams["cameras"][0] == {"id": "front-door", "uri": "rtsp://10.0.0.5/stream"}
+    assert cams["cameras"][1] == {
+        "id": "garden", "uri": "http://10.0.0.6/mjpeg", "max_publish_fps": 2.0, "loop": False,
+        "fps": 5.0, "stall_timeout_s": 20.0, "reconnect_max_s": 60.0, "frame_every": 10,
+        "mask_encoding": "rle", "overlay_interval_s": 2.5}
+    assert isinstance(cams["cameras"][1]["frame_every"], int)
+    # [frames_in]: the keys left out take the role's defaults
+    assert cams["frames_in"] == {"enabled": True, "senders": ["svc-1", "svc-2"],
+                                 "max_senders": 16, "max_bytes": 1048576,
+                                 "stall_timeout_s": 30.0}
+    # an inference service with no camera of its own
+    assert service["cameras"] == [] and "uri" not in service["source"]
+    assert service["frames_in"]["senders"] == ["svc-1"]
+
+
+def test_rendered_multi_camera_config_passes_the_agents_check(tmp_path, tiny_bundle):
+    """The real agent's --check-config (what the role's template task validates with)."""
+    from edge_agent import config as agent_config
+
+    if not hasattr(agent_config, "CameraConfig"):
+        pytest.skip("the agent's [[cameras]] / [frames_in] configuration has not landed")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "current").symlink_to(tiny_bundle)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")  # a file source only has to exist for the check
+    local = {"segedge_agent_models_dir": str(models), "segedge_agent_cache_dir": str(tmp_path),
+             "segedge_agent_state_dir": str(tmp_path), "segedge_agent_mqtt_tls": False}
+    texts = _render_agent_toml(tmp_path, {
+        "single": local,
+        "cameras": dict(local, segedge_agent_cameras=CAMERAS + [{"id": "file", "uri": str(clip)}],
+                        segedge_agent_frames_in=FRAMES_IN),
+        "service": dict(local, segedge_agent_source_uri="",
+                        segedge_agent_frames_in={"enabled": True, "senders": ["svc-1"]})})
+    agent = Path(sys.executable).parent / "segedge-agent"
+    for name in texts:
+        proc = subprocess.run([str(agent), "--check-config", "--config",
+                               str(tmp_path / f"{name}.toml")],
+                              capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, (name, proc.stdout, proc.stderr, texts[name])
+        assert "config OK" in proc.stdout, proc.stdout
+
+
+def test_agent_preflight_refuses_bad_cameras_and_senders(tmp_path):
+    """Each host has one mistake; the preflight names the host and the item."""
+    tasks = yaml.safe_load((ROLE / "tasks/preflight.yml").read_text())
+    picked = [t for t in tasks if "camera" in t["name"] or "frames-in" in t["name"]
+              or t["name"] == "Assert the device has something to look at"]
+    assert len(picked) == 5, [t["name"] for t in picked]
+    good = {"segedge_agent_cameras": CAMERAS, "segedge_agent_frames_in": FRAMES_IN}
+    hosts = {
+        "ok": good,
+        "ok-single": {"segedge_agent_cameras": [{"id": "ok-single", "uri": "/dev/video0"}]},
+        "ok-anon": {"segedge_agent_mqtt_auth": "none",
+                    "segedge_agent_frames_in": {"enabled": True}},
+        "dup": {"segedge_agent_cameras": CAMERAS + [{"id": "garden", "uri": "rtsp://x/y"}]},
+        "slash": {"segedge_agent_cameras": CAMERAS + [{"id": "back/yard", "uri": "rtsp://x"}]},
+        "no-uri": {"segedge_agent_cameras": CAMERAS + [{"id": "porch"}]},
+        "selfie": {"segedge_agent_cameras": CAMERAS + [{"id": "selfie", "uri": "rtsp://x"}]},
+        "nothing": {"segedge_agent_source_uri": ""},
+        "no-senders": {"segedge_agent_frames_in": {"enabled": True, "senders": []}},
+        "sender-cam": dict(good, segedge_agent_frames_in={"enabled": True,
+                                                          "senders": ["garden"]}),
+    }
+    base = {"segedge_agent_source_uri": "/dev/video0", "segedge_agent_cameras": [],
+            "segedge_agent_frames_in": {"enabled": False}, "segedge_agent_mqtt_auth": "certificate",
+            "segedge_agent_device_id": "{{ inventory_hostname }}"}
+    inventory = {"all": {"hosts": {h: dict(base, **v) for h, v in hosts.items()},
+                         "vars": {"ansible_connection": "local"}}}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    out = _run_play(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": picked}],
+                    inventory="inventory.yml")
+    failed = _failures(out)
+    assert set(failed) == set(hosts) - {"ok", "ok-single", "ok-anon"}, out[-4000:]
+    expect = {
+        "dup": "dup: camera id 'garden' is listed more than once",
+        "slash": 'segedge_agent_cameras[2] (back/yard) has the id "back/yard": a camera id is',
+        "no-uri": "no-uri: segedge_agent_cameras[2] (porch) has no uri",
+        "selfie": "selfie: camera id 'selfie' is the device id",
+        "nothing": "nothing: no camera",
+        "no-senders": "no-senders: segedge_agent_frames_in is enabled but lists no senders",
+        "sender-cam": 'sender-cam: frames-in sender "garden" is a camera id of this host',
+    }
+    for host, needle in expect.items():
+        assert any(needle in msg for msg in failed[host]), (host, failed[host])
+
+
+def test_broker_preflight_gathers_cameras_and_senders_and_refuses_clashes(tmp_path):
+    """The broker role's preflight (real Ansible, the role's filter plugin) over one fleet
+    per broker host: the good fleet's identities and ACL, each bad fleet's message."""
+    fleets = {
+        "good": {"good-1": {"segedge_agent_cameras": CAMERAS, "segedge_agent_frames_in": FRAMES_IN},
+                 "good-2": {"segedge_agent_cameras": [{"id": "good-2", "uri": "/dev/video0"}]},
+                 "good-3": {"segedge_agent_frames_in": {"enabled": False, "senders": ["off"]}}},
+        "camera": {"cam-1": {"segedge_agent_cameras": CAMERAS},
+                   "cam-2": {"segedge_agent_cameras": [{"id": "garden", "uri": "x"},
+                                                       {"id": "cam-1", "uri": "y"}]}},
+        "sender": {"snd-1": {"segedge_agent_frames_in": FRAMES_IN},
+                   "snd-2": {"segedge_agent_frames_in": {"enabled": True,
+                                                         "senders": ["svc-2", "dashboard"]}}},
+        "name": {"bad-1": {"segedge_agent_cameras": [{"id": "a b", "uri": "x"}, {"uri": "y"}]}},
+        "ha": {"ha-1": {"segedge_agent_cameras": [{"id": "cam.1", "uri": "x"},
+                                                   {"id": "agent_ha-2", "uri": "y"}]},
+               "ha-2": {"segedge_agent_cameras": [{"id": "cam_1", "uri": "x"},
+                                                   {"id": "ha-2-b", "uri": "y"}]}},
+    }
+    brokers = {f"broker-{name}": {"segedge_broker_device_group": f"fleet_{name}"}
+               for name in fleets}
+    children = {f"fleet_{name}": {"hosts": hosts} for name, hosts in fleets.items()}
+    children["brokers"] = {"hosts": brokers}
+    inventory = {"all": {"children": children,
+                         "vars": {"ansible_connection": "local",
+                                  "ansible_python_interpreter": sys.executable,
+                                  "segedge_broker_subscribers": ["dashboard"],
+                                  "segedge_broker_operators": ["operator"]}}}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    play = [{"hosts": "brokers", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "segedge_broker", "tasks_from": "preflight",
+                                          "public": True}},
+        {"ansible.builtin.copy": {
+            "content": "{{ {'fleet': segedge_broker__fleet, 'identities': "
+                       "segedge_broker__identities} | to_json }}",
+            "dest": "{{ playbook_dir }}/{{ inventory_hostname }}.json", "mode": "0600"}},
+        {"ansible.builtin.template": {"src": str(BROKER_ROLE / "templates/acl.j2"),
+                                      "dest": "{{ playbook_dir }}/{{ inventory_hostname }}.acl",
+                                      "mode": "0600"}}]}]
+    out = _run_play(tmp_path, play, inventory="inventory.yml")
+    failed = _failures(out)
+    assert set(failed) == {f"broker-{n}" for n in fleets if n != "good"}, out[-4000:]
+    facts = json.loads((tmp_path / "broker-good.json").read_text())
+    assert facts["fleet"] == [
+        {"host": "good-1", "id": "good-1", "cameras": ["front-door", "garden"],
+         "senders": ["svc-1", "svc-2"]},
+        {"host": "good-2", "id": "good-2", "cameras": [], "senders": []},  # itself
+        {"host": "good-3", "id": "good-3", "cameras": [], "senders": []}]  # frames_in off
+    assert facts["identities"] == ["good-1", "good-2", "good-3", "dashboard", "operator",
+                                   "svc-1", "svc-2"]
+    acl = (tmp_path / "broker-good.acl").read_text()
+    for line in ("topic write segedge/front-door/#", "topic read segedge/garden/+/set",
+                 "topic read segedge/good-1/frames_in/svc-2", "topic write segedge/svc-1/#",
+                 "topic write homeassistant/+/segedge_garden/#",
+                 "user svc-1\ntopic write segedge/good-1/frames_in/svc-1\n"
+                 "topic read segedge/svc-1/#\n"):
+        assert line in acl, (line, acl)
+    assert "off" not in acl.split()
+    expect = {
+        "broker-camera": ["'garden' is a camera of host cam-1 and a camera of host cam-2",
+                          "'cam-1' is the device id of host cam-1 and a camera of host cam-2"],
+        "broker-sender": ["'svc-2' is a frames-in sender of host snd-1 and a frames-in sender "
+                          "of host snd-2", "'dashboard' is a frames-in sender of host snd-2 "
+                          "and a subscriber"],
+        "broker-name": ['"a b" (a camera of host bad-1)', '"" (a camera of host bad-1)'],
+        "broker-ha": ["discovery node 'segedge_cam_1' is camera cam.1 of host ha-1 and camera "
+                      "cam_1 of host ha-2", "discovery node 'segedge_agent_ha-2' is camera "
+                      "agent_ha-2 of host ha-1 and the agent of host ha-2"],
+    }
+    for host, needles in expect.items():
+        for needle in needles:
+            assert any(needle in msg for msg in failed[host]), (host, needle, failed[host])
+
+
+def test_example_inventory_passes_the_broker_preflight(tmp_path):
+    """The example fleet (cameras and a frames-in sender on cam-02) is a valid one."""
+    play = [{"hosts": "segedge_broker", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "segedge_broker", "tasks_from": "preflight",
+                                          "public": True}},
+        {"ansible.builtin.copy": {
+            "content": "{{ {'fleet': segedge_broker__fleet, 'identities': "
+                       "segedge_broker__identities} | to_json }}",
+            "dest": "{{ playbook_dir }}/fleet.json", "mode": "0600"}}]}]
+    (tmp_path / "vars.yml").write_text(yaml.safe_dump(
+        {"ansible_python_interpreter": sys.executable}))
+    require(PLAYBOOK.exists(), "ansible-playbook (the deploy extra)")
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run([str(PLAYBOOK), "-i", str(REPO / "deploy/inventory/example.yml"),
+                           "-c", "local", "-e", "@vars.yml", "play.yml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(ANSIBLE_ENV, ANSIBLE_ROLES_PATH=str(REPO / "deploy/roles")))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    facts = json.loads((tmp_path / "fleet.json").read_text())
+    cam_02 = next(d for d in facts["fleet"] if d["host"] == "cam-02")
+    assert cam_02 == {"host": "cam-02", "id": "cam-02", "cameras": ["entrance", "yard"],
+                      "senders": ["pi-door"]}
+    assert "pi-door" in facts["identities"]
+
+
+def test_argument_specs_type_cameras_and_frames_in(tmp_path):
+    """meta/argument_specs.yml (validated before the role runs) takes the documented keys
+    and refuses a typo or a bad choice, per item."""
+    spec = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+    cases = {"good": {"segedge_agent_cameras": CAMERAS, "segedge_agent_frames_in": FRAMES_IN},
+             "typo": {"segedge_agent_cameras": [{"id": "a", "uri": "b", "max_fps": 2}]},
+             "choice": {"segedge_agent_cameras": [{"id": "a", "uri": "b",
+                                                   "mask_encoding": "jpeg"}]},
+             "topic": {"segedge_agent_frames_in": {"enabled": True, "topic": "x/+"}}}
+    tasks = [{"name": f"validate {name}", "ignore_errors": True,
+              "ansible.builtin.validate_argument_spec": {
+                  "argument_spec": {k: options[k] for k in args},
+                  "provided_arguments": args}} for name, args in cases.items()]
+    out = _run_play(tmp_path, [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}])
+    results = re.findall(r"^TASK \[validate (\w+)\].*?\n(ok|fatal): ", out, re.M | re.S)
+    assert dict(results) == {"good": "ok", "typo": "fatal", "choice": "fatal",
+                             "topic": "fatal"}, out[-4000:]
+    assert "segedge_agent_cameras.max_fps. Supported parameters include" in out
+    assert "mask_encoding must be one of: png, rle" in out
