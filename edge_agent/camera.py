@@ -13,6 +13,7 @@ never holds the others up (``next_ready`` is the rule, pure).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -75,7 +76,7 @@ class FrameSlots:
                 return False, None
             replaced = self._items[camera_id]
             self._items[camera_id] = frame
-            self._cond.notify()
+            self._cond.notify_all()  # the infer thread, whoever else waits here
         return True, replaced
 
     def take(self, timeout: float) -> Optional[Tuple[str, Frame]]:
@@ -91,7 +92,19 @@ class FrameSlots:
                     return None
             frame, self._items[camera_id] = self._items[camera_id], None
             self._last = camera_id
+            self._cond.notify_all()  # a reader waiting for its frame to be taken
             return camera_id, frame
+
+    def wait_taken(self, camera_id: str, timeout: float) -> bool:
+        """Wait until the camera's frame was taken (or it is gone); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._items.get(camera_id) is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
 
     def depth(self, camera_id: Optional[str] = None) -> int:
         """Frames waiting: of one camera (0/1), or of all."""
@@ -117,6 +130,9 @@ class CameraSlot:
 
     def depth(self) -> int:
         return self.slots.depth(self.camera_id)
+
+    def wait_taken(self, timeout: float) -> bool:
+        return self.slots.wait_taken(self.camera_id, timeout)
 
 
 class Snapshot:

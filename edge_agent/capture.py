@@ -1,14 +1,16 @@
 """Frames in: one reader thread per source, the latest frame wins.
 
 The reader never waits for inference: a new frame replaces an unconsumed one
-(counted as dropped). A source that stops delivering is reported within
-``stall_timeout_s`` (the main loop checks, even while a read blocks); a frame that
-arrives after such a gap may be old (FFmpeg hands back buffered frames, one per read
-timeout), so it is dropped (``stale``), and the source is live again only when
-``RECOVER_FRAMES`` frames flow in a row. While a network camera is away it is probed
-cheaply every ``PROBE_INTERVAL_S`` (TCP connect plus an RTSP OPTIONS or HTTP HEAD that
-must be answered); only the expensive open is backed off, so a returning camera is
-back within seconds whatever the outage length.
+(counted as dropped), except a file or directory with ``realtime = false``: read no
+faster than inference takes its frames (each one inferred, none decoded in vain).
+A source that stops delivering is reported within ``stall_timeout_s`` (the main loop
+checks, even while a read blocks); a frame that arrives after such a gap may be old
+(FFmpeg hands back buffered frames, one per read timeout), so it is dropped
+(``stale``), and the source is live again only when ``RECOVER_FRAMES`` frames flow in
+a row. While a network camera is away it is probed cheaply every ``PROBE_INTERVAL_S``
+(TCP connect plus an RTSP OPTIONS or HTTP HEAD that must be answered); only the
+expensive open is backed off, so a returning camera is back within seconds whatever
+the outage length.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ log = logging.getLogger("segedge.capture")
 
 class _Slot(Protocol):
     def put(self, item: Frame) -> bool: ...  # True: it replaced an unconsumed frame
+    def wait_taken(self, timeout: float) -> bool: ...  # True once inference took it
 
 
 class Reader:
@@ -226,6 +229,13 @@ class Capture(threading.Thread):
             if not fresh:
                 self.on_stale()
                 continue
+            if reader.is_file and not self.cfg.realtime:  # one frame ahead of inference
+                while not self.slot.wait_taken(0.2) and not self.stop.is_set():
+                    pass
+                now = last = time.monotonic()  # waiting for inference is not a stall
+                with self._state_lock:
+                    self.liveness.waited(now)
+                self.last_frame_mono = now
             self.frame_id += 1
             dropped = self.slot.put(Frame(self.frame_id, image, time.time(), now))
             self.on_frame(dropped)

@@ -59,6 +59,10 @@ class SourceConfig:
                           "exit 0)")
     fps: float = _f(0.0, "files/dirs: read at this rate (0 = the file's own fps; 10 for dirs)",
                     0, 1000)
+    realtime: bool = _f(True, "files/dirs: true = play at `fps` like a live camera (frames "
+                              "inference has not taken are replaced, counted as dropped); "
+                              "false = never read ahead of inference: every frame is "
+                              "inferred, `fps` is an upper bound (batch runs, benchmarks)")
     stall_timeout_s: float = _f(10.0, "no frame for this long = stalled: status `degraded`, "
                                       "network streams reconnect (also the OpenCV open/read "
                                       "timeout). 0 = never, for cameras that send rarely",
@@ -164,7 +168,7 @@ class FramesInConfig:
                                0, 604800)
 
 
-CAMERA_SOURCE_KEYS = ("uri", "loop", "fps", "stall_timeout_s", "reconnect_max_s")
+CAMERA_SOURCE_KEYS = ("uri", "loop", "fps", "realtime", "stall_timeout_s", "reconnect_max_s")
 CAMERA_OUTPUT_KEYS = ("max_publish_fps", "frame_every", "mask_encoding", "overlay_interval_s")
 MAX_CAMERAS = 64
 

@@ -91,6 +91,11 @@ class Liveness:
         self._was_lost = True
         self._streak = 0
 
+    def waited(self, now: float) -> None:
+        """The reader waited for inference, not for the source: gaps count from now."""
+        if self._last is not None:
+            self._last = now
+
     def frame(self, now: float) -> Tuple[bool, bool]:
         """(publish it, the source just became live)."""
         gap = None if self._last is None else now - self._last

@@ -240,3 +240,26 @@ def test_latest_frame_wins_per_sender_and_a_replaced_request_is_answered():
         assert svc.slots.take(0.1)[1].correlation == b"new"
     finally:
         svc.close()
+
+
+def test_a_file_read_not_in_realtime_never_reads_ahead_of_inference(tmp_path):
+    from edge_agent.capture import Capture
+
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((8, 8, 3), i * 30, np.uint8))
+    slots, stop, seen = FrameSlots(), threading.Event(), []
+    cap = Capture(SourceConfig(uri=str(tmp_path), fps=1000.0, realtime=False, loop=False),
+                  slots.slot("dir"), stop, on_state=lambda r: None, on_frame=seen.append)
+    cap.start()
+    try:
+        assert _wait(lambda: len(seen) == 1)
+        time.sleep(0.3)
+        assert seen == [False]  # nobody took frame 1: the reader waits, drops nothing
+        ids = []
+        for _ in range(6):
+            taken = slots.take(2.0)
+            ids.append(taken[1].frame_id)
+        assert ids == [1, 2, 3, 4, 5, 6] and not any(seen)  # every frame, in order
+    finally:
+        stop.set()
+        cap.join(2)
