@@ -14,7 +14,7 @@ import threading
 from typing import List, Optional
 
 from . import __version__
-from .config import DEFAULT_PATH, ConfigError, load
+from .config import DEFAULT_PATH, ConfigError, frames_in_topic, load
 from .manifest import BundleError
 from .opened import OpenedBundle
 
@@ -57,7 +57,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check_config:
         print(f"segedge-agent: config OK: {args.config}: device {cfg.device_id}, bundle "
               f"{manifest.name} {manifest.version} target {entry.name} ({entry.precision}), "
-              f"devices {','.join(cfg.model.devices)}, mqtt {cfg.mqtt.host}:{cfg.mqtt.port}")
+              f"devices {','.join(cfg.model.devices)}, mqtt {cfg.mqtt.host}:{cfg.mqtt.port}"
+              + (f", cameras {','.join(c.id for c in cfg.cameras) or 'none'}"
+                 if cfg.multi_camera else "")
+              + (f", frames in on {frames_in_topic(cfg)}" if cfg.frames_in.enabled else ""))
         return EX_OK
     return run(cfg, opened)
 

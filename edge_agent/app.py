@@ -38,6 +38,7 @@ log = logging.getLogger("segedge.agent")
 WAITING_FOR_FRAME = "source: waiting for first frame"
 FINISHED = "source: finished (the file ended and loop = false)"
 TICK_S = 0.2
+DEBOUNCE_S = 0.05  # after a wake: changes of the same moment are published as one
 
 
 class Agent:
@@ -284,7 +285,8 @@ class Agent:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
         while not self.stop.is_set():
-            self.wake.wait(TICK_S)
+            if self.wake.wait(TICK_S):
+                self.stop.wait(DEBOUNCE_S)  # changes come in bursts (cameras starting)
             self.wake.clear()
             if self.stop.is_set():
                 break

@@ -9,8 +9,8 @@ components has a reason, else ``degraded`` with every reason joined. Cameras mad
 run time for frames-in senders have views of their own but do not count for the
 agent: a sender that goes quiet is its camera's news, not the device's. With one
 camera whose id is the agent's (the single-camera form) the two views are one. A change of the
-overall view is logged once, told to systemd (``STATUS=``) and written to the health
-file at once, and wakes the main loop, which publishes the status message: it
+overall view is told to systemd (``STATUS=``) and written to the health file at once,
+and wakes the main loop, which publishes (and logs, once) the status message: it
 takes the newest view (``take_change``) after refreshing the MQTT component, so a
 view that is already out of date (MQTT just connected) is never published. A retry
 that repeats the same reason changes nothing.
@@ -173,15 +173,6 @@ class Health:
                 if cview != self._camera_views.get(camera_id):
                     self._camera_views[camera_id] = replace(cview, since=now)
                     changed_cameras.append((camera_id, self._camera_views[camera_id]))
-            if changed_agent is not None:
-                if changed_agent.state == "degraded":
-                    log.warning("status degraded: %s", changed_agent.reason)
-                else:
-                    log.info("status online")
-            for camera_id, cview in changed_cameras:
-                if not self._cameras.get(camera_id):  # counted ones are in the agent's line
-                    log.info("camera %s %s%s", camera_id, cview.state,
-                             f": {cview.reason}" if cview.reason else "")
             if changed_agent is not None or changed_cameras:
                 self._write(self._view)
         if changed_agent is None and not changed_cameras:
@@ -196,8 +187,12 @@ class Health:
         with self._lock:
             if self._final is not None or self._view == self._taken:
                 return None
-            self._taken = self._view
-            return self._view
+            self._taken = view = self._view
+        if view.state == "degraded":  # logged as published: a burst of changes is one line
+            log.warning("status degraded: %s", view.reason)
+        else:
+            log.info("status online")
+        return view
 
     def take_camera_changes(self) -> Dict[str, HealthView]:
         """Each camera's view that differs from the one handed out last for it."""
@@ -207,7 +202,12 @@ class Health:
             out = {cid: v for cid, v in self._camera_views.items()
                    if self._camera_taken.get(cid) != v}
             self._camera_taken.update(out)
-            return out
+            quiet = {cid for cid in out if self._cameras.get(cid)}  # in the agent's line
+        for cid, view in out.items():
+            if cid not in quiet:
+                log.info("camera %s %s%s", cid, view.state,
+                         f": {view.reason}" if view.reason else "")
+        return out
 
     def view(self, camera: Optional[str] = None) -> HealthView:
         """The agent's view, or a camera's (shared components included)."""

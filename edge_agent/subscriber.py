@@ -77,14 +77,25 @@ def latency_summary(values: Sequence[float]) -> Dict[str, Any]:
     return {"count": len(ordered), "p50": pct(0.50), "p95": pct(0.95)}
 
 
-def stats_line(view: DeviceView) -> str:
+def effective_state(status: Dict[str, Any], agent_status: Optional[Dict[str, Any]]) -> str:
+    """A camera's state as a consumer must show it: ``offline`` while the agent serving it
+    (``agent_id``, whose status carries the connection's last will) is offline, whatever
+    the camera's own retained status says (docs/mqtt.md, "Several cameras")."""
+    state = str(status.get("state", "?"))
+    if status.get("agent_id") and agent_status and agent_status.get("state") == "offline":
+        return "offline"
+    return state
+
+
+def stats_line(view: DeviceView, state: Optional[str] = None) -> str:
     s, st = view.stats, view.status
     fps, lat, fr = s.get("fps", {}), s.get("latency_ms", {}), s.get("frames", {})
 
     def num(v: Any) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    return (f"{view.device_id:<12} {st.get('state', '?'):<8} {s.get('device', st.get('device'))} "
+    state = state or str(st.get("state", "?"))
+    return (f"{view.device_id:<12} {state:<8} {s.get('device', st.get('device'))} "
             f"{s.get('precision', '')} | fps cap {num(fps.get('capture'))} inf "
             f"{num(fps.get('inference'))} pub {num(fps.get('publish'))} | latency p50 "
             f"{num(lat.get('p50'))} p95 {num(lat.get('p95'))} p99 {num(lat.get('p99'))} ms | "
@@ -165,18 +176,41 @@ class Subscriber:
             view = self._view(device_id)
             if kind == "status":
                 view.status = data
+                self._follow_agent(data)
                 if not self.quiet:
                     reason = f" ({data['reason']})" if data.get("reason") else ""
                     print(printable(f"{device_id}: status {data.get('state')}{reason}"),
                           flush=True)
+                    if data.get("state") == "offline":
+                        for cam in self._cameras_of(device_id):
+                            print(printable(f"{cam}: offline (its agent {device_id} is "
+                                            f"offline)"), flush=True)
             elif kind == "stats":
                 view.stats = data
                 if not self.quiet:
-                    print(printable(stats_line(view)), flush=True)
+                    print(printable(stats_line(view, self._state(view))), flush=True)
             elif kind == "frame":
                 self._on_frame(view, data)
             elif kind == "mask":
                 self._on_mask(view, data)
+
+    def _state(self, view: DeviceView) -> str:
+        agent = view.status.get("agent_id")
+        agent_view = self.views.get(agent) if isinstance(agent, str) else None
+        return effective_state(view.status, agent_view.status if agent_view else None)
+
+    def _cameras_of(self, agent_id: str) -> List[str]:
+        return [d for d, v in self.views.items() if v.status.get("agent_id") == agent_id
+                and v.status.get("state") != "offline"]
+
+    def _follow_agent(self, status: Dict[str, Any]) -> None:
+        """Following one camera: also follow its agent's status (the last will is there)."""
+        agent = status.get("agent_id")
+        if self.device != "+" and isinstance(agent, str) and agent != self.device \
+                and agent not in self.views and "/" not in agent and "+" not in agent \
+                and "#" not in agent:
+            self._view(agent)
+            self.client.subscribe(f"{self.prefix}/{agent}/status", qos=1)
 
     def _on_frame(self, view: DeviceView, data: Dict[str, Any]) -> None:
         image_b64 = data.get("image", "")
@@ -278,7 +312,8 @@ class Subscriber:
 
     def summary(self) -> Dict[str, Any]:
         with self.lock:
-            return {d: {"state": v.status.get("state"), "masks": v.masks, "bad": v.bad,
+            return {d: {"state": self._state(v) if v.status else None, "masks": v.masks,
+                        "bad": v.bad,
                         "first_frame": v.first_frame, "last_frame": v.last_frame,
                         "latency_ms": latency_summary(v.latencies_ms), "stats": v.stats}
                     for d, v in self.views.items()}

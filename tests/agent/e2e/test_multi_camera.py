@@ -260,3 +260,45 @@ def test_frames_in_request_response_and_refusals(broker, tiny_bundle, unique_id,
     finally:
         rpc.close()
         everything.close()
+
+
+def test_example_multi_camera_config_and_send_frame_client_run(own_broker, tmp_path):
+    """examples/multi-camera.toml from the repository root on the demo clip and bundle:
+    three cameras publish; examples/send_frame.py gets a mask back (port from the env)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.agent.helpers import ROOT
+
+    everything = Everything(own_broker.host, own_broker.port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGEDGE_")}
+    env.update(PYTHONPATH=str(ROOT), SEGEDGE_MQTT_PORT=str(own_broker.port))
+    log = tmp_path / "example.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "--config",
+                                 "examples/multi-camera.toml"], cwd=str(ROOT), env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        cameras = ("front-door", "garden", "garage")
+        assert wait_until(lambda: all(everything.of(c, "mask") for c in cameras)
+                          and everything.state("edge-01") == "online", 60), log.read_text()
+        client = subprocess.run(
+            [sys.executable, "examples/send_frame.py", "--port", str(own_broker.port),
+             "--agent", "edge-01", "--sender", "doorbell", "--video", "demo/clip.mp4",
+             "--frame", "100", "--save", str(tmp_path / "mask.png")],
+            cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60)
+        assert client.returncode == 0, client.stdout + client.stderr + log.read_text()
+        assert "mask 256x256 for frame 1 of doorbell" in client.stdout, client.stdout
+        mask = cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask is not None and 0.1 < (mask == 1).mean() < 0.9  # the demo frame's pet
+        assert wait_until(lambda: everything.state("doorbell") == "online", 10)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        everything.close()

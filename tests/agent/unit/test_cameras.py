@@ -263,3 +263,14 @@ def test_a_file_read_not_in_realtime_never_reads_ahead_of_inference(tmp_path):
     finally:
         stop.set()
         cap.join(2)
+
+
+def test_a_camera_shows_offline_while_its_agent_is_offline():
+    from edge_agent.subscriber import effective_state
+
+    camera = {"state": "online", "agent_id": "edge-01"}
+    assert effective_state(camera, {"state": "online"}) == "online"
+    assert effective_state(camera, {"state": "degraded"}) == "online"
+    assert effective_state(camera, {"state": "offline", "reason": "connection lost"}) == "offline"
+    assert effective_state(camera, None) == "online"  # the agent's status not seen yet
+    assert effective_state({"state": "degraded"}, {"state": "offline"}) == "degraded"  # single
