@@ -38,7 +38,6 @@ log = logging.getLogger("segedge.agent")
 WAITING_FOR_FRAME = "source: waiting for first frame"
 FINISHED = "source: finished (the file ended and loop = false)"
 TICK_S = 0.2
-DEBOUNCE_S = 0.05  # after a wake: changes of the same moment are published as one
 
 
 class Agent:
@@ -285,8 +284,7 @@ class Agent:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
         while not self.stop.is_set():
-            if self.wake.wait(TICK_S):
-                self.stop.wait(DEBOUNCE_S)  # changes come in bursts (cameras starting)
+            self.wake.wait(TICK_S)
             self.wake.clear()
             if self.stop.is_set():
                 break
