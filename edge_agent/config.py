@@ -151,7 +151,7 @@ class CommandsConfig:
 class FramesInConfig:
     enabled: bool = _f(False, "take frames that other devices publish over MQTT (JPEG/PNG "
                               "bytes, or JSON with a base64 image): each sender is a camera of "
-                              "its own (docs/agent.md#frames-from-other-devices)")
+                              "its own (docs/agent.md, \"Frames from other devices\")")
     topic: str = _f("", "topic filter with exactly one `+` level, the sender id (`\"\"` = "
                         "`<prefix>/<device_id>/frames_in/+`)")
     senders: List[str] = _f([], "sender ids allowed (`[]` = any, up to `max_senders`)")

@@ -22,7 +22,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.agent.helpers import agent_config, scene, validator, wait_until
+from tests.agent.helpers import (
+    agent_config,
+    scene,
+    subscribe_and_start,
+    validator,
+    wait_until,
+)
 from tests.helpers.mjpeg_server import MjpegServer
 from tools.broker import free_port
 
@@ -64,13 +70,7 @@ class Everything:
         self.lock = threading.Lock()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   protocol=mqtt.MQTTv5)
-        ready = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe("segedge/#", qos=1)
-        self.client.on_subscribe = lambda *_: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, port, keepalive=10)
-        self.client.loop_start()
-        assert ready.wait(10)
+        subscribe_and_start(self.client, "segedge/#", self._on_message, host, port)
 
     def _on_message(self, client, userdata, msg) -> None:
         parts = msg.topic.split("/")
@@ -188,13 +188,7 @@ class Rpc:
         self.lock = threading.Lock()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   protocol=mqtt.MQTTv5)
-        ready = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe(reply_topic, qos=1)
-        self.client.on_subscribe = lambda *_: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, port, keepalive=10)
-        self.client.loop_start()
-        assert ready.wait(10)
+        subscribe_and_start(self.client, reply_topic, self._on_message, host, port)
 
     def _on_message(self, client, userdata, msg) -> None:
         corr = getattr(msg.properties, "CorrelationData", None)
