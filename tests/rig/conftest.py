@@ -35,6 +35,10 @@ MQTT_PORT, CAMERA_PORT = 8883, 8081
 VAULT_PASSWORD = "rig-secret-" + uuid.uuid4().hex[:8]
 BROKER = "broker"
 SUBSCRIBERS, OPERATORS = ["tester", "watcher"], ["operator"]
+# One agent with several cameras and a frames-in sender (test_fleet_cameras.py): dev-gpu,
+# whose other checks read only its own status (the agent's, under its device id).
+MULTI = "dev-gpu"
+CAMERAS, SENDER = ("gpu-front", "gpu-yard"), "pi-door"
 
 # name -> (suite, group, host vars)
 LANES = {
@@ -119,6 +123,12 @@ def _inventory(rig: Rig, key: Path, wheelhouses: Dict[str, Path], bundle: Path,
         hv["segedge_agent_wheelhouse_dir"] = str(wheelhouses[hostvars.get("wheelhouse", "cp311")])
         if group == "npu":
             hv["segedge_agent_deb_files"] = [str(_standin_deb(rig.rundir / "debs"))]
+        if name == MULTI:
+            # the camera stand-in twice (one HTTP stream each), and one sender identity
+            hv["segedge_agent_cameras"] = [
+                {"id": cam, "uri": f"http://{CONTROLLER_IP}:{CAMERA_PORT}/cam.mjpg?cam={cam}"}
+                for cam in CAMERAS]
+            hv["segedge_agent_frames_in"] = {"enabled": True, "senders": [SENDER]}
         groups.setdefault(group, {"hosts": {}})["hosts"][name] = hv
     allvars = {
         "ansible_user": "root",

@@ -7,7 +7,14 @@ or the TLS error that ended the handshake.
 
     python -m tests.rig.mqtt_probe --host H --port 8883 --ca ca.crt \\
         [--cert c.crt --key c.key | --user U --password-file F] [--client-id ID] \\
-        publish TOPIC [--retain] | subscribe TOPIC [--seconds S] | connect [--seconds S]
+        publish TOPIC [--retain] [--payload-file F] | subscribe TOPIC [--seconds S] |
+        connect [--seconds S] |
+        request TOPIC --payload-file F --response-topic R --correlation HEX [--seconds S]
+
+``request`` is an MQTT 5 request: it subscribes to the response topic, publishes the
+payload with that response topic and correlation data, and waits up to ``--seconds``
+(default 20) for a message on the response topic; ``replies`` lists what came there
+(topic, correlation data in hex, payload as JSON when it parses).
 """
 
 from __future__ import annotations
@@ -125,6 +132,30 @@ class Probe:
         time.sleep(seconds)
         return self.subacks.get(mid, [])
 
+    def request(self, topic: str, payload: bytes, response_topic: str, correlation: bytes,
+                seconds: float, timeout: float = 10.0) -> Dict:
+        """SUBACK of the response topic, PUBACK of the request, then wait for a reply."""
+        suback = self.subscribe(response_topic, timeout=timeout)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = response_topic
+        props.CorrelationData = correlation
+        info = self.client.publish(topic, payload, qos=1, properties=props)
+        self._wait(lambda: info.mid in self.pubacks, timeout)
+        self._wait(lambda: any(m.topic == response_topic for m in self.messages), seconds)
+        return {"suback": suback, "puback": self.pubacks.get(info.mid)}
+
+    def replies(self) -> List[dict]:
+        out = []
+        for m in self.messages:
+            corr = getattr(m.properties, "CorrelationData", None) if m.properties else None
+            try:
+                payload = json.loads(m.payload)
+            except ValueError:
+                payload = m.payload.decode("utf-8", "replace")
+            out.append({"topic": m.topic, "correlation": corr.hex() if corr else None,
+                        "payload": payload})
+        return out
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -147,7 +178,10 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--client-id", default="")
     parser.add_argument("--seconds", type=float, default=0.0)
     parser.add_argument("--retain", action="store_true")
-    parser.add_argument("action", choices=["connect", "publish", "subscribe"])
+    parser.add_argument("--payload-file", default="")
+    parser.add_argument("--response-topic", default="")
+    parser.add_argument("--correlation", default="", help="hex")
+    parser.add_argument("action", choices=["connect", "publish", "subscribe", "request"])
     parser.add_argument("topic", nargs="?", default="")
     args = parser.parse_args(argv)
     password = ""
@@ -156,10 +190,18 @@ def main(argv: List[str]) -> int:
             password = handle.read().strip()
     probe = Probe(Identity(args.host, args.port, args.ca, args.cert, args.key, args.user,
                            password, args.client_id))
+    payload = b"probe"
+    if args.payload_file:
+        with open(args.payload_file, "rb") as handle:
+            payload = handle.read()
     out: dict = {}
     if probe.connect() == 0:
         if args.action == "publish":
-            out["puback"] = probe.publish(args.topic, retain=args.retain)
+            out["puback"] = probe.publish(args.topic, payload, retain=args.retain)
+        elif args.action == "request":
+            out.update(probe.request(args.topic, payload, args.response_topic,
+                                     bytes.fromhex(args.correlation), args.seconds or 20.0))
+            out["replies"] = probe.replies()
         elif args.action == "subscribe":
             out["suback"] = probe.subscribe(args.topic, args.seconds)
         else:
