@@ -307,7 +307,7 @@ class Agent:
     # --- stats ------------------------------------------------------------------------
     def _stats(self, device_id: str, counters: Counters, latency: LatencyWindow,
                capture_depth: int, state: str, seq: int, process: Dict[str, float],
-               **extra: Any) -> Stats:
+               interval: float, **extra: Any) -> Stats:
         rates = counters.rates()
         frames = counters.snapshot()
         frames["mqtt_dropped"] = self.comms.dropped
@@ -315,7 +315,7 @@ class Agent:
         return Stats(
             device_id=device_id, ts=round(time.time(), 3),
             uptime_s=round(time.monotonic() - self.started_mono, 1),
-            interval_s=self.cfg.output.stats_interval_s,
+            interval_s=interval,
             fps={"capture": round(rates["captured"], 2), "inference": round(rates["inferred"], 2),
                  "publish": round(rates["published"], 2)},
             latency_ms=latency.take(), frames=frames,
@@ -339,7 +339,7 @@ class Agent:
             camera.stats_seq += 1
             stats = self._stats(cid, camera.counters, camera.latency, self.slots.depth(cid),
                                 self.health.view(cid).state, camera.stats_seq, process,
-                                agent_id=self.agent_id)
+                                interval, agent_id=self.agent_id)
             self.comms.publish_stats(stats.to_json(), cid)
             per_camera[cid] = {"state": stats.state, "fps": stats.fps,
                                "latency_p50_ms": stats.latency_ms.get("p50"),
@@ -348,7 +348,7 @@ class Agent:
             self._stats_seq += 1
             seq = self._stats_seq
         stats = self._stats(self.agent_id, self.totals, self.latency, self.slots.depth(),
-                            self.health.state, seq, process,
+                            self.health.state, seq, process, interval,
                             cameras=per_camera if self.multi else None)
         self.comms.publish_stats(stats.to_json())
         self.health.refresh()

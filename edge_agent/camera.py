@@ -184,7 +184,7 @@ class Camera:
         self.stats_seq = 0
         self._lock = threading.Lock()
         self._snapshot: Optional[Snapshot] = None
-        self.frame_id = 0  # the reader's counter (senders: when they send none)
+        self.frame_id = 0  # frames-in: the sender's last frame id (ours when it sends none)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters.add(name, n)

@@ -193,7 +193,8 @@ class CameraConfig:
     @classmethod
     def from_sections(cls, camera_id: str, source: SourceConfig, out: OutputConfig,
                       sender: bool = False) -> CameraConfig:
-        return cls(camera_id, replace(source), out.max_publish_fps, out.frame_every,
+        """A camera reading ``source`` (kept as given) with ``[output]``'s settings."""
+        return cls(camera_id, source, out.max_publish_fps, out.frame_every,
                    out.mask_encoding, out.overlay_interval_s, sender)
 
 
@@ -218,9 +219,6 @@ class Config:
     def multi_camera(self) -> bool:
         """The agent's id is not its only camera's: it publishes a status of its own."""
         return [c.id for c in self.cameras] != [self.device_id] or self.frames_in.enabled
-
-    def camera(self, camera_id: str) -> CameraConfig:
-        return next(c for c in self.cameras if c.id == camera_id)
 
 
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
@@ -398,25 +396,29 @@ def _range_text(rng: Tuple[float, float, bool], integer: bool) -> str:
     return f"{'>' if above else '>='} {lo} and <= {hi}"
 
 
+def _check_value(key: str, f: Any, value: Any) -> None:
+    """One key's value: a number finite and inside its documented range, strings sane."""
+    rng = f.metadata.get("range")
+    if rng is not None:
+        lo, hi, above = rng
+        fine = math.isfinite(value) and (value > lo if above else value >= lo) \
+            and value <= hi
+        _check(fine, key, f"must be {_range_text(rng, f.type == 'int')}, got {_short(value)}")
+    texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    for text in texts:
+        shown = "" if key in SECRETS else f": {_short(text)}"
+        _check(len(text) <= MAX_STRING, key, f"longer than {MAX_STRING} characters")
+        _check("\0" not in text, key, f"contains a NUL character{shown}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{key}: not valid UTF-8{shown}") from None
+
+
 def _check_values(cfg: Config) -> None:
-    """Every number finite and inside its documented range; every string sane."""
+    """Every key of every section (the cameras' in _check_camera_values)."""
     for key, _cls, f in _keys():
-        value = _value(cfg, key)
-        rng = f.metadata.get("range")
-        if rng is not None:
-            lo, hi, above = rng
-            fine = math.isfinite(value) and (value > lo if above else value >= lo) \
-                and value <= hi
-            _check(fine, key, f"must be {_range_text(rng, f.type == 'int')}, got {_short(value)}")
-        texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
-        for text in texts:
-            shown = "" if key in SECRETS else f": {_short(text)}"
-            _check(len(text) <= MAX_STRING, key, f"longer than {MAX_STRING} characters")
-            _check("\0" not in text, key, f"contains a NUL character{shown}")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ConfigError(f"{key}: not valid UTF-8{shown}") from None
+        _check_value(key, f, _value(cfg, key))
 
 
 def _check_uri(uri: str, key: str = "source.uri") -> None:
@@ -437,8 +439,9 @@ def valid_id(text: str) -> bool:
 
 
 def _camera_key(cfg: Config, camera: CameraConfig, key: str) -> str:
-    """``source.uri`` in the single-camera form, ``cameras[2].uri`` otherwise."""
-    if not cfg.cameras or camera is cfg.cameras[0] and camera.source is cfg.source:
+    """``source.uri`` in the single-camera form (its source is ``[source]``),
+    ``cameras[2].uri`` otherwise."""
+    if camera.source is cfg.source:
         return f"{'source' if key in CAMERA_SOURCE_KEYS else 'output'}.{key}"
     return f"cameras[{cfg.cameras.index(camera) + 1}].{key}"
 
@@ -500,7 +503,7 @@ def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
                f"'/', '+', '#' or spaces, got {_short(camera_id)}")
         _check(camera_id not in {c.id for c in cameras}, f"{where}.id",
                f"{_short(camera_id)} is used by an earlier camera")
-        camera = CameraConfig.from_sections(camera_id, cfg.source, cfg.output)
+        camera = CameraConfig.from_sections(camera_id, replace(cfg.source), cfg.output)
         for key, value in table.items():
             if key in CAMERA_SOURCE_KEYS:
                 setattr(camera.source, key,
@@ -518,23 +521,13 @@ def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
 
 
 def _check_camera_values(cfg: Config) -> None:
-    """Each camera's numbers inside the ranges of the [source]/[output] keys they mirror."""
+    """Each camera's values, by the rules of the [source]/[output] keys they mirror."""
     for camera in cfg.cameras:
         for key in CAMERA_SOURCE_KEYS + CAMERA_OUTPUT_KEYS:
             cls = SourceConfig if key in CAMERA_SOURCE_KEYS else OutputConfig
             f = next(x for x in fields(cls) if x.name == key)
             value = getattr(camera.source if cls is SourceConfig else camera, key)
-            rng = f.metadata.get("range")
-            if rng is None:
-                if isinstance(value, str):
-                    _check(len(value) <= MAX_STRING and "\0" not in value,
-                           _camera_key(cfg, camera, key), "too long or contains a NUL")
-                continue
-            lo, hi, above = rng
-            fine = math.isfinite(value) and (value > lo if above else value >= lo) \
-                and value <= hi
-            _check(fine, _camera_key(cfg, camera, key),
-                   f"must be {_range_text(rng, f.type == 'int')}, got {_short(value)}")
+            _check_value(_camera_key(cfg, camera, key), f, value)
 
 
 def validate(cfg: Config) -> None:
@@ -701,16 +694,13 @@ def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List
                 _apply(getattr(cfg, section), cls, data[section], f"{section}.")
     ignored = _env_overrides(cfg, environ)
     _resolve_password(cfg.mqtt, environ)
-    _check_values(cfg)  # the sections' numbers first: cameras inherit them
     if "cameras" in data:
         uri_set = "uri" in data.get("source", {}) or f"{ENV_PREFIX}SOURCE_URI" in environ
         _check(not uri_set, "source.uri", "set either [source] uri (one camera) or "
                                           "[[cameras]], not both")
         cfg.cameras = _cameras_from(cfg, data["cameras"])
     else:
-        cfg.cameras = [CameraConfig(cfg.device_id, cfg.source, cfg.output.max_publish_fps,
-                                    cfg.output.frame_every, cfg.output.mask_encoding,
-                                    cfg.output.overlay_interval_s)]
+        cfg.cameras = [CameraConfig.from_sections(cfg.device_id, cfg.source, cfg.output)]
     validate(cfg)
     _check(bool(cfg.cameras) or cfg.frames_in.enabled, "cameras",
            "no camera and frames_in is off: nothing to do (list [[cameras]], or set "

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, Optional, Set, Tuple
 
 import cv2
 import numpy as np
@@ -143,11 +143,13 @@ class _Pending:
 
 @dataclass
 class _Notice:
-    sender: Optional[str]  # None: no usable sender id
+    """A frame not served, told by paho's thread to the frames_in thread."""
+
+    sender: Optional[str]  # a served sender, or None (the refusal is the agent's)
+    dropped: bool  # True: replaced by a newer frame of its sender; False: refused
     error: str
     response_topic: Optional[str]
     correlation: Optional[bytes]
-    frame_id: Optional[int] = None
 
 
 @dataclass
@@ -178,7 +180,6 @@ class FramesIn(threading.Thread):
         self._last_seen: Dict[str, float] = {}
         self._stalled: Set[str] = set()
         self._last_log: Dict[Optional[str], float] = {}
-        self.notices_dropped = 0
 
     # --- paho's network thread: check cheaply, keep the newest, return ------------------
     def incoming(self, topic: str, payload: bytes, retained: bool,
@@ -195,14 +196,14 @@ class FramesIn(threading.Thread):
                     and len(self._known | set(self._pending)) >= self.cfg.max_senders:
                 error = f"over frames_in.max_senders ({self.cfg.max_senders} senders served)"
             if error is not None:
-                self._notice(_Notice(sender if sender in self._known else None,
+                self._notice(_Notice(sender if sender in self._known else None, False,
                                      f"{sender!r}: {error}" if sender is not None else error,
                                      response_topic, correlation))
                 return
             old = self._pending.get(sender)
             if old is not None:  # latest wins: counted as dropped (and answered, if asked)
-                self._notice(_Notice(sender, DROPPED_UNDECODED if old.response_topic else "",
-                                     old.response_topic, old.correlation))
+                self._notice(_Notice(sender, True, DROPPED_UNDECODED, old.response_topic,
+                                     old.correlation))
             self._pending[sender] = _Pending(payload, response_topic, correlation,
                                              time.monotonic(), time.time())
             self._cond.notify()
@@ -219,7 +220,7 @@ class FramesIn(threading.Thread):
 
     def _notice(self, notice: _Notice) -> None:
         if len(self._notices) == self._notices.maxlen:
-            self.notices_dropped += 1
+            self.hooks.refused()  # the oldest goes unanswered: a frame not served, counted
         self._notices.append(notice)
 
     # --- the frames_in thread ---------------------------------------------------------
@@ -242,21 +243,30 @@ class FramesIn(threading.Thread):
 
     def _handle_notice(self, notice: _Notice) -> None:
         camera = self._cameras.get(notice.sender) if notice.sender else None
-        if not notice.error:  # a raw frame replaced before decoding
-            if camera is not None:
-                camera.count("dropped")
-            return
-        if notice.error.startswith("dropped:"):
-            if camera is not None:
-                camera.count("dropped")
+        if notice.dropped:
+            self._dropped(camera, notice.sender, notice.error, notice.response_topic,
+                          notice.correlation, None)
         else:
-            if camera is not None:
-                camera.count("refused")
-            else:
-                self.hooks.refused()
-            self._log_refusal(notice.sender, notice.error)
-        self._reply_error(notice.sender, notice.error, notice.response_topic,
-                          notice.correlation, notice.frame_id)
+            self._refuse(camera, notice.sender, notice.error, notice.response_topic,
+                         notice.correlation)
+
+    def _dropped(self, camera: Optional[Camera], sender: Optional[str], why: str,
+                 topic: Optional[str], correlation: Optional[bytes],
+                 frame_id: Optional[int]) -> None:
+        """A frame replaced by a newer one of its sender: counted, answered if asked."""
+        if camera is not None:
+            camera.count("dropped")
+        self._reply_error(sender, why, topic, correlation, frame_id)
+
+    def _refuse(self, camera: Optional[Camera], sender: Optional[str], error: str,
+                topic: Optional[str], correlation: Optional[bytes]) -> None:
+        """A frame refused: counted (by its camera, else the agent), logged, answered."""
+        if camera is not None:
+            camera.count("refused")
+        else:
+            self.hooks.refused()
+        self._log_refusal(sender, error)
+        self._reply_error(sender, error, topic, correlation, None)
 
     def _log_refusal(self, sender: Optional[str], error: str) -> None:
         now = time.monotonic()
@@ -294,9 +304,7 @@ class FramesIn(threading.Thread):
             frame = parse_frame(item.payload, self.cfg.max_bytes, self.cfg.max_side)
             image = decode_frame(frame)
         except FrameRefused as exc:
-            camera.count("refused")
-            self._log_refusal(sender, str(exc))
-            self._reply_error(sender, str(exc), item.response_topic, item.correlation, None)
+            self._refuse(camera, sender, str(exc), item.response_topic, item.correlation)
             return
         camera.frame_id = frame.frame_id if frame.frame_id is not None else camera.frame_id + 1
         captured_at = frame.captured_at if frame.captured_at is not None else item.received_at
@@ -307,10 +315,8 @@ class FramesIn(threading.Thread):
             return
         camera.count("captured")
         if replaced is not None:
-            camera.count("dropped")
-            if replaced.reply_to:
-                self._reply_error(sender, DROPPED_QUEUED, replaced.reply_to,
-                                  replaced.correlation, replaced.frame_id)
+            self._dropped(camera, sender, DROPPED_QUEUED, replaced.reply_to,
+                          replaced.correlation, replaced.frame_id)
 
     def _check_senders(self, now: float) -> None:
         for sender, seen in list(self._last_seen.items()):
@@ -334,6 +340,3 @@ class FramesIn(threading.Thread):
 
     def senders(self) -> Tuple[str, ...]:
         return tuple(self._cameras)
-
-    def stats(self) -> Dict[str, Any]:
-        return {"senders": len(self._cameras), "notices_dropped": self.notices_dropped}

@@ -7,8 +7,8 @@ configured camera, for the agent, named ``source:<camera>`` with the reason pref
 by the camera id. The agent (and each camera) is ``online`` when none of its
 components has a reason, else ``degraded`` with every reason joined. Cameras made at
 run time for frames-in senders have views of their own but do not count for the
-agent: a sender that goes quiet is its camera's news, not the device's. With one
-camera whose id is the agent's (the single-camera form) the two views are one. A change of the
+agent: a sender that goes quiet is its camera's news, not the device's. With one camera
+whose id is the agent's (the single-camera form) the two views are one. A change of the
 overall view is told to systemd (``STATUS=``) and written to the health file at once,
 and wakes the main loop, which publishes (and logs, once) the status message: it
 takes the newest view (``take_change``) after refreshing the MQTT component, so a
@@ -149,8 +149,9 @@ class Health:
         the agent's view or that camera's changed."""
         scope = self._scope(camera)
         with self._lock:
-            if self._final is not None or (scope is not None and scope not in self._cameras):
-                return False
+            if self._final is not None or (scope is not None and scope not in self._cameras) \
+                    or self._reasons.get((scope, component)) == (reason or None):
+                return False  # gone, or no change (the main loop sets mqtt every tick)
             if reason:
                 self._reasons[(scope, component)] = reason
             else:

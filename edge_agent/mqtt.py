@@ -210,7 +210,6 @@ class MqttComms:
             props = Properties(PacketTypes.CONNECT)
             props.MaximumPacketSize = self.max_incoming_bytes
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                  clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                                   properties=props)
         self.client.loop_start()
         self._thread = self.client._thread  # paho clears its own reference when it dies

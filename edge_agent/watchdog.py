@@ -11,7 +11,7 @@ becomes a health reason, within ``stall_timeout_s``.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional, Protocol, Sequence, Union
+from typing import Callable, Optional, Protocol, Sequence
 
 from .sdnotify import Notifier
 
@@ -37,13 +37,13 @@ class _Capture(Protocol):
 
 class Watchdog:
     def __init__(self, notifier: Notifier, pipeline: _Pipeline,
-                 captures: Union[_Capture, Sequence[_Capture]],
+                 captures: Sequence[_Capture],
                  mqtt_fatal: Callable[[], Optional[str]],
                  threads: Sequence[threading.Thread] = ()) -> None:
         """``captures``: one reader per camera; ``threads``: others that must stay alive
         (the frames-in service)."""
         self.notifier = notifier
-        self.captures = list(captures) if isinstance(captures, (list, tuple)) else [captures]
+        self.captures = list(captures)
         self.pipeline, self.mqtt_fatal, self.threads = pipeline, mqtt_fatal, list(threads)
         self.interval = notifier.watchdog_interval_s
         self.stall_s = infer_stall_s(self.interval)
@@ -55,8 +55,7 @@ class Watchdog:
             return "pipeline thread died"
         for capture in self.captures:
             if not capture.is_alive() and not capture.done():
-                name = getattr(capture, "name", "capture")
-                return f"{name} thread died" if name != "capture" else "capture thread died"
+                return f"{getattr(capture, 'name', 'capture')} thread died"
         for thread in self.threads:
             if not thread.is_alive():
                 return f"{thread.name} thread died"

@@ -242,7 +242,7 @@ def test_watchdog_pings_only_while_all_is_well(tmp_path):
     pipe, cap = _FakePipeline(), _FakeCapture()
     fatal = {"mqtt": None}
     dog = Watchdog(Notifier({"NOTIFY_SOCKET": str(tmp_path / "n.sock"),
-                             "WATCHDOG_USEC": "2000000"}), pipe, cap, lambda: fatal["mqtt"])
+                             "WATCHDOG_USEC": "2000000"}), pipe, [cap], lambda: fatal["mqtt"])
     assert dog.check(100.0) is None and sock.recv(64) == b"WATCHDOG=1" and cap.checked == 1
     pipe.stall = dog.stall_s + 1
     assert dog.check(200.0).startswith("inference stalled: 2 request(s)")
