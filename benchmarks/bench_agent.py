@@ -8,8 +8,8 @@ the CPU cost of decoding the clip alone (the agent's own OpenCV reader, process 
 per frame); from them the decode-inclusive limit
 ``1 / (1/benchmark_app_fps + decode_cpu_s_per_frame / cores)``; and the agent reading the
 clip at 1.1x that limit (latest frame wins) with no publish limit, its CPU per frame split by
-stage (``EDGE_AGENT_STAGE_TIMES``, edge_agent/stagetime.py). Then once: the agent at a paced
-30 fps camera (capture->publish p50) against ``benchmark_app``'s LATENCY-hint median.
+stage (``EDGE_AGENT_STAGE_TIMES``, edge_agent/inference/stagetime.py). Then once: the agent
+at a paced 30 fps camera (capture->publish p50) against ``benchmark_app``'s LATENCY-hint median.
 ``--compare DIR`` runs another checkout's agent in the same repeats (interleaved A/B).
 Prints the ratios; writes JSON and a chart next to it.
 """
@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent.manifest import open_target  # noqa: E402
+from edge_agent.bundle.manifest import open_target  # noqa: E402
 from tools.broker import Broker  # noqa: E402
 from tools.demo import find_bundle  # noqa: E402
 
@@ -158,7 +158,7 @@ def stage_split(first: Dict[str, Any], last: Dict[str, Any]) -> Optional[Dict[st
 
 def decode_cpu(clip: Path, seconds: float) -> Dict[str, float]:
     """Decode the clip alone with the agent's reader: process CPU seconds per frame."""
-    from edge_agent.capture import Reader
+    from edge_agent.sources.capture import Reader
 
     frames, reader = 0, Reader(str(clip), 10.0)
     c0, t0 = time.process_time(), time.monotonic()
@@ -184,7 +184,7 @@ def write_bundle(bundle: Path, name: str, version: str, arch: Dict[str, str], si
 
     import openvino as ov
 
-    from edge_agent import manifest as mf
+    from edge_agent.bundle import manifest as mf
 
     files = [mf.file_entry(bundle, bundle / "cpu" / n) for n in ("model.xml", "model.bin")]
     mf.write_manifest(bundle, mf.Manifest(

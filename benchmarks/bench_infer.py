@@ -107,7 +107,7 @@ class OVRunner:
                  precision: Optional[str]):
         import openvino as ov
 
-        from edge_agent.ovcompat import precision_name
+        from edge_agent.inference.ovcompat import precision_name
 
         extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         self.images = images

@@ -25,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent import postprocess  # noqa: E402
-from edge_agent.manifest import open_target  # noqa: E402
+from edge_agent.bundle.manifest import open_target  # noqa: E402
+from edge_agent.inference import postprocess  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], iterations: int) -> float:

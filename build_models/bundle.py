@@ -22,7 +22,7 @@ import numpy as np
 
 from build_models import data, tool_versions
 from build_models.errors import BuildError, BundleError  # noqa: F401 - BuildError: the base
-from edge_agent import manifest as mf
+from edge_agent.bundle import manifest as mf
 
 PRECISION = {"cpu": "INT8", "gpu": "FP16", "npu": "INT8", "myriad": "FP32"}
 

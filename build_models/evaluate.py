@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent.postprocess import to_mask
+from edge_agent.inference.postprocess import to_mask
 
 PET = 1  # class index of the foreground in both label modes
 
@@ -22,8 +22,9 @@ InferFn = Callable[[np.ndarray], np.ndarray]  # images NCHW f32 0..255 -> logits
 
 
 def classes_from_logits(logits: np.ndarray) -> np.ndarray:
-    """[N,C,H,W] -> [N,H,W] class indices, by the agent's own rule (edge_agent.postprocess),
-    so the accuracy measured here is that of the masks a device publishes."""
+    """[N,C,H,W] -> [N,H,W] class indices, by the agent's own rule
+    (edge_agent.inference.postprocess), so the accuracy measured here is that of the masks
+    a device publishes."""
     return np.stack([to_mask(item) for item in np.asarray(logits)]).astype(np.int64)
 
 
@@ -77,7 +78,7 @@ def compile_ov(model: Union[str, Path, Any], precision: str = "f32", device: str
 
     Returns the compiled model and the inference precision the plugin really uses.
     """
-    from edge_agent import ovcompat
+    from edge_agent.inference import ovcompat
 
     core = core or ovcompat.new_core()
     config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}

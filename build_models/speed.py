@@ -23,7 +23,7 @@ def measure(core: Any, model: Any, frames: List[np.ndarray], iterations: int = 3
     (PERFORMANCE_HINT=THROUGHPUT, AsyncInferQueue of the plugin's optimal size)."""
     import openvino as ov
 
-    from edge_agent.ovcompat import precision_name, property_or
+    from edge_agent.inference.ovcompat import precision_name, property_or
 
     extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     sync = core.compile_model(model, device, {"PERFORMANCE_HINT": "LATENCY", **extra})

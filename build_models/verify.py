@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edge_agent import manifest as mf
-from edge_agent import schema
+from edge_agent.bundle import manifest as mf
+from edge_agent.bundle import schema
 
 
 def schema_problems(bundle: Path) -> List[str]:
@@ -37,7 +37,7 @@ def schema_problems(bundle: Path) -> List[str]:
 def run_target(bundle: Path, manifest: mf.Manifest, entry: mf.TargetEntry,
                core: Any) -> Optional[str]:
     """Compile the target's model on CPU and run one zero frame; None when fine."""
-    from edge_agent import ovcompat  # openvino loads only when models run
+    from edge_agent.inference import ovcompat  # openvino loads only when models run
 
     path = Path(bundle) / entry.model
     try:

@@ -13,10 +13,9 @@ import sys
 import threading
 from typing import List, Optional
 
-from . import __version__
-from .config import DEFAULT_PATH, ConfigError, frames_in_topic, load
-from .manifest import BundleError
-from .opened import OpenedBundle
+from edge_agent import __version__
+from edge_agent.bundle.manifest import BundleError, OpenedBundle
+from edge_agent.config import DEFAULT_PATH, ConfigError, frames_in_topic, load
 
 EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
 log = logging.getLogger("segedge")
@@ -77,8 +76,8 @@ def _quiet_ffmpeg() -> None:
 def run(cfg, opened: Optional[OpenedBundle] = None) -> int:
     """``opened``: the bundle the CLI checked, so it is not hashed a second time."""
     _quiet_ffmpeg()
-    from .app import Agent  # openvino and cv2 load only when the agent really runs
-    from .inference import InferenceError
+    from edge_agent.app import Agent  # openvino and cv2 load only when the agent really runs
+    from edge_agent.inference.engine import InferenceError
 
     stop = threading.Event()
 

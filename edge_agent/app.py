@@ -17,22 +17,24 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
-from . import __version__, ovcompat
-from .camera import Camera, FrameSlots, Outputs
-from .capture import Capture
-from .config import CameraConfig, Config, SourceConfig, frames_in_topic
-from .control import PAUSED_REASON, Control
-from .frames_in import FramesIn, SenderHooks
-from .health import Health
-from .homeassistant import CameraInfo
-from .inference import Engine
-from .messages import Stats, Status
-from .mqtt import MAX_INCOMING_BYTES, MqttComms
-from .opened import OpenedBundle
-from .pipeline import Pipeline
-from .sdnotify import Notifier
-from .stats import Counters, LatencyWindow, ProcessUsage
-from .watchdog import Watchdog
+from edge_agent import __version__
+from edge_agent.bundle.manifest import OpenedBundle
+from edge_agent.cameras import Camera, Outputs
+from edge_agent.config import CameraConfig, Config, SourceConfig, frames_in_topic
+from edge_agent.control.homeassistant import CameraInfo
+from edge_agent.control.service import PAUSED_REASON, Control
+from edge_agent.health.sdnotify import Notifier
+from edge_agent.health.state import Health
+from edge_agent.health.stats import Counters, LatencyWindow, ProcessUsage
+from edge_agent.health.watchdog import Watchdog
+from edge_agent.inference import ovcompat
+from edge_agent.inference.engine import Engine
+from edge_agent.inference.pipeline import Pipeline
+from edge_agent.mqtt.connection import MAX_INCOMING_BYTES, MqttComms
+from edge_agent.protocol.messages import Stats, Status
+from edge_agent.sources.capture import Capture
+from edge_agent.sources.frames_in import FramesIn, SenderHooks
+from edge_agent.sources.slots import FrameSlots
 
 log = logging.getLogger("segedge.agent")
 WAITING_FOR_FRAME = "source: waiting for first frame"

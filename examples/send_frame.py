@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         import cv2
 
-        from edge_agent.encoding import decode
+        from edge_agent.protocol.encoding import decode
 
         cv2.imwrite(args.save, decode(reply["mask"], reply["encoding"]))
         print(f"mask written to {args.save}")

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import voluptuous as vol
 
-from edge_agent import homeassistant as ha
+from edge_agent.control import homeassistant as ha
 
 COMPONENTS = ("sensor", "switch", "number", "select", "button", "image")
 

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional
 import paho.mqtt.client as mqtt
 
 from edge_agent import __version__
-from edge_agent import homeassistant as ha
+from edge_agent.control import homeassistant as ha
 from tools.broker import free_port
 from tools.integrations_rig import EXAMPLE, agent_config, running_agent, running_broker, wait_for
 

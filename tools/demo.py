@@ -119,7 +119,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from edge_agent.subscriber import Subscriber
+    from edge_agent.client.subscriber import Subscriber
 
     clip = Path(args.clip)
     bundle = Path(args.bundle) if args.bundle else find_bundle(ROOT / "demo" / "models")

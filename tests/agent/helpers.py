@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ROOT / "edge_agent" / "schemas"
+SCHEMAS = ROOT / "edge_agent" / "protocol" / "schemas"
 
 
 def scene(i: int, size: Tuple[int, int] = (80, 96)) -> np.ndarray:

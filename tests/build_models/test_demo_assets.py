@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import manifest as mf
+from edge_agent.bundle import manifest as mf
 
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 BUNDLES = sorted(p.parent for p in DEMO.glob("models/*/*/manifest.json"))
@@ -28,7 +28,8 @@ def test_demo_bundle_verifies_and_validates(bundle):
     assert result["ok"], result["problems"]
     assert result["warnings"] == []
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((DEMO.parent / "edge_agent/schemas/manifest.schema.json").read_text())
+    schema_path = DEMO.parent / "edge_agent/protocol/schemas/manifest.schema.json"
+    schema = json.loads(schema_path.read_text())
     jsonschema.validate(json.loads((bundle / "manifest.json").read_text()), schema)
     evaluation = mf.load_manifest(bundle).evaluation
     assert evaluation["images"] == 97 and set(evaluation["metrics"]) == {"FP32", "FP16", "INT8"}

@@ -40,6 +40,6 @@ def test_classes_from_logits_one_channel_and_argmax():
 @pytest.mark.parametrize("name,expected", [("<Type: 'float32'>", "f32"), ("bf16", "bf16"),
                                            ("<Type: 'bfloat16'>", "bf16"), ("f16", "f16")])
 def test_precision_names(name, expected):  # one rule, the agent's, for build and device
-    from edge_agent.ovcompat import precision_name
+    from edge_agent.inference.ovcompat import precision_name
 
     assert precision_name(name) == expected

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import manifest as mf
+from edge_agent.bundle import manifest as mf
 
 pytestmark = pytest.mark.build
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
 
 def test_manifest_validates_against_json_schema(tiny_build):
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((REPO / "edge_agent/schemas/manifest.schema.json").read_text())
+    schema = json.loads((REPO / "edge_agent/protocol/schemas/manifest.schema.json").read_text())
     data = json.loads((tiny_build["bundle"] / "manifest.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(data)
     data["targets"]["cpu"]["files"][0]["sha256"] = "nothex"

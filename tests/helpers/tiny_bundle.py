@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from edge_agent import manifest as mf
+from edge_agent.bundle import manifest as mf
 
 
 def build_model(height: int = 64, width: int = 64):

@@ -15,11 +15,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent import commands as c
-from edge_agent.command_router import CommandRouter, Outgoing
-from edge_agent.commands import CommandState, TokenBucket
+from edge_agent.control import rules as c
+from edge_agent.control.router import CommandRouter, Outgoing
+from edge_agent.control.rules import CommandState, TokenBucket
 
-SCHEMAS = Path(c.__file__).parent / "schemas"
+SCHEMAS = Path(c.__file__).parents[1] / "protocol" / "schemas"
 
 
 def router(now=None, cams=("cam-01",), agent="cam-01", **kw):

@@ -9,10 +9,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge_agent import commands as c
-from edge_agent.commands import Command, CommandState, Refusal, TokenBucket, parse_command
+from edge_agent.control import rules as c
+from edge_agent.control.rules import Command, CommandState, Refusal, TokenBucket, parse_command
 
-SCHEMAS = Path(c.__file__).parent / "schemas"
+SCHEMAS = Path(c.__file__).parents[1] / "protocol" / "schemas"
 
 
 def schema(name: str) -> dict:

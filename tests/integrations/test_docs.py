@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_agent import commands
-from edge_agent import homeassistant as ha
+from edge_agent.control import homeassistant as ha
+from edge_agent.control import rules as commands
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "integrations.md").read_text()

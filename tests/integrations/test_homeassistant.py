@@ -11,12 +11,12 @@ import jinja2
 import jsonschema
 import pytest
 
-from edge_agent import commands
-from edge_agent import homeassistant as ha
-from edge_agent.homeassistant import CameraInfo, DiscoverySettings
+from edge_agent.control import homeassistant as ha
+from edge_agent.control import rules as commands
+from edge_agent.control.homeassistant import CameraInfo, DiscoverySettings
 
 HA_KEYS = Path(__file__).parent / "data" / "ha_2024_1_6_mqtt_keys.json"
-SCHEMAS = Path(commands.__file__).parent / "schemas"
+SCHEMAS = Path(commands.__file__).parents[1] / "protocol" / "schemas"
 ON = DiscoverySettings(enabled=True, overlay_interval_s=2.0)
 CAM = CameraInfo("cam-01", ("background", "pet"), "pets", "1.0.0", "INT8")
 

@@ -70,7 +70,7 @@ def _wheelhouses() -> Dict[str, Path]:
 
 def _rewrite_target(bundle: Path, target: str) -> None:
     """Recompute the manifest's checksums of ``target`` (a consistent but broken release)."""
-    from edge_agent import manifest as mf
+    from edge_agent.bundle import manifest as mf
 
     m = mf.load_manifest(bundle)
     entry = m.targets[target]

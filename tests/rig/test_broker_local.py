@@ -202,7 +202,7 @@ def test_a_rotated_certificate_is_refused_the_new_one_works(broker, tmp_path):
 
 
 def test_devices_write_only_their_own_home_assistant_discovery(broker):
-    # the agent's discovery configs (edge_agent.homeassistant: node id segedge_<id>) pass;
+    # the agent's discovery configs (edge_agent.control.homeassistant: node id segedge_<id>) pass;
     # another device's node id and anything else under the discovery prefix are refused
     cam = _probe(broker, "cam-a")
     assert cam.publish("homeassistant/sensor/segedge_cam-a/cam-a_fps/config", b"{}",

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent import encoding as enc
-from edge_agent.subscriber import Subscriber
+from edge_agent.client.subscriber import Subscriber
+from edge_agent.protocol import encoding as enc
 
 
 def _png(width, height, depth=8, colour=0, body=b""):
@@ -149,7 +149,7 @@ def test_subscriber_survives_hostile_messages_with_bounded_memory(tmp_path):
 
 
 def test_subscriber_keeps_a_bounded_set_of_frames(tmp_path, monkeypatch):
-    from edge_agent import subscriber as sm
+    from edge_agent.client import subscriber as sm
 
     monkeypatch.setattr(sm, "FRAME_BUDGET_BYTES", 3 * 40 * 30 * 3)
     sub = Subscriber("127.0.0.1", 1, out=str(tmp_path), quiet=True)
@@ -164,7 +164,7 @@ def test_subscriber_keeps_a_bounded_set_of_frames(tmp_path, monkeypatch):
 
 
 def test_subscriber_follows_a_bounded_number_of_devices(monkeypatch):
-    from edge_agent import subscriber as sm
+    from edge_agent.client import subscriber as sm
 
     monkeypatch.setattr(sm, "MAX_DEVICES", 3)
     sub = Subscriber("127.0.0.1", 1, quiet=True)

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent import config as cf
-from edge_agent import encoding as enc
-from edge_agent import manifest as mf
-from edge_agent import schema
+from edge_agent.bundle import manifest as mf
+from edge_agent.bundle import schema
+from edge_agent.protocol import encoding as enc
 
 EXAMPLES = int(os.environ.get("SEGEDGE_FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from edge_agent import manifest as mf
+from edge_agent.bundle import manifest as mf
 
 
 def test_good_bundle_verifies_and_opens(bundle):
@@ -234,7 +234,7 @@ def test_the_model_compiles_from_the_verified_bytes(bundle):
 
     import numpy as np
 
-    from edge_agent import ovcompat
+    from edge_agent.inference import ovcompat
 
     _, entry, _ = mf.open_target(bundle, "cpu")
     blob = mf.read_model(bundle, entry)
@@ -253,7 +253,7 @@ def test_the_model_compiles_from_the_verified_bytes(bundle):
 
 def test_manifest_the_parser_accepts_validates_against_the_schema(bundle):
     jsonschema = pytest.importorskip("jsonschema")
-    from edge_agent import schema
+    from edge_agent.bundle import schema
 
     data = _data(bundle)
     mf.parse_manifest(data)
@@ -262,9 +262,9 @@ def test_manifest_the_parser_accepts_validates_against_the_schema(bundle):
 
 def test_a_model_openvino_cannot_read_is_a_bundle_error_at_start(bundle):
     """XML that parses but is no model: --check-config passes, start exits 78 (one line)."""
+    from edge_agent.bundle.manifest import OpenedBundle
     from edge_agent.config import ModelConfig
-    from edge_agent.inference import Engine
-    from edge_agent.opened import OpenedBundle
+    from edge_agent.inference.engine import Engine
 
     _rewrite_hash(bundle, "cpu/model.xml", b'<?xml version="1.0"?><net name="x" version="11">'
                                            b'<layers><layer id="0" type="Nope"/></layers></net>')

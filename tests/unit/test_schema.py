@@ -1,4 +1,4 @@
-"""edge_agent.schema: the stdlib validator agrees with jsonschema on every shipped schema."""
+"""edge_agent.bundle.schema: the stdlib validator agrees with jsonschema on every shipped schema."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import schema
+from edge_agent.bundle import schema
 
 jsonschema = pytest.importorskip("jsonschema")
 NAMES = sorted(p.name[: -len(".schema.json")]
-               for p in resources.files("edge_agent.schemas").iterdir()
+               for p in resources.files("edge_agent.protocol.schemas").iterdir()
                if p.name.endswith(".schema.json"))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from build_models import verify as vf
-from edge_agent import manifest as mf
-from edge_agent import schema
+from edge_agent.bundle import manifest as mf
+from edge_agent.bundle import schema
 
 
 def test_good_bundle_passes(bundle):

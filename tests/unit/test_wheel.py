@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = """
 import json, sys
-from edge_agent import manifest, schema
+from edge_agent.bundle import manifest
+from edge_agent.bundle import schema
 assert "/site-packages/edge_agent/" in manifest.__file__, manifest.__file__
 for name in ("manifest", "status", "stats", "mask"):
     schema.load(name)

@@ -117,11 +117,12 @@ def test_garbage_frames_are_survived(broker, tmp_path, tiny_bundle, unique_id, a
 
 def test_agent_never_imports_torch():
     code = ("import sys, pkgutil, importlib, edge_agent\n"
-            "for m in pkgutil.iter_modules(edge_agent.__path__):\n"
-            "    importlib.import_module('edge_agent.' + m.name)\n"
+            "names = [m.name for m in pkgutil.walk_packages(edge_agent.__path__, 'edge_agent.')]\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"
-            "print(len(list(pkgutil.iter_modules(edge_agent.__path__))))\n")
+            "print(len(names))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=str(ROOT), timeout=120)
     assert res.returncode == 0, res.stderr
-    assert int(res.stdout.strip()) >= 15
+    assert int(res.stdout.strip()) >= 30

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.encoding import decode
+from edge_agent.protocol.encoding import decode
 from tests.agent.helpers import ROOT, agent_config, validator, wait_until
 from tests.integrations.test_homeassistant import assert_known_to_ha
 

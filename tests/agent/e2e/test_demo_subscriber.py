@@ -69,7 +69,7 @@ def test_subscriber_cli_decodes_and_writes(broker, tiny_bundle, clip, unique_id,
     agent = agents(agent_config(tiny_bundle, str(clip), broker.host, broker.port, unique_id,
                                 output={"frame_every": 3, "mask_encoding": "rle"}))
     out = tmp_path / "sub"
-    res = subprocess.run([sys.executable, "-m", "edge_agent.subscriber", "--port",
+    res = subprocess.run([sys.executable, "-m", "edge_agent.client.subscriber", "--port",
                           str(broker.port), "--device", unique_id, "--out", str(out),
                           "--duration", "5", "--quiet"], capture_output=True, text=True,
                          cwd=str(ROOT), timeout=60)

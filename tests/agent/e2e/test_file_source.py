@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from edge_agent.encoding import decode
+from edge_agent.protocol.encoding import decode
 from tests.agent.helpers import agent_config, validator, wait_until
 
 pytestmark = pytest.mark.e2e

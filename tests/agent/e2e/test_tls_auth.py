@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from edge_agent.subscriber import Subscriber
+from edge_agent.client.subscriber import Subscriber
 from tests.agent.helpers import agent_config, wait_until
 from tests.conftest import require
 from tools.broker import Broker, mosquitto_binary

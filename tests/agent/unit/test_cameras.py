@@ -11,12 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.camera import Camera, FrameSlots, Outputs
+from edge_agent.cameras import Camera, Outputs
 from edge_agent.config import CameraConfig, ConfigError, FramesInConfig, SourceConfig, load
 from edge_agent.config import OutputConfig as Out
-from edge_agent.frames_in import FrameRefused, FramesIn, SenderHooks, parse_frame, sender_of
-from edge_agent.health import Health
-from edge_agent.sdnotify import Notifier
+from edge_agent.health.sdnotify import Notifier
+from edge_agent.health.state import Health
+from edge_agent.sources.frames_in import FrameRefused, FramesIn, SenderHooks, parse_frame, sender_of
+from edge_agent.sources.slots import FrameSlots
 from tests.agent.helpers import to_toml
 
 
@@ -243,7 +244,7 @@ def test_latest_frame_wins_per_sender_and_a_replaced_request_is_answered():
 
 
 def test_a_file_read_not_in_realtime_never_reads_ahead_of_inference(tmp_path):
-    from edge_agent.capture import Capture
+    from edge_agent.sources.capture import Capture
 
     for i in range(6):
         cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((8, 8, 3), i * 30, np.uint8))
@@ -266,7 +267,7 @@ def test_a_file_read_not_in_realtime_never_reads_ahead_of_inference(tmp_path):
 
 
 def test_a_camera_shows_offline_while_its_agent_is_offline():
-    from edge_agent.subscriber import effective_state
+    from edge_agent.client.subscriber import effective_state
 
     camera = {"state": "online", "agent_id": "edge-01"}
     assert effective_state(camera, {"state": "online"}) == "online"

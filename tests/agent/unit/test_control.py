@@ -9,9 +9,9 @@ import stat
 import pytest
 
 from edge_agent import config as cf
-from edge_agent.commands import CommandState
-from edge_agent.control import load_states, save_states
-from edge_agent.homeassistant import CameraInfo, DiscoverySettings, discovery
+from edge_agent.control.homeassistant import CameraInfo, DiscoverySettings, discovery
+from edge_agent.control.rules import CommandState
+from edge_agent.control.service import load_states, save_states
 
 BASE = {"cam-01": CommandState(False, 10.0, 0, "png")}
 
@@ -91,7 +91,7 @@ class _Comms:
 def test_commands_disabled_means_no_subscription_but_states(tmp_path, enabled):
     import threading
 
-    from edge_agent.control import Control
+    from edge_agent.control.service import Control
 
     cfg = _load(tmp_path, f"[commands]\nenabled = {'true' if enabled else 'false'}\n")
     comms, paused = _Comms(), []

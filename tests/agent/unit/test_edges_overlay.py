@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_agent import overlay, postprocess
+from edge_agent.inference import postprocess
+from edge_agent.protocol import overlay
 
 
 def disc_logits(size: int, radius: float, centre: float) -> np.ndarray:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent import encoding
+from edge_agent.protocol import encoding
 
 
 def _masks():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent import ovcompat, postprocess, preprocess
+from edge_agent.bundle.manifest import OpenedBundle
 from edge_agent.config import ModelConfig
-from edge_agent.inference import MAX_SIZES, Engine
-from edge_agent.opened import OpenedBundle
+from edge_agent.inference import ovcompat, postprocess, preprocess
+from edge_agent.inference.engine import MAX_SIZES, Engine
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 

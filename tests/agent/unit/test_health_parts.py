@@ -11,12 +11,12 @@ import threading
 import pytest
 
 from edge_agent.config import MqttConfig
-from edge_agent.freshness import Liveness, probe, redact
-from edge_agent.health import Health, summarize
-from edge_agent.messages import ModelInfo, Status
-from edge_agent.mqtt import MqttComms, describe_error, describe_refusal, is_loopback
-from edge_agent.sdnotify import Notifier
-from edge_agent.watchdog import Watchdog
+from edge_agent.health.sdnotify import Notifier
+from edge_agent.health.state import Health, summarize
+from edge_agent.health.watchdog import Watchdog
+from edge_agent.mqtt.connection import MqttComms, describe_error, describe_refusal, is_loopback
+from edge_agent.protocol.messages import ModelInfo, Status
+from edge_agent.sources.freshness import Liveness, probe, redact
 from tests.helpers.mjpeg_server import MjpegServer
 from tools.broker import free_port
 
@@ -159,7 +159,7 @@ def test_spool_keeps_status_and_stats_in_order_and_stamps_on_send():
 
 
 def test_spool_is_bounded_and_counts_what_it_drops():
-    from edge_agent import mqtt as mqtt_mod
+    from edge_agent.mqtt import connection as mqtt_mod
 
     comms, sent = _comms_with_fake_wire()
     for i in range(mqtt_mod.SPOOL_MAX + 7):
@@ -168,7 +168,7 @@ def test_spool_is_bounded_and_counts_what_it_drops():
 
 
 def test_paho_window_bounds_unacknowledged_messages():
-    from edge_agent import mqtt as mqtt_mod
+    from edge_agent.mqtt import connection as mqtt_mod
 
     comms, sent = _comms_with_fake_wire()
     comms._connected, comms.connects = True, 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent import postprocess, preprocess
+from edge_agent.inference import postprocess, preprocess
 
 
 def test_binary_argmax_and_threshold():

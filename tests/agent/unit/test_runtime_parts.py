@@ -10,15 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from edge_agent.camera import Frame, FrameSlots, next_ready
-from edge_agent.health import write_health
-from edge_agent.messages import Frame as FrameMsg
-from edge_agent.messages import Mask, ModelInfo, Stats, Status
-from edge_agent.mqtt import OutboundQueue
-from edge_agent.pipeline import Reorder
-from edge_agent.resilience import Backoff, RateLimiter
-from edge_agent.sdnotify import Notifier
-from edge_agent.stats import Counters, LatencyWindow, ProcessUsage, percentile
+from edge_agent.health.sdnotify import Notifier
+from edge_agent.health.state import write_health
+from edge_agent.health.stats import Counters, LatencyWindow, ProcessUsage, percentile
+from edge_agent.inference.pipeline import Reorder
+from edge_agent.mqtt.connection import OutboundQueue
+from edge_agent.protocol.messages import Frame as FrameMsg
+from edge_agent.protocol.messages import Mask, ModelInfo, Stats, Status
+from edge_agent.sources.resilience import Backoff, RateLimiter
+from edge_agent.sources.slots import Frame, FrameSlots, next_ready
 from tests.agent.helpers import validator
 
 
@@ -90,7 +90,7 @@ def test_outbound_queue_drain_stops_at_first_failure():
 
 def test_publish_mask_queues_only_while_disconnected():
     from edge_agent.config import MqttConfig
-    from edge_agent.mqtt import MqttComms
+    from edge_agent.mqtt.connection import MqttComms
 
     comms = MqttComms(MqttConfig(), "dev", "{}")
     results = []
@@ -149,7 +149,7 @@ def test_reorder_releases_in_submission_order():
 
 
 def test_reorder_skips_a_result_that_never_comes():
-    from edge_agent.pipeline import SKIPPED
+    from edge_agent.inference.pipeline import SKIPPED
 
     r = Reorder(gap_timeout=0.05)
     r.put(1, "one")
@@ -218,7 +218,7 @@ def test_rate_limiter_averages_with_uneven_input():
 
 
 def test_infer_stall_period():
-    from edge_agent.watchdog import INFER_STALL_MIN_S, infer_stall_s
+    from edge_agent.health.watchdog import INFER_STALL_MIN_S, infer_stall_s
 
     assert infer_stall_s(0.0) == INFER_STALL_MIN_S and infer_stall_s(30.0) == 60.0
 
@@ -229,7 +229,7 @@ class _Msg:
 
 
 def test_subscriber_survives_bad_messages(tmp_path):
-    from edge_agent.subscriber import Subscriber, safe_device_id
+    from edge_agent.client.subscriber import Subscriber, safe_device_id
 
     sub = Subscriber("127.0.0.1", 1, out=str(tmp_path), quiet=True)
     for topic, payload in (("segedge/d/status", b"[1, 2]"), ("segedge/d/frame", b'{"image": "!!"}'),
@@ -244,8 +244,8 @@ def test_subscriber_survives_bad_messages(tmp_path):
 def test_capture_read_error_is_a_read_failure():
     import cv2
 
-    from edge_agent.capture import Capture
     from edge_agent.config import SourceConfig
+    from edge_agent.sources.capture import Capture
 
     class BadReader:
         is_file, kind, fps = False, "network", 0.0

@@ -3,7 +3,7 @@
 import json
 import threading
 
-from edge_agent.stagetime import ENV, StageTimes
+from edge_agent.inference.stagetime import ENV, StageTimes
 
 
 def test_off_by_default_writes_nothing(tmp_path, monkeypatch):

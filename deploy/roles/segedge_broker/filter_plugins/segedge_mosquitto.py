@@ -35,7 +35,7 @@ def mosquitto_pbkdf2(password: str, username: str, iterations: int = ITERATIONS)
 
 
 def segedge_ha_slug(text: str) -> str:
-    """The agent's Home Assistant node-id slug (edge_agent.homeassistant.slug): every
+    """The agent's Home Assistant node-id slug (edge_agent.control.homeassistant.slug): every
     character outside [a-zA-Z0-9_-] becomes ``_``."""
     return _SLUG.sub("_", str(text))
 

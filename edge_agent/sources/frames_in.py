@@ -35,10 +35,11 @@ from typing import Callable, Deque, Dict, Optional, Set, Tuple
 import cv2
 import numpy as np
 
-from .camera import Camera, Frame, FrameSlots
-from .config import FramesInConfig, valid_id
-from .encoding import PNG_SIGNATURE, MaskError, image_size
-from .messages import FrameError
+from edge_agent.cameras import Camera
+from edge_agent.config import FramesInConfig, valid_id
+from edge_agent.protocol.encoding import PNG_SIGNATURE, MaskError, image_size
+from edge_agent.protocol.messages import FrameError
+from edge_agent.sources.slots import Frame, FrameSlots
 
 log = logging.getLogger("segedge.frames_in")
 JPEG_MAGIC = b"\xff\xd8\xff"

@@ -1,13 +1,10 @@
-"""Many cameras, one model: the per-camera state and the fair hand-over of frames.
+"""Frame slots: the newest unconsumed frame of each camera, handed to inference in turn.
 
-Every camera (a configured source, or a sender of frames over MQTT) owns one
-``Camera``: its settings, counters, latency window, publish-rate limiter, snapshot
-request and the functions that publish under its own topic id. ``FrameSlots`` holds
-the newest unconsumed frame of each camera (latest wins per camera: a new frame
-replaces the one inference did not take yet, counted as dropped) and hands them to
-the single inference thread in turn, so when inference is the bottleneck every
-camera with a frame ready gets one inference per round, and a slow or silent camera
-never holds the others up (``next_ready`` is the rule, pure).
+Runs on the capture/frames-in threads (``put``) and the inference thread (``take``).
+Latest wins per camera: a new frame replaces the one inference did not take yet, counted
+as dropped by the caller. When inference is the bottleneck every camera with a frame
+ready gets one inference per round, and a slow or silent camera never holds the others
+up (``next_ready`` is the rule, pure).
 """
 
 from __future__ import annotations
@@ -18,11 +15,6 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-
-from .commands import CommandState
-from .config import CameraConfig
-from .resilience import RateLimiter
-from .stats import Counters, LatencyWindow
 
 
 @dataclass
@@ -133,85 +125,3 @@ class CameraSlot:
 
     def wait_taken(self, timeout: float) -> bool:
         return self.slots.wait_taken(self.camera_id, timeout)
-
-
-class Snapshot:
-    """One snapshot request: the next frame, its mask and an overlay, published at once."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: Optional[str] = None
-
-    def finish(self, error: Optional[str]) -> None:
-        self.error = error
-        self.done.set()
-
-
-@dataclass
-class Outputs:
-    """Where one camera's messages go (MqttComms, bound to the camera's topic id)."""
-
-    mask: Callable[[str], bool]
-    frame: Optional[Callable[[str], bool]] = None
-    overlay: Optional[Callable[[bytes], bool]] = None
-    reply: Optional[Callable[[str, str, Optional[bytes]], bool]] = None  # topic, text, corr.
-
-
-class Camera:
-    """The run-time state of one camera; the publish thread is the only writer of its
-    limiter, overlay clock and last mask, the capture (or frames-in) thread of its frame
-    ids, the command thread of its snapshot request."""
-
-    def __init__(self, cfg: CameraConfig, outputs: Outputs,
-                 settings: Optional[Callable[[], CommandState]] = None,
-                 totals: Optional[Counters] = None,
-                 total_latency: Optional[LatencyWindow] = None) -> None:
-        """``totals``/``total_latency``: the agent's sums, also fed (None: this camera's
-        counters are the agent's, the single-camera form)."""
-        self.id, self.cfg, self.outputs = cfg.id, cfg, outputs
-        fixed = CommandState(False, cfg.max_publish_fps, cfg.frame_every, cfg.mask_encoding)
-        self.settings = settings or (lambda: fixed)
-        self.counters = Counters()
-        self.latency = LatencyWindow()
-        self.totals, self.total_latency = totals, total_latency
-        self.max_age_s = cfg.source.stall_timeout_s
-        self.overlay_interval_s = cfg.overlay_interval_s
-        self.next_overlay = 0.0
-        self.limiter = RateLimiter(cfg.max_publish_fps)
-        self.limit_fps = cfg.max_publish_fps
-        self.last_mask: Optional[np.ndarray] = None
-        self.masks_sent = 0
-        self.stats_seq = 0
-        self._lock = threading.Lock()
-        self._snapshot: Optional[Snapshot] = None
-        self.frame_id = 0  # frames-in: the sender's last frame id (ours when it sends none)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters.add(name, n)
-        if self.totals is not None:
-            self.totals.add(name, n)
-
-    def add_latency(self, ms: float) -> None:
-        self.latency.add(ms)
-        if self.total_latency is not None:
-            self.total_latency.add(ms)
-
-    def allow(self, now: float, max_publish_fps: float) -> bool:
-        """The publish-rate limit (publish thread), following commanded changes."""
-        if max_publish_fps != self.limit_fps:
-            self.limit_fps = max_publish_fps
-            self.limiter = RateLimiter(max_publish_fps)
-        return self.limiter.allow(now)
-
-    # --- snapshots (commands thread asks, publish thread answers) --------------------
-    def request_snapshot(self) -> Optional[Snapshot]:
-        """A new snapshot request, or None while one is pending (one at a time)."""
-        with self._lock:
-            if self._snapshot is not None and not self._snapshot.done.is_set():
-                return None
-            self._snapshot = Snapshot()
-            return self._snapshot
-
-    def pending_snapshot(self) -> Optional[Snapshot]:
-        snap = self._snapshot
-        return snap if snap is not None and not snap.done.is_set() else None

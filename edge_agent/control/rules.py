@@ -12,7 +12,7 @@ agent id (the model is shared by all cameras); with one camera the agent id is t
 camera id. See docs/integrations.md for payloads and replies.
 
 ``parse_command`` -> ``CommandState.apply`` -> ``Reply`` are the pure rules;
-edge_agent.command_router strings them together behind a ``TokenBucket`` and returns the
+edge_agent.control.router strings them together behind a ``TokenBucket`` and returns the
 messages to publish, so the MQTT client only does the I/O.
 
 Commands change only the running process: nothing is written to disk, so a restart

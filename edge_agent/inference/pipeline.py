@@ -11,7 +11,7 @@ topic too). Slots bound everything in between.
 
 Runtime settings (pause, publish rate, frame interval, mask encoding) come from each
 camera's ``settings()``, a frozen ``CommandState`` read once per frame
-(edge_agent.control owns it). A snapshot request and a model swap (``reload``) are
+(edge_agent.control.service owns it). A snapshot request and a model swap (``reload``) are
 one-shot hand-overs taken by the publish and infer threads respectively.
 """
 
@@ -27,13 +27,15 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from . import encoding, overlay, postprocess
-from .camera import Camera, FrameSlots
-from .inference import Engine
-from .messages import Frame, Mask
-from .preprocess import as_bgr, to_model_input
-from .stagetime import StageTimes
-from .stats import Counters
+from edge_agent.cameras import Camera
+from edge_agent.health.stats import Counters
+from edge_agent.inference import postprocess
+from edge_agent.inference.engine import Engine
+from edge_agent.inference.preprocess import as_bgr, to_model_input
+from edge_agent.inference.stagetime import StageTimes
+from edge_agent.protocol import encoding, overlay
+from edge_agent.protocol.messages import Frame, Mask
+from edge_agent.sources.slots import FrameSlots
 
 log = logging.getLogger("segedge.pipeline")
 

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on the Python 3.9 lane
     import tomli as tomllib
 
-from .manifest import TARGETS
+from edge_agent.bundle.manifest import TARGETS
 
 DEFAULT_PATH = "/etc/segedge/agent.toml"
 ENV_PREFIX = "SEGEDGE_"

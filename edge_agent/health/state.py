@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .sdnotify import Notifier
+from edge_agent.health.sdnotify import Notifier
 
 log = logging.getLogger("segedge.health")
 ORDER = ("source", "inference", "mqtt")  # reasons are listed in this order, then by name

@@ -2,7 +2,7 @@
 
 No I/O: the MQTT client hands every message on its command subscriptions to
 ``CommandRouter.handle`` and publishes what comes back (see docs/integrations.md,
-"Wiring plan"). The rules themselves live in edge_agent.commands.
+"Wiring plan"). The rules themselves live in edge_agent.control.rules.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-from edge_agent.commands import (
+from edge_agent.control.rules import (
     SETTINGS,
     Command,
     CommandState,

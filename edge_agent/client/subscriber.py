@@ -33,8 +33,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from . import overlay
-from .encoding import MAX_PIXELS, MaskError, decode, image_size
+from edge_agent.protocol import overlay
+from edge_agent.protocol.encoding import MAX_PIXELS, MaskError, decode, image_size
 
 BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
 MAX_PAYLOAD_BYTES = 16 << 20  # larger messages are refused before JSON parsing

@@ -16,7 +16,7 @@ health after a short grace. Nothing is lost while disconnected within bounds:
   command replies (MQTT 5 response topics) are sent at once or dropped.
 
 Messages on subscribed topics are handed to ``on_message`` on paho's network thread,
-which must only queue them (edge_agent.control does the work on its own thread).
+which must only queue them (edge_agent.control.service does the work on its own thread).
 
 Every connection is numbered; each status carries the number of the connection it
 was sent on, and the last will set before connection *k* carries *k*, so a consumer
@@ -40,8 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .config import MqttConfig
-from .messages import Status
+from edge_agent.config import MqttConfig
+from edge_agent.protocol.messages import Status
 
 log = logging.getLogger("segedge.mqtt")
 Payload = Union[str, Callable[[int], str]]  # text, or rendered with the connection number

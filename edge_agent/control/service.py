@@ -1,6 +1,6 @@
 """Commands and Home Assistant discovery for a running agent: the I/O around the router.
 
-edge_agent.command_router decides (limiter -> parse -> apply -> messages); this module
+edge_agent.control.router decides (limiter -> parse -> apply -> messages); this module
 feeds it and carries out what it decides:
 
 - paho's network thread only queues incoming messages (``incoming``: a bounded queue,
@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
-from . import __version__, homeassistant
-from .camera import Snapshot
-from .command_router import CommandRouter, Handled, Outgoing, PendingAction
-from .commands import PAUSED, RELOAD, SNAPSHOT, CommandState, Refusal, TokenBucket
-from .config import Config, state_file
-from .mqtt import MqttComms
+from edge_agent import __version__
+from edge_agent.cameras import Snapshot
+from edge_agent.config import Config, state_file
+from edge_agent.control import homeassistant
+from edge_agent.control.router import CommandRouter, Handled, Outgoing, PendingAction
+from edge_agent.control.rules import PAUSED, RELOAD, SNAPSHOT, CommandState, Refusal, TokenBucket
+from edge_agent.mqtt.connection import MqttComms
 
 log = logging.getLogger("segedge.control")
 INBOX_MAX = 100  # commands waiting for the commands thread; beyond it they are dropped

@@ -3,7 +3,7 @@
 Standard library only: the agent, the deploy role's on-device check and
 ``segedge-build verify`` all use this module, so a bundle is judged the same
 way everywhere and never needs torch to be checked. Every manifest is validated
-against the shipped JSON Schema (``edge_agent/schemas/manifest.schema.json``) before
+against the shipped JSON Schema (``edge_agent/protocol/schemas/manifest.schema.json``) before
 it is parsed, so what this module accepts the schema accepts too. Any bad input ends
 in ``BundleError`` with one line naming the file and the key, never another exception.
 """
@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import schema as schemas
+from edge_agent.bundle import schema as schemas
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -401,3 +401,18 @@ def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
                    encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+@dataclass(frozen=True)
+class OpenedBundle:
+    """The bundle as the CLI checked it, handed to the agent so it is not hashed twice."""
+
+    manifest: Manifest
+    target: TargetEntry
+    model_path: Path
+
+    @classmethod
+    def open(cls, bundle: str, target: str) -> OpenedBundle:
+        """Read and check the bundle (BundleError on any problem)."""
+        manifest, entry, path = open_target(Path(bundle), target)
+        return cls(manifest, entry, Path(path))

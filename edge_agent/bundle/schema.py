@@ -23,7 +23,7 @@ KEYWORDS = frozenset({"$defs", "$ref", "type", "const", "enum", "properties", "r
                       "minItems", "maxItems", "minLength", "maxLength", "pattern", "minimum",
                       "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "oneOf",
                       "anyOf", "if", "then", "else", "not"})
-SCHEMA_PACKAGE = "edge_agent.schemas"
+SCHEMA_PACKAGE = "edge_agent.protocol.schemas"
 
 
 class SchemaError(Exception):
@@ -51,7 +51,7 @@ def _check_keywords(schema: Any, where: str) -> None:
     unknown = set(schema) - KEYWORDS - ANNOTATIONS
     if unknown:
         raise SchemaError(f"{where}: keyword(s) {sorted(unknown)} not supported by "
-                          f"edge_agent.schema")
+                          f"edge_agent.bundle.schema")
     for key in ("properties", "$defs"):
         for sub_name, sub in schema.get(key, {}).items():
             _check_keywords(sub, f"{where}/{key}/{sub_name}")

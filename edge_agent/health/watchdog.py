@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional, Protocol, Sequence
 
-from .sdnotify import Notifier
+from edge_agent.health.sdnotify import Notifier
 
 INFER_STALL_MIN_S = 10.0  # requests in flight and no result for this long: exit non-zero
 

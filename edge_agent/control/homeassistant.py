@@ -12,7 +12,7 @@ One HA device per camera (identifiers ``segedge_<camera_id>``); when the agent s
 several cameras it is a device of its own and each camera names it as ``via_device``.
 Entities read the agent's existing messages: ``status`` (availability, state sensor),
 ``stats`` (fps, latency, drops), ``mask`` (coverage), the retained ``<feature>/state``
-topics of edge_agent.commands, and the optional ``overlay`` JPEG stream.
+topics of edge_agent.control.rules, and the optional ``overlay`` JPEG stream.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from edge_agent import commands
+from edge_agent.control import rules as commands
 
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 MANUFACTURER = "segedge"

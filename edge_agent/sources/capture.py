@@ -24,10 +24,10 @@ from typing import Any, Callable, List, Optional, Protocol, Tuple
 import cv2
 import numpy as np
 
-from .camera import Frame
-from .config import SourceConfig, source_kind
-from .freshness import Liveness, probe, redact
-from .resilience import Backoff
+from edge_agent.config import SourceConfig, source_kind
+from edge_agent.sources.freshness import Liveness, probe, redact
+from edge_agent.sources.resilience import Backoff
+from edge_agent.sources.slots import Frame
 
 PROBE_INTERVAL_S = 1.0  # camera away: cheap probe this often
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}

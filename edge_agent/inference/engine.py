@@ -24,13 +24,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import ovcompat
-from .config import ModelConfig
-from .manifest import BundleError, Manifest, read_model
-from .messages import ModelInfo
-from .opened import OpenedBundle
-from .postprocess import num_classes
-from .preprocess import to_model_input
+from edge_agent.bundle.manifest import BundleError, Manifest, OpenedBundle, read_model
+from edge_agent.config import ModelConfig
+from edge_agent.inference import ovcompat
+from edge_agent.inference.postprocess import num_classes
+from edge_agent.inference.preprocess import to_model_input
+from edge_agent.protocol.messages import ModelInfo
 
 log = logging.getLogger("segedge.inference")
 

@@ -1,0 +1,1 @@
+"""Consumers' tools (``segedge-subscribe``): import ``protocol`` only, never the device runtime."""
