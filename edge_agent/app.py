@@ -59,7 +59,7 @@ class Agent:
         self._seq_lock = threading.Lock()
         self._stats_seq = 0
         opened = opened or OpenedBundle.open(cfg.model.bundle, cfg.model.target)  # BundleError
-        self.engine = Engine(cfg.model, opened)
+        self._engine: Optional[Engine] = Engine(cfg.model, opened)  # until the pipeline owns it
         self.wake = threading.Event()  # a health change or a new connection: publish now
         self.health = Health(cfg.health_file, self.notifier, facts=self._facts, wake=self.wake,
                              agent_id=self.agent_id)
@@ -71,7 +71,14 @@ class Agent:
         self.pipeline: Optional[Pipeline] = None
         self.control: Optional[Control] = None
         self.frames_in: Optional[FramesIn] = None
-        self._republish = False  # the model changed (reload): publish the statuses again
+        self._republish = threading.Event()  # set by reload, taken by the main loop
+
+    @property
+    def engine(self) -> Engine:
+        """The model in service. Once running, the pipeline is its one owner (its infer
+        thread swaps it on reload), so status, stats and masks always name the same one."""
+        pipeline = self.pipeline
+        return pipeline.engine if pipeline is not None else self._engine
 
     # --- cameras ----------------------------------------------------------------------
     def camera(self, camera_id: str) -> Optional[Camera]:
@@ -140,7 +147,9 @@ class Agent:
         announce = self.comms.take_announce()
         view = self.health.take_change()
         camera_views = self.health.take_camera_changes()
-        republish, self._republish = self._republish, False
+        republish = self._republish.is_set()
+        if republish:
+            self._republish.clear()  # a reload after this is seen next tick
         if announce or republish:  # a new connection hears the current states
             view = self.health.view()
             camera_views = {cid: self.health.view(cid) for cid in self._cameras
@@ -208,6 +217,7 @@ class Agent:
         self.comms.start()
         self.pipeline = Pipeline(engine, cfg.output.mask_resolution, self.slots, self.camera,
                                  self.totals, self.stop)
+        self._engine = None  # handed over: the pipeline owns the engine in service
         self.pipeline.start()
         for cam_cfg in cfg.cameras:
             self.captures[cam_cfg.id] = self._capture(self._cameras[cam_cfg.id])
@@ -264,8 +274,7 @@ class Agent:
             return reason
         if not self.pipeline.swap_engine(engine).wait(30.0):
             return "the inference thread did not take the new model within 30 s"
-        self.engine = engine
-        self._republish = True
+        self._republish.set()
         self.wake.set()
         log.info("reloaded %s %s (%s) on %s in %.1fs", engine.info.name, engine.info.version,
                  engine.info.precision, engine.device, time.monotonic() - t0)

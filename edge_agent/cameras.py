@@ -21,15 +21,25 @@ from edge_agent.sources.resilience import RateLimiter
 
 
 class Snapshot:
-    """One snapshot request: the next frame, its mask and an overlay, published at once."""
+    """One snapshot request: the next frame, its mask and an overlay, published at once.
+
+    Two threads may finish it (the publish thread with the result, the commands thread
+    on its timeout): the first outcome stands, so a reply never contradicts what was
+    published."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.error: Optional[str] = None
+        self._lock = threading.Lock()
 
-    def finish(self, error: Optional[str]) -> None:
-        self.error = error
-        self.done.set()
+    def finish(self, error: Optional[str]) -> bool:
+        """Record the outcome; False (and nothing changed) when it was already finished."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.error = error
+            self.done.set()
+            return True
 
 
 @dataclass

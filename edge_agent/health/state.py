@@ -77,11 +77,89 @@ def write_health(path: str, data: Dict[str, Any]) -> None:
         pass
 
 
+class HealthFile:
+    """The one writer of the health file: a thread writes the newest snapshot.
+
+    Callers (capture, MQTT, main threads) only hand over a snapshot under a short lock
+    and never wait on the disk: a slow SD card delays the file, not the capture threads
+    or the watchdog ping. ``facts`` (model, MQTT, masks) is called on the writer thread,
+    outside every Health lock. Snapshots that arrive while one is being written are
+    coalesced: the file always ends at the newest.
+    """
+
+    def __init__(self, path: str, facts: Callable[[], Dict[str, Any]]) -> None:
+        self.path, self.facts = path, facts
+        self._cond = threading.Condition()
+        self._pending: Optional[Dict[str, Any]] = None
+        self._submitted = self._written = 0  # for flush()
+        self._closed = False
+        self._thread: Optional[threading.Thread] = None
+
+    def submit(self, snapshot: Dict[str, Any]) -> None:
+        if not self.path:
+            return
+        with self._cond:
+            if self._closed:
+                return
+            self._pending = snapshot
+            self._submitted += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="health-file",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                snapshot, self._pending = self._pending, None
+                upto = self._submitted
+            if snapshot is None:
+                return  # closed and nothing left
+            self._write(snapshot)
+            with self._cond:
+                self._written = upto
+                self._cond.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until what was submitted so far is on disk (tests, diagnostics)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            while self._written < target and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _write(self, snapshot: Dict[str, Any]) -> None:
+        data = dict(self.facts())
+        data.update(snapshot)
+        write_health(self.path, data)
+
+    def close(self, final: Dict[str, Any], timeout: float = 2.0) -> None:
+        """Stop the writer (after what it holds) and write ``final`` last."""
+        with self._cond:
+            self._closed = True
+            self._pending = None
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None:
+            thread.join(timeout)
+        if self.path:
+            self._write(final)
+
+
 Scope = Optional[str]  # None: shared by every camera; else a camera id
 
 
 class Health:
-    """The one owner of the agent's state; thread-safe (capture, MQTT and main threads)."""
+    """The agent's health state from components' reasons; thread-safe (capture, MQTT,
+    commands and main threads). Its lock guards only in-memory state: the health file
+    is written by ``HealthFile``'s thread and ``facts`` is never called under it."""
 
     def __init__(self, path: str, notifier: Optional[Notifier] = None,
                  facts: Optional[Callable[[], Dict[str, Any]]] = None,
@@ -91,7 +169,7 @@ class Health:
         ``agent_id``: components of the camera with this id are the agent's own."""
         self.path = path
         self.notifier = notifier or Notifier()
-        self.facts = facts or dict
+        self.file = HealthFile(path, facts or dict)
         self.wake = wake or threading.Event()
         self.agent_id = agent_id
         self._lock = threading.Lock()
@@ -122,8 +200,7 @@ class Health:
             for key in [k for k in self._reasons if k[0] == camera_id]:
                 del self._reasons[key]
         if not self._changed():
-            with self._lock:
-                self._write(self._final or self._view)
+            self.refresh()
 
     def _scope(self, camera: Optional[str]) -> Scope:
         return None if camera is None or camera == self.agent_id else camera
@@ -174,10 +251,11 @@ class Health:
                 if cview != self._camera_views.get(camera_id):
                     self._camera_views[camera_id] = replace(cview, since=now)
                     changed_cameras.append((camera_id, self._camera_views[camera_id]))
-            if changed_agent is not None or changed_cameras:
-                self._write(self._view)
-        if changed_agent is None and not changed_cameras:
+            snapshot = (self._snapshot(self._view)
+                        if changed_agent is not None or changed_cameras else None)
+        if snapshot is None:
             return False
+        self.file.submit(snapshot)
         self.wake.set()
         if changed_agent is not None:
             self.notifier.status(changed_agent.status_text())
@@ -224,29 +302,34 @@ class Health:
     def state(self) -> str:
         return self.view().state
 
-    def reason(self, component: str, camera: Optional[str] = None) -> Optional[str]:
-        with self._lock:
-            return self._reasons.get((self._scope(camera), component))
-
     def refresh(self) -> None:
         """Rewrite the health file (fresh ``ts`` and facts) without a state change."""
         with self._lock:
-            self._write(self._final or self._view)
+            if self._final is not None:
+                return
+            snapshot = self._snapshot(self._view)
+        self.file.submit(snapshot)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the health file shows every change made so far."""
+        return self.file.flush(timeout)
 
     def stop(self, reason: str = "shutdown") -> None:
-        """Final state: offline. Later ``set`` calls are ignored."""
+        """Final state: offline, written last. Later ``set`` calls are ignored."""
         with self._lock:
             self._final = HealthView("offline", reason, {})
-            self._write(self._final)
+            snapshot = self._snapshot(self._final)
+        self.file.close(snapshot)
 
-    def _write(self, view: HealthView) -> None:
-        data = dict(self.facts())
-        data.update({"state": view.state, "ts": round(time.time(), 3), "reason": view.reason,
-                     "components": dict(view.components), "pid": os.getpid()})
+    def _snapshot(self, view: HealthView) -> Dict[str, Any]:
+        """The health file's state keys (under the lock; the writer adds the facts)."""
+        data: Dict[str, Any] = {"state": view.state, "ts": round(time.time(), 3),
+                                "reason": view.reason, "components": dict(view.components),
+                                "pid": os.getpid()}
         if self._cameras:
             final = self._final
             data["cameras"] = {
                 cid: {"state": (final or v).state, "reason": (final or v).reason,
                       "counted": self._cameras[cid]}
                 for cid, v in self._camera_views.items()}
-        write_health(self.path, data)
+        return data

@@ -109,10 +109,12 @@ def test_health_scopes_agent_and_cameras(tmp_path):
                                     "mqtt: connection refused by 127.0.0.1:1")
     changes = health.take_camera_changes()
     assert set(changes) == {"a", "b", "sender"} and health.take_camera_changes() == {}
+    assert health.flush()
     data = json.loads(path.read_text())
     assert data["cameras"]["b"] == {"state": "degraded", "reason": "source: no frame for 6.0 s;"
                                     " mqtt: connection refused by 127.0.0.1:1", "counted": True}
     health.remove_camera("sender")
+    assert health.flush()
     assert "sender" not in json.loads(path.read_text())["cameras"]
     assert not health.set("source", "late", camera="sender")  # gone: ignored
     single = Health("", Notifier({}), agent_id="cam-01")

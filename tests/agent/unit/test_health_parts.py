@@ -43,12 +43,14 @@ def test_health_changes_are_published_logged_and_written_once(tmp_path, caplog):
         take()
     assert health.set("source", "source: stream ended")
     take()
+    assert health.flush()
     data = json.loads(path.read_text())
     assert data["state"] == "degraded" and data["masks_published"] == 3
     assert data["components"] == {"source": "source: stream ended",
                                   "mqtt": "mqtt: connection refused by 127.0.0.1:1"}
     assert health.set("mqtt", None) and health.set("source", None)
     take()
+    assert health.flush()
     assert json.loads(path.read_text())["components"] == {}
     # one view per tick: the newest, nothing repeated, the short-lived "source only" skipped
     assert [v.state if v else None for v in seen] == ["degraded"] + [None] * 5 + [
