@@ -25,6 +25,7 @@ else:  # pragma: no cover - exercised on the Python 3.9 lane
     import tomli as tomllib
 
 from edge_agent.bundle.manifest import TARGETS
+from edge_agent.protocol.messages import MASK_ENCODINGS
 
 DEFAULT_PATH = "/etc/segedge/agent.toml"
 ENV_PREFIX = "SEGEDGE_"
@@ -433,9 +434,22 @@ def _check_uri(uri: str, key: str = "source.uri") -> None:
                           ) from None
 
 
-def valid_id(text: str) -> bool:
-    """A device, camera or sender id: one topic level, 1..128 characters, no spaces."""
-    return bool(text) and len(text) <= 128 and not any(c in text for c in "/+#\0 ")
+# Device, camera and sender ids: each is a topic level, an ACL entry, a broker identity
+# and a file name on the controller, so one rule everywhere (the deploy roles' preflight
+# uses this pattern too; tests/rig/test_deploy_static.py checks that they agree).
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+ID_RULE = "1..128 characters of [A-Za-z0-9._-] starting with a letter or digit"
+_ID = re.compile(ID_PATTERN)
+
+
+def valid_id(text: Any) -> bool:
+    """A device, camera or sender id (ID_RULE)."""
+    return isinstance(text, str) and _ID.fullmatch(text) is not None
+
+
+def id_problem(value: Any) -> str:
+    """The one refusal text for a bad id."""
+    return f"must be {ID_RULE}, got {_short(value)}"
 
 
 def _camera_key(cfg: Config, camera: CameraConfig, key: str) -> str:
@@ -454,8 +468,8 @@ def _check_camera(cfg: Config, camera: CameraConfig) -> None:
     if kind == "network":
         _check_uri(src.uri, key)
     _check(kind != "missing", key, f"no such file or directory: {_short(src.uri)}")
-    _check(camera.mask_encoding in ("png", "rle"), _camera_key(cfg, camera, "mask_encoding"),
-           f"must be png or rle, got {_short(camera.mask_encoding)}")
+    _check(camera.mask_encoding in MASK_ENCODINGS, _camera_key(cfg, camera, "mask_encoding"),
+           f"must be {' or '.join(MASK_ENCODINGS)}, got {_short(camera.mask_encoding)}")
 
 
 def _check_frames_in(cfg: Config) -> None:
@@ -468,9 +482,7 @@ def _check_frames_in(cfg: Config) -> None:
                f"must be a topic filter with exactly one '+' level (the sender id) and no "
                f"'#', got {_short(f.topic)}")
     for sender in f.senders:
-        _check(valid_id(sender), "frames_in.senders",
-               f"{_short(sender)} is not a valid id (1..128 characters without '/', '+', "
-               f"'#' or spaces)")
+        _check(valid_id(sender), "frames_in.senders", id_problem(sender))
         _check(sender not in {c.id for c in cfg.cameras} and sender != cfg.device_id,
                "frames_in.senders", f"{_short(sender)} is already a camera or the device id")
     _check(len(set(f.senders)) == len(f.senders), "frames_in.senders", "lists an id twice")
@@ -499,8 +511,7 @@ def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
                 _check(isinstance(value, str), f"{where}.id",
                        f"expected a string{_shown('', value)}")
         camera_id = table["id"]
-        _check(valid_id(camera_id), f"{where}.id", f"must be 1..128 characters without "
-               f"'/', '+', '#' or spaces, got {_short(camera_id)}")
+        _check(valid_id(camera_id), f"{where}.id", id_problem(camera_id))
         _check(camera_id not in {c.id for c in cameras}, f"{where}.id",
                f"{_short(camera_id)} is used by an earlier camera")
         camera = CameraConfig.from_sections(camera_id, replace(cfg.source), cfg.output)
@@ -533,9 +544,7 @@ def _check_camera_values(cfg: Config) -> None:
 def validate(cfg: Config) -> None:
     _check_values(cfg)
     _check_camera_values(cfg)
-    _check(valid_id(cfg.device_id), "device_id",
-           f"must be 1..128 characters without '/', '+', '#' or spaces, got "
-           f"{_short(cfg.device_id)}")
+    _check(valid_id(cfg.device_id), "device_id", id_problem(cfg.device_id))
     _check(cfg.log_level.upper() in LOG_LEVELS, "log_level",
            f"must be one of {', '.join(LOG_LEVELS)}, got {_short(cfg.log_level)}")
     cfg.log_level = cfg.log_level.upper()
@@ -554,8 +563,8 @@ def validate(cfg: Config) -> None:
            f"must be one of {PRECISIONS}, got {_short(m.inference_precision)}")
     _check(_is(m.bundle, "dir"), "model.bundle", f"no such directory: {_short(m.bundle)}")
     o = cfg.output
-    _check(o.mask_encoding in ("png", "rle"), "output.mask_encoding",
-           f"must be png or rle, got {_short(o.mask_encoding)}")
+    _check(o.mask_encoding in MASK_ENCODINGS, "output.mask_encoding",
+           f"must be {' or '.join(MASK_ENCODINGS)}, got {_short(o.mask_encoding)}")
     _check(o.mask_resolution in ("model", "frame"), "output.mask_resolution",
            f"must be model or frame, got {_short(o.mask_resolution)}")
     q = cfg.mqtt

@@ -51,8 +51,9 @@ def discovery_topic(discovery_prefix: str, component: str, node_id: str,
 
 @dataclass(frozen=True)
 class DiscoverySettings:
-    """The future ``[homeassistant]`` config table (see docs/integrations.md), plus
-    ``output.overlay_interval_s`` (the overlay stream is not Home Assistant's alone)."""
+    """What discovery takes from the config: the ``[homeassistant]`` table (see
+    docs/integrations.md), plus ``output.overlay_interval_s`` (the overlay stream is not
+    Home Assistant's alone)."""
 
     enabled: bool = False
     discovery_prefix: str = DEFAULT_DISCOVERY_PREFIX
@@ -124,6 +125,22 @@ class _Builder:
             discovery_topic(self.discovery_prefix, component, self.node, key), ""))
 
 
+# The camera's settings (edge_agent.control.rules) as entities: one row each, the
+# command and state topics are the same rule for all of them.
+SETTING_ENTITIES = (
+    ("switch", commands.PAUSED, "Paused",
+     {"payload_on": "ON", "payload_off": "OFF", "icon": "mdi:pause"}),
+    ("number", commands.MAX_PUBLISH_FPS, "Publish rate",
+     {"min": commands.FPS_RANGE[0], "max": commands.FPS_RANGE[1], "step": 0.5, "mode": "box",
+      "unit_of_measurement": "fps", "entity_category": "config"}),
+    ("number", commands.FRAME_EVERY, "Frame every Nth mask",
+     {"min": commands.FRAME_EVERY_RANGE[0], "max": commands.FRAME_EVERY_RANGE[1], "step": 1,
+      "mode": "box", "entity_category": "config"}),
+    ("select", commands.MASK_ENCODING, "Mask encoding",
+     {"options": list(commands.ENCODINGS), "entity_category": "config"}),
+)
+
+
 def _status_sensor(b: _Builder, status: str) -> None:
     b.add("sensor", "state", "State", {
         # a plain text sensor: MQTT sensors take no enum ``options`` before HA 2024.2
@@ -178,24 +195,10 @@ def camera_discovery(prefix: str, agent_id: str, camera: CameraInfo, sw_version:
         "state_topic": stats, "value_template": "{{ value_json.frames.dropped }}",
         "state_class": "total_increasing", "entity_category": "diagnostic",
         "icon": "mdi:image-off"})
-    b.add("switch", commands.PAUSED, "Paused", {
-        "command_topic": commands.set_topic(prefix, cid, commands.PAUSED),
-        "state_topic": commands.state_topic(prefix, cid, commands.PAUSED),
-        "payload_on": "ON", "payload_off": "OFF", "icon": "mdi:pause"})
-    b.add("number", commands.MAX_PUBLISH_FPS, "Publish rate", {
-        "command_topic": commands.set_topic(prefix, cid, commands.MAX_PUBLISH_FPS),
-        "state_topic": commands.state_topic(prefix, cid, commands.MAX_PUBLISH_FPS),
-        "min": commands.FPS_RANGE[0], "max": commands.FPS_RANGE[1], "step": 0.5,
-        "mode": "box", "unit_of_measurement": "fps", "entity_category": "config"})
-    b.add("number", commands.FRAME_EVERY, "Frame every Nth mask", {
-        "command_topic": commands.set_topic(prefix, cid, commands.FRAME_EVERY),
-        "state_topic": commands.state_topic(prefix, cid, commands.FRAME_EVERY),
-        "min": commands.FRAME_EVERY_RANGE[0], "max": commands.FRAME_EVERY_RANGE[1],
-        "step": 1, "mode": "box", "entity_category": "config"})
-    b.add("select", commands.MASK_ENCODING, "Mask encoding", {
-        "command_topic": commands.set_topic(prefix, cid, commands.MASK_ENCODING),
-        "state_topic": commands.state_topic(prefix, cid, commands.MASK_ENCODING),
-        "options": list(commands.ENCODINGS), "entity_category": "config"})
+    for component, feature, name, extra in SETTING_ENTITIES:
+        b.add(component, feature, name, {
+            "command_topic": commands.set_topic(prefix, cid, feature),
+            "state_topic": commands.state_topic(prefix, cid, feature), **extra})
     b.add("button", commands.SNAPSHOT, "Snapshot", {
         "command_topic": commands.set_topic(prefix, cid, commands.SNAPSHOT),
         "payload_press": "PRESS", "icon": "mdi:camera"})

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
+from edge_agent.protocol.messages import MASK_ENCODINGS
+
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 256  # a command is a word or a tiny JSON object; more is refused unread
 
@@ -46,7 +48,7 @@ FEATURES = SETTINGS + CAMERA_ACTIONS + AGENT_ACTIONS
 # inclusive ranges; 0 keeps its config meaning (unlimited rate / no frames)
 FPS_RANGE = (0.0, 120.0)
 FRAME_EVERY_RANGE = (0, 10000)
-ENCODINGS = ("png", "rle")
+ENCODINGS = MASK_ENCODINGS
 
 _TRUE = {"on", "true", "1", "yes", "pause", "paused"}
 _FALSE = {"off", "false", "0", "no", "resume", "resumed"}

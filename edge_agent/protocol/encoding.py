@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -245,14 +245,22 @@ def encode_rle(mask: np.ndarray) -> Dict[str, Any]:
             "values": values.tolist()}
 
 
+# the one table of mask encodings: name -> (encode, decode); names as in messages
+CODECS: Dict[str, Tuple[Callable[[np.ndarray], Any], Callable[[Any, int], np.ndarray]]] = {
+    "png": (encode_png, decode_png), "rle": (encode_rle, decode_rle)}
+
+
+def _codec(encoding: Any) -> Tuple[Callable[[np.ndarray], Any], Callable[[Any, int], np.ndarray]]:
+    codec = CODECS.get(encoding) if isinstance(encoding, str) else None
+    if codec is None:
+        raise MaskError(f"unknown mask encoding {encoding!r:.20} ({' or '.join(CODECS)})")
+    return codec
+
+
 def encode(mask: np.ndarray, encoding: str) -> Any:
-    return encode_png(mask) if encoding == "png" else encode_rle(mask)
+    return _codec(encoding)[0](mask)
 
 
 def decode(data: Any, encoding: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a mask message's ``mask``; raises MaskError (only) for anything unusable."""
-    if encoding == "png":
-        return decode_png(data, max_pixels)
-    if encoding == "rle":
-        return decode_rle(data, max_pixels)
-    raise MaskError(f"unknown mask encoding {encoding!r:.20} (png or rle)")
+    return _codec(encoding)[1](data, max_pixels)

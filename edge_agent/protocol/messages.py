@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 
 SCHEMA_VERSION = 1
 STATES = ("online", "degraded", "offline")
+MASK_ENCODINGS = ("png", "rle")  # the mask message's ``encoding`` (protocol.encoding)
 
 
 @dataclass(frozen=True)

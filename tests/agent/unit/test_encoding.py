@@ -53,3 +53,20 @@ def test_bad_inputs():
         encoding.decode_png("aGVsbG8=")
     with pytest.raises(ValueError):
         encoding.decode_rle({"size": [2, 2], "counts": [1, 1]})
+
+
+def test_one_table_of_mask_encodings():
+    """Codecs, config checks, the command rule, HA's select and the schemas name the
+    same encodings (protocol.messages.MASK_ENCODINGS is the one list)."""
+    import json
+
+    from edge_agent.control import rules
+    from edge_agent.protocol import encoding
+    from edge_agent.protocol.messages import MASK_ENCODINGS
+    from tests.agent.helpers import SCHEMAS
+
+    assert tuple(encoding.CODECS) == MASK_ENCODINGS == rules.ENCODINGS
+    schema = json.loads((SCHEMAS / "mask.schema.json").read_text())
+    assert tuple(schema["properties"]["encoding"]["enum"]) == MASK_ENCODINGS
+    with pytest.raises(encoding.MaskError, match="unknown mask encoding"):
+        encoding.encode(np.zeros((2, 2), np.uint8), "jpeg")
