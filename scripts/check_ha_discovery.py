@@ -5,7 +5,7 @@ its own dependencies), from the repository root::
 
     python3.11 -m venv /tmp/ha && /tmp/ha/bin/pip install homeassistant==2024.1.6
     PYTHONPATH=. /tmp/ha/bin/python scripts/check_ha_discovery.py \
-        [--dump-keys tests/integrations/data/ha_2024_1_6_mqtt_keys.json]
+        [--dump-keys tests/agent/control/data/ha_2024_1_6_mqtt_keys.json]
 
 For every payload (one camera; an agent with two cameras): HA's ``DISCOVERY_SCHEMA`` of
 the platform must accept it, and no key may be silently dropped (the schemas remove

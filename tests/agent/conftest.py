@@ -10,6 +10,18 @@ import pytest
 from tests.agent.helpers import AgentProcess, Collector, write_clip
 
 
+@pytest.fixture
+def config_data(tmp_path) -> dict:
+    """The smallest valid agent config, as a dict for ``to_toml``: an (empty) bundle
+    folder and a clip file that exist. The one home of this fixture for every room."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir(exist_ok=True)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x")
+    return {"device_id": "cam-01", "source": {"uri": str(clip)},
+            "model": {"bundle": str(bundle)}}
+
+
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory) -> Path:
     """A 2 s, 20 fps, 96x80 MJPG clip of a red box moving over blue."""

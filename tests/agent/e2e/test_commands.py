@@ -29,8 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.protocol.encoding import decode
+from tests.agent.control.test_homeassistant import assert_known_to_ha
 from tests.agent.helpers import ROOT, agent_config, validator, wait_until
-from tests.integrations.test_homeassistant import assert_known_to_ha
 
 pytestmark = pytest.mark.e2e
 

@@ -10,18 +10,15 @@ from pathlib import Path
 import pytest
 
 from edge_agent import config as cf
+from tests.agent.helpers import to_toml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
-def base(tmp_path):
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    clip = tmp_path / "clip.mp4"
-    clip.write_bytes(b"x")
-    return tmp_path, (f'device_id = "cam-01"\n[source]\nuri = "{clip}"\n'
-                      f'[model]\nbundle = "{bundle}"\n')
+def base(tmp_path, config_data):
+    """(folder, TOML text) of the minimal config: these tests edit the text itself."""
+    return tmp_path, to_toml(config_data)
 
 
 def _load(tmp_path, text, env=None):

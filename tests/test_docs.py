@@ -10,7 +10,7 @@ from pathlib import Path
 from edge_agent.control import homeassistant as ha
 from edge_agent.control import rules as commands
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "integrations.md").read_text()
 
 

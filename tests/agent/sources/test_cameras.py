@@ -22,15 +22,13 @@ from tests.agent.helpers import to_toml
 
 
 @pytest.fixture
-def base(tmp_path):
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    clip = tmp_path / "clip.mp4"
-    clip.write_bytes(b"x")
-    return {"device_id": "edge-01", "model": {"bundle": str(bundle)},
+def base(config_data):
+    """Two cameras (a file and an unreachable stream) on the minimal config."""
+    clip = config_data.pop("source")["uri"]
+    return {**config_data, "device_id": "edge-01",
             "source": {"stall_timeout_s": 4.0},
             "output": {"max_publish_fps": 3.0},
-            "cameras": [{"id": "a", "uri": str(clip)},
+            "cameras": [{"id": "a", "uri": clip},
                         {"id": "b", "uri": "http://127.0.0.1:9/x", "stall_timeout_s": 9.0,
                          "max_publish_fps": 0.5, "frame_every": 2}]}
 

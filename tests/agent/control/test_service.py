@@ -12,6 +12,7 @@ from edge_agent import config as cf
 from edge_agent.control.homeassistant import CameraInfo, DiscoverySettings, discovery
 from edge_agent.control.rules import CommandState
 from edge_agent.control.service import load_states, save_states
+from tests.agent.helpers import to_toml
 
 BASE = {"cam-01": CommandState(False, 10.0, 0, "png")}
 
@@ -42,24 +43,23 @@ def test_missing_file_and_other_cameras(tmp_path):
     assert load_states(str(path), BASE) == BASE
 
 
-def _load(tmp_path, text):
-    bundle = tmp_path / "b"
-    bundle.mkdir(exist_ok=True)
-    (tmp_path / "clip.avi").write_bytes(b"x")
+def _load(tmp_path, config_data, text):
+    """The minimal config (without device_id: the default) plus ``text``."""
+    data = {k: v for k, v in config_data.items() if k != "device_id"}
     path = tmp_path / "a.toml"
-    path.write_text(f'[source]\nuri = "{tmp_path / "clip.avi"}"\n[model]\nbundle = "{bundle}"\n'
-                    + text)
+    path.write_text(to_toml(data) + text)
     return cf.load(str(path), environ={})[0]
 
 
-def test_new_keys_defaults_and_checks(tmp_path):
-    cfg = _load(tmp_path, "")
+def test_new_keys_defaults_and_checks(tmp_path, config_data):
+    cfg = _load(tmp_path, config_data, "")
     assert (cfg.homeassistant.enabled, cfg.homeassistant.discovery_prefix) == \
         (False, "homeassistant")
     assert (cfg.commands.enabled, cfg.commands.persist, cfg.output.overlay_interval_s) == \
         (True, False, 0.0)
     assert cf.state_file(cfg) == ""
-    cfg = _load(tmp_path, '[commands]\npersist = true\nstate_file = "/var/lib/s/c.json"\n')
+    cfg = _load(tmp_path, config_data,
+                '[commands]\npersist = true\nstate_file = "/var/lib/s/c.json"\n')
     assert cf.state_file(cfg) == "/var/lib/s/c.json"
     for text, msg in [("[commands]\npersist = true\n", "commands.persist: needs"),
                       ("[commands]\nrate_per_s = 0\n", "commands.rate_per_s: must be > 0"),
@@ -69,7 +69,7 @@ def test_new_keys_defaults_and_checks(tmp_path):
                       ("[output]\noverlay_interval_s = -1\n", "output.overlay_interval_s"),
                       ("[homeassistant]\nenable = true\n", "homeassistant.enable: unknown key")]:
         with pytest.raises(cf.ConfigError, match=msg.replace(".", r"\.")):
-            _load(tmp_path, text)
+            _load(tmp_path, config_data, text)
 
 
 class _Comms:
@@ -88,12 +88,12 @@ class _Comms:
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_commands_disabled_means_no_subscription_but_states(tmp_path, enabled):
+def test_commands_disabled_means_no_subscription_but_states(tmp_path, config_data, enabled):
     import threading
 
     from edge_agent.control.service import Control
 
-    cfg = _load(tmp_path, f"[commands]\nenabled = {'true' if enabled else 'false'}\n")
+    cfg = _load(tmp_path, config_data, f"[commands]\nenabled = {'true' if enabled else 'false'}\n")
     comms, paused = _Comms(), []
     stop = threading.Event()
     cams = [CameraInfo("cam-01")]

@@ -6,30 +6,20 @@ from edge_agent.config import ConfigError, describe, load, source_kind
 from tests.agent.helpers import to_toml
 
 
-@pytest.fixture
-def base(tmp_path):
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    clip = tmp_path / "clip.mp4"
-    clip.write_bytes(b"x")
-    return {"device_id": "cam-01", "source": {"uri": str(clip)},
-            "model": {"bundle": str(bundle)}}
-
-
 def _load(tmp_path, data, env=None):
     path = tmp_path / "a.toml"
     path.write_text(to_toml(data))
     return load(str(path), env or {})
 
 
-def test_defaults_and_types(tmp_path, base):
-    cfg, ignored = _load(tmp_path, base)
+def test_defaults_and_types(tmp_path, config_data):
+    cfg, ignored = _load(tmp_path, config_data)
     assert cfg.mqtt.port == 1883 and cfg.model.devices == ["CPU"] and ignored == []
     assert isinstance(cfg.source.fps, float)
 
 
-def test_env_overrides(tmp_path, base):
-    cfg, ignored = _load(tmp_path, base, {
+def test_env_overrides(tmp_path, config_data):
+    cfg, ignored = _load(tmp_path, config_data, {
         "SEGEDGE_MQTT_PORT": "2000", "SEGEDGE_SOURCE_LOOP": "false",
         "SEGEDGE_MODEL_DEVICES": '["npu", "CPU"]', "SEGEDGE_OUTPUT_MAX_PUBLISH_FPS": "2.5",
         "SEGEDGE_DEVICE_ID": "env-cam", "SEGEDGE_SOMETHING": "x", "SEGEDGE_CONFIG": "y"})
@@ -38,17 +28,17 @@ def test_env_overrides(tmp_path, base):
     assert ignored == ["SEGEDGE_SOMETHING"]
 
 
-def test_password_sources(tmp_path, base):
+def test_password_sources(tmp_path, config_data):
     pw = tmp_path / "pw"
     pw.write_text("s3cret\n")
-    base["mqtt"] = {"username": "u", "password_file": str(pw)}
-    cfg, _ = _load(tmp_path, base)
+    config_data["mqtt"] = {"username": "u", "password_file": str(pw)}
+    cfg, _ = _load(tmp_path, config_data)
     assert cfg.mqtt.password == "s3cret"
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "mqtt_password").write_text("fromcreds")
-    base["mqtt"] = {"username": "u"}
-    cfg, _ = _load(tmp_path, base, {"CREDENTIALS_DIRECTORY": str(creds)})
+    config_data["mqtt"] = {"username": "u"}
+    cfg, _ = _load(tmp_path, config_data, {"CREDENTIALS_DIRECTORY": str(creds)})
     assert cfg.mqtt.password == "fromcreds"
 
 
@@ -66,14 +56,14 @@ def test_password_sources(tmp_path, base):
     ({"model": {"inference_precision": "int4"}}, "model.inference_precision"),
     ({"source": "x"}, "source: must be a [table]"),
 ])
-def test_errors_name_the_key(tmp_path, base, patch, needle):
+def test_errors_name_the_key(tmp_path, config_data, patch, needle):
     for key, value in patch.items():
         if isinstance(value, dict):
-            base.setdefault(key, {}).update(value)
+            config_data.setdefault(key, {}).update(value)
         else:
-            base[key] = value
+            config_data[key] = value
     with pytest.raises(ConfigError, match=r".*") as err:
-        _load(tmp_path, base)
+        _load(tmp_path, config_data)
     assert needle in str(err.value)
 
 

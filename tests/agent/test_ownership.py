@@ -24,12 +24,9 @@ from tests.agent.helpers import to_toml
 
 
 @pytest.fixture
-def agent(tiny_bundle, tmp_path):
-    clip = tmp_path / "clip.mp4"
-    clip.write_bytes(b"x")
+def agent(tiny_bundle, tmp_path, config_data):
     path = tmp_path / "agent.toml"
-    path.write_text(to_toml({"device_id": "own-01", "model": {"bundle": str(tiny_bundle)},
-                             "source": {"uri": str(clip)}}))
+    path.write_text(to_toml({**config_data, "model": {"bundle": str(tiny_bundle)}}))
     cfg, _ = load(str(path), {})
     return Agent(cfg, threading.Event(), notifier=Notifier({}))
 
