@@ -59,9 +59,15 @@ def test_templates_carry_ansible_managed(role):
 
 
 def test_playbook_rolls_out_in_batches():
+    """Devices go in batches (a quarter by default) and the first failed host stops the
+    roll-out (0 % may fail), unless the inventory says otherwise."""
     broker, agents = yaml.safe_load((REPO / "deploy/site.yml").read_text())
     assert broker["roles"] == [{"role": "segedge_broker"}], "the broker (and its CA) first"
-    assert "serial" in agents and "max_fail_percentage" in agents
+    serial = re.fullmatch(r"\{\{ segedge_serial \| default\('(\d+)%'\) \}\}",
+                          agents["serial"])
+    assert serial and 0 < int(serial.group(1)) < 100, agents["serial"]
+    assert agents["max_fail_percentage"] == "{{ segedge_max_fail_percentage | default(0) }}"
+    assert agents["roles"] == [{"role": "segedge_agent"}]
 
 
 def test_unit_has_the_required_settings():
