@@ -36,3 +36,28 @@ def test_example_config_is_accepted_by_the_agent():
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "config OK" in proc.stdout + proc.stderr
+
+
+def test_docs_sections_named_in_the_code_exist():
+    """A docstring or help text that sends the reader to ``docs/X.md, "Section"`` or
+    ``docs/X.md#anchor`` names a heading that is there (stale pointers fail here)."""
+    headings = {}
+    for doc in (ROOT / "docs").glob("*.md"):
+        titles = re.findall(r"^#+ (.+)$", doc.read_text(), re.M)
+        anchors = {re.sub(r"[^a-z0-9 -]", "", t.lower()).replace(" ", "-") for t in titles}
+        headings[doc.name] = (titles, anchors)
+    refs = []
+    for path in [*ROOT.glob("edge_agent/**/*.py"), *ROOT.glob("build_models/*.py")]:
+        text = path.read_text()
+        refs += [(path, m[0], m[1], "") for m in
+                 re.findall(r'docs/([a-z_-]+\.md),? \\?"([A-Z][^"\\]+)\\?"', text)]
+        refs += [(path, m[0], "", m[1]) for m in re.findall(r"docs/([a-z_-]+\.md)#([a-z0-9-]+)",
+                                                            text)]
+    assert refs, "the pattern finds the code's pointers"
+    for path, doc, section, anchor in refs:
+        assert doc in headings, f"{path.name}: docs/{doc} does not exist"
+        titles, anchors = headings[doc]
+        if section:
+            assert any(t.startswith(section) for t in titles), f"{path.name}: {doc} {section!r}"
+        if anchor:
+            assert anchor in anchors, f"{path.name}: {doc}#{anchor}"
