@@ -61,3 +61,17 @@ def test_docs_sections_named_in_the_code_exist():
             assert any(t.startswith(section) for t in titles), f"{path.name}: {doc} {section!r}"
         if anchor:
             assert anchor in anchors, f"{path.name}: {doc}#{anchor}"
+
+
+def test_the_agents_module_table_is_the_tree():
+    """docs/agent.md "Inside" lists every module of edge_agent/, and nothing else."""
+    doc = (ROOT / "docs" / "agent.md").read_text()
+    rows = re.findall(r"^\| (—|`[a-z_]+/`) \| (.+?) \|", doc, re.M)
+    listed = set()
+    for room, cell in rows:
+        folder = "" if room == "—" else room.strip("`")
+        listed |= {folder + name for name in re.findall(r"`([a-z_]+\.py)`", cell)}
+    tree = {str(p.relative_to(ROOT / "edge_agent")) for p in (ROOT / "edge_agent").rglob("*.py")
+            if p.name != "__init__.py" or p.parent.name == "config"}
+    tree.discard("__init__.py")
+    assert listed == tree, (sorted(tree - listed), sorted(listed - tree))
