@@ -349,3 +349,37 @@ def test_a_broker_crash_loses_no_acknowledged_message(tmp_path_factory):
         fresh.close()
     finally:
         broker.stop()
+
+
+def test_replies_reach_only_the_askers_tree_and_devices_write_no_commands(broker):
+    """Issue 17, finding 2 (the broker's part): an answer to sender S goes under
+    <prefix>/<S>/reply/#, which S reads and no other sender does; an answer to an operator's
+    command to X under <prefix>/<X>/reply/#, which operators read. A device writes only what
+    the agent publishes: a tricked (or taken) device cannot send a command or a frame."""
+    svc1, svc2, op = _probe(broker, "svc-1"), _probe(broker, "svc-2"), _probe(broker, "op")
+    for probe in (svc1, svc2):
+        assert probe.subscribe("segedge/#") == [1]
+    assert op.subscribe("segedge/+/reply/#") == [1]
+    cam = _probe(broker, "cam-a")
+    assert cam.publish("segedge/svc-1/reply/9f2c", b'{"r":1}') == 0  # svc-1, op read it
+    assert cam.publish("segedge/a-front/reply/op/1", b'{"r":2}') == 0  # op reads it
+    assert cam.publish("segedge/svc-2/reply/9f2c", b"x") == NOT_AUTHORISED  # not its sender
+    assert svc1._wait(lambda: "segedge/svc-1/reply/9f2c" in _topics(svc1), 10), svc1.report()
+    assert op._wait(lambda: len(op.messages) >= 2, 10), op.report()
+    assert sorted(_topics(op)) == ["segedge/a-front/reply/op/1", "segedge/svc-1/reply/9f2c"]
+    # what the agent publishes under its ids still passes (0, or 16: nobody subscribed)
+    for cid in ("cam-a", "a-front", "svc-1"):
+        for leaf in ("status", "mask", "stats", "frame", "overlay", "settings", "paused/state",
+                     "reply/x/y"):
+            assert cam.publish(f"segedge/{cid}/{leaf}", b"v") < 128, (cid, leaf)
+    # what it never publishes: commands to its ids, frames, anything else
+    for topic in ("segedge/cam-a/paused/set", "segedge/a-front/paused/set",
+                  "segedge/svc-1/paused/set", "segedge/cam-a/frames_in/svc-1",
+                  "segedge/cam-a/frames_in/set", "segedge/cam-a/anything",
+                  "segedge/svc-1/replies", "segedge/a-front/paused/state/extra"):
+        assert cam.publish(topic, b"ON", retain=True) == NOT_AUTHORISED, topic
+    time.sleep(0.5)
+    assert [t for t in _topics(svc1) if not t.startswith("segedge/svc-1/")] == [], svc1.report()
+    assert _topics(svc2) == [], svc2.report()
+    for p in (svc1, svc2, op, cam):
+        p.close()
