@@ -7,7 +7,9 @@ Mosquitto runs on loopback with the role's own mosquitto.conf, ACL and certifica
 (tests/rig/broker_config.py renders them; certificate mode, TLS on every connection).
 Each simulated device connects with its own client certificate and publishes what an
 agent publishes: a PNG mask message 10 times a second, a stats message every 5 s and a
-retained status on connect, all at QoS 1, each carrying a sequence number. Subscribers
+retained status on connect, all at QoS 1 (masks at ``--mask-qos``), each carrying a
+sequence number. ``--set VAR=VALUE`` puts a role variable over its default (e.g. the
+persistence settings, to measure what they cost). Subscribers
 (read-only accounts, as dashboards) take ``<prefix>/#`` at QoS 1. At the end every
 subscriber's count is compared with what the broker acknowledged (PUBACK) per device:
 a QoS-1 message acknowledged but not delivered to a subscriber counts as lost. The
@@ -103,7 +105,8 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
 
     def publish(name, kind, topic, body, retain=False):
         nonlocal bytes_sent
-        info = clients[name].publish(topic, body, qos=1, retain=retain)
+        qos = args.mask_qos if kind == "mask" else 1
+        info = clients[name].publish(topic, body, qos=qos, retain=retain)
         kinds[name][info.mid] = kind  # mids do not wrap: < 65535 messages per client
         sent[name][kind] += 1
         bytes_sent += len(body)
@@ -130,7 +133,7 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
         acked = {n: {"mask": 0, "stats": 0, "status": 0} for n in names}
         for name in names:
             for mid, reason in acks[name].items():
-                if reason < 128 and mid in kinds[name]:
+                if reason < 128 and mid in kinds[name]:  # QoS 0: on_publish once sent
                     acked[name][kinds[name][mid]] += 1
     for client in clients.values():
         client.disconnect()
@@ -158,15 +161,30 @@ def main(argv=None) -> dict:
     parser.add_argument("--subscribers", type=int, default=2)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=10.0, help="masks per second per device")
+    parser.add_argument("--mask-qos", type=int, choices=(0, 1), default=1,
+                        help="QoS of the masks (the agent's default mqtt.qos_mask is 0); "
+                             "stats and status are always QoS 1")
     parser.add_argument("--stats-interval", type=float, default=5.0)
     parser.add_argument("--processes", type=int, default=2, help="publisher processes")
     parser.add_argument("--drain", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs/bench/broker-fleet.json")
+    parser.add_argument("--set", action="append", default=[], metavar="VAR=YAML",
+                        help="a role variable over its default, e.g. "
+                             "segedge_broker_autosave_on_changes=false (repeatable)")
     args = parser.parse_args(argv)
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = yaml.safe_load(value)
     devices = [f"cam-{i:03d}" for i in range(args.devices)]
     subs = [f"dash-{i}" for i in range(args.subscribers)]
     work = Path(tempfile.mkdtemp(prefix="segedge-bench-broker-"))
-    broker = LocalBroker(work, free_port(), "certificate", devices, subs, []).start()
+    broker = LocalBroker(work, free_port(), "certificate", devices, subs, [],
+                         overrides=overrides).start()
+    persistence = [line for line in broker.conf.read_text().splitlines()
+                   if line.startswith(("persistence ", "autosave"))]
     files = {n: {k: v for k, v in broker.identity_files(n).items()} for n in devices + subs}
     lock = threading.Lock()
     sub_counts = [dict() for _ in subs]
@@ -203,9 +221,10 @@ def main(argv=None) -> dict:
     acked = {k: v for r in results for k, v in r["acked"].items()}
     sent = {k: v for r in results for k, v in r["sent"].items()}
     lost = {}
+    qos1 = ("mask", "stats", "status") if args.mask_qos else ("stats", "status")
     for i, s in enumerate(subs):
         lost[s] = sum(max(0, acked[d][k] - sub_counts[i].get(d, {}).get(k, 0))
-                      for d in devices for k in ("mask", "stats", "status"))
+                      for d in devices for k in qos1)
     total_acked = sum(sum(v.values()) for v in acked.values())
     total_sent = sum(sum(v.values()) for v in sent.values())
     window = [s for s in samples if 0 <= s["t"] <= args.duration]
@@ -217,7 +236,10 @@ def main(argv=None) -> dict:
                 "(TLS, client certificates, ACL, persistence), QoS 1, loopback",
         "host": {"cpus": mp.cpu_count(), "python": platform.python_version(),
                  "machine": platform.machine()},
-        "devices": args.devices, "subscribers": args.subscribers,
+        "command": "python benchmarks/bench_broker.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]),
+        "role_overrides": overrides, "persistence": persistence,
+        "devices": args.devices, "subscribers": args.subscribers, "mask_qos": args.mask_qos,
         "duration_s": args.duration, "mask_rate_hz": args.rate,
         "payload_bytes": results[0]["payload_bytes"],
         "published": total_sent, "acknowledged": total_acked,

@@ -158,6 +158,12 @@ class LocalBroker:
                 self.proc.kill()
                 self.proc.wait(5)
 
+    def kill(self) -> None:
+        """``kill -9`` (an OOM kill, a power cut of the process): nothing is saved on the way."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def identity_files(self, name: str) -> Dict[str, str]:
         return {"ca": str(self.pki / "ca.crt"),
                 **({"cert": str(self.pki / f"clients/{name}.crt"),

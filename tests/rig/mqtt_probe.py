@@ -53,6 +53,7 @@ class Probe:
     ident: Identity
     connack: Optional[int] = None
     connack_reason: str = ""
+    session_present: bool = False
     error: str = ""
     disconnects: List[int] = field(default_factory=list)
     pubacks: Dict[int, int] = field(default_factory=dict)
@@ -84,6 +85,7 @@ class Probe:
     def _on_connect(self, client, userdata, flags, reason, props):
         def set_():
             self.connack, self.connack_reason = reason.value, str(reason)
+            self.session_present = bool(flags.session_present)
         self._notify(set_)
 
     def _on_disconnect(self, client, userdata, flags, reason, props):
@@ -103,13 +105,15 @@ class Probe:
             return self._event.wait_for(predicate, timeout)
 
     # --- actions ------------------------------------------------------------------
-    def connect(self, timeout: float = 10.0) -> Optional[int]:
-        """CONNACK reason code (0 = accepted), or None with ``error`` set."""
+    def connect(self, timeout: float = 10.0, session_expiry: int = 0) -> Optional[int]:
+        """CONNACK reason code (0 = accepted), or None with ``error`` set.
+        ``session_expiry`` > 0: a persistent session (clean start off, kept that many
+        seconds after a disconnect), as a dashboard that must not miss a status."""
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
+        props.SessionExpiryInterval = session_expiry
         try:
             self.client.connect(self.ident.host, self.ident.port, keepalive=30,
-                                clean_start=True, properties=props)
+                                clean_start=session_expiry == 0, properties=props)
         except (ssl.SSLError, OSError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             return None

@@ -310,3 +310,76 @@ def test_device_publishes_its_senders_results_and_they_read_only_their_own(broke
                                     "segedge/svc-1/status"], svc.report()
     for p in (svc, cam_a, cam_b):
         p.close()
+
+
+def test_a_broker_crash_loses_no_acknowledged_message(tmp_path_factory):
+    """kill -9 of the broker (an OOM kill, a power cut) right after it acknowledged QoS 1
+    stats queued for an offline persistent subscriber and a retained status: after the
+    restart the subscriber's session, its queue and the retained status are all there
+    (issue 17, finding 4: with ``autosave_interval 60`` all of them were gone)."""
+    broker = _broker(tmp_path_factory, "certificate")
+    try:
+        dash = Probe(Identity("127.0.0.1", broker.port, client_id="dash",
+                              **broker.identity_files("dash")))
+        assert dash.connect(session_expiry=3600) == 0, dash.report()
+        assert dash.subscribe("segedge/cam-a/stats") == [1]
+        dash.close()  # offline: the broker queues its QoS 1 messages
+        cam = _probe(broker, "cam-a")
+        sent = [f'{{"seq":{i}}}'.encode() for i in range(20)]
+        for body in sent:
+            assert cam.publish("segedge/cam-a/stats", body) == 0  # PUBACK: acknowledged
+        assert cam.publish("segedge/cam-a/status", b'{"state":"online"}', retain=True) < 128
+        # Mosquitto saves right after the loop turn that sent the PUBACK: a kill within
+        # that save (a few ms: one write and fsync of the database) can still lose the
+        # last turn's messages (docs/deploy.md); 0.1 s later everything is on disk.
+        time.sleep(0.1)
+        broker.kill()
+        cam.close()
+        broker.start()
+        dash = Probe(Identity("127.0.0.1", broker.port, client_id="dash",
+                              **broker.identity_files("dash")))
+        assert dash.connect(session_expiry=3600) == 0, dash.report()
+        assert dash.session_present, "the persistent session did not survive the crash"
+        dash._wait(lambda: len(dash.messages) >= len(sent), 10)
+        assert [m.payload for m in dash.messages] == sent, dash.report()
+        dash.close()
+        fresh = _probe(broker, "op")
+        fresh.subscribe("segedge/cam-a/status", seconds=1.0)
+        assert [m.payload for m in fresh.messages] == [b'{"state":"online"}'], fresh.report()
+        fresh.close()
+    finally:
+        broker.stop()
+
+
+def test_replies_reach_only_the_askers_tree_and_devices_write_no_commands(broker):
+    """Issue 17, finding 2 (the broker's part): an answer to sender S goes under
+    <prefix>/<S>/reply/#, which S reads and no other sender does; an answer to an operator's
+    command to X under <prefix>/<X>/reply/#, which operators read. A device writes only what
+    the agent publishes: a tricked (or taken) device cannot send a command or a frame."""
+    svc1, svc2, op = _probe(broker, "svc-1"), _probe(broker, "svc-2"), _probe(broker, "op")
+    for probe in (svc1, svc2):
+        assert probe.subscribe("segedge/#") == [1]
+    assert op.subscribe("segedge/+/reply/#") == [1]
+    cam = _probe(broker, "cam-a")
+    assert cam.publish("segedge/svc-1/reply/9f2c", b'{"r":1}') == 0  # svc-1, op read it
+    assert cam.publish("segedge/a-front/reply/op/1", b'{"r":2}') == 0  # op reads it
+    assert cam.publish("segedge/svc-2/reply/9f2c", b"x") == NOT_AUTHORISED  # not its sender
+    assert svc1._wait(lambda: "segedge/svc-1/reply/9f2c" in _topics(svc1), 10), svc1.report()
+    assert op._wait(lambda: len(op.messages) >= 2, 10), op.report()
+    assert sorted(_topics(op)) == ["segedge/a-front/reply/op/1", "segedge/svc-1/reply/9f2c"]
+    # what the agent publishes under its ids still passes (0, or 16: nobody subscribed)
+    for cid in ("cam-a", "a-front", "svc-1"):
+        for leaf in ("status", "mask", "stats", "frame", "overlay", "settings", "paused/state",
+                     "reply/x/y"):
+            assert cam.publish(f"segedge/{cid}/{leaf}", b"v") < 128, (cid, leaf)
+    # what it never publishes: commands to its ids, frames, anything else
+    for topic in ("segedge/cam-a/paused/set", "segedge/a-front/paused/set",
+                  "segedge/svc-1/paused/set", "segedge/cam-a/frames_in/svc-1",
+                  "segedge/cam-a/frames_in/set", "segedge/cam-a/anything",
+                  "segedge/svc-1/replies", "segedge/a-front/paused/state/extra"):
+        assert cam.publish(topic, b"ON", retain=True) == NOT_AUTHORISED, topic
+    time.sleep(0.5)
+    assert [t for t in _topics(svc1) if not t.startswith("segedge/svc-1/")] == [], svc1.report()
+    assert _topics(svc2) == [], svc2.report()
+    for p in (svc1, svc2, op, cam):
+        p.close()

@@ -271,8 +271,9 @@ def test_agent_preflight_refuses_bad_cameras_and_senders(tmp_path):
     base = {"segedge_agent_source_uri": "/dev/video0", "segedge_agent_cameras": [],
             "segedge_agent_frames_in": {"enabled": False}, "segedge_agent_mqtt_auth": "certificate",
             "segedge_agent_device_id": "{{ inventory_hostname }}"}
+    role_vars = yaml.safe_load((ROLE / "vars/main.yml").read_text())  # tasks outside the role
     inventory = {"all": {"hosts": {h: dict(base, **v) for h, v in hosts.items()},
-                         "vars": {"ansible_connection": "local"}}}
+                         "vars": dict(role_vars, ansible_connection="local")}}
     (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
     out = _run_play(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": picked}],
                     inventory="inventory.yml")
@@ -342,13 +343,20 @@ def test_broker_preflight_gathers_cameras_and_senders_and_refuses_clashes(tmp_pa
     assert facts["identities"] == ["good-1", "good-2", "good-3", "dashboard", "operator",
                                    "svc-1", "svc-2"]
     acl = (tmp_path / "broker-good.acl").read_text()
-    for line in ("topic write segedge/front-door/#", "topic read segedge/garden/+/set",
-                 "topic read segedge/good-1/frames_in/svc-2", "topic write segedge/svc-1/#",
+    for line in ("topic write segedge/front-door/mask", "topic read segedge/garden/+/set",
+                 "topic read segedge/good-1/frames_in/svc-2", "topic write segedge/svc-1/reply/#",
+                 "topic write segedge/good-1/+/state", "topic write segedge/garden/status",
                  "topic write homeassistant/+/segedge_garden/#",
                  "user svc-1\ntopic write segedge/good-1/frames_in/svc-1\n"
                  "topic read segedge/svc-1/#\n"):
         assert line in acl, (line, acl)
     assert "off" not in acl.split()
+    # a device writes only the agent's own leaves and reply trees: no command, no frame
+    blocks = {b.split("\n", 1)[0]: b for b in re.split(r"^user ", acl, flags=re.M)[1:]}
+    for device in ("good-1", "good-2", "good-3"):
+        writes = re.findall(r"^topic write segedge/[^/]+/(.*)$", blocks[device], re.M)
+        assert set(writes) == {"status", "mask", "stats", "frame", "overlay", "settings",
+                               "+/state", "reply/#"}, (device, writes)
     expect = {
         "broker-camera": ["'garden' is a camera of host cam-1 and a camera of host cam-2",
                           "'cam-1' is the device id of host cam-1 and a camera of host cam-2"],
@@ -410,3 +418,70 @@ def test_argument_specs_type_cameras_and_frames_in(tmp_path):
                              "topic": "fatal"}, out[-4000:]
     assert "segedge_agent_cameras.max_fps. Supported parameters include" in out
     assert "mask_encoding must be one of: png, rle" in out
+
+
+# --- ids: the roles' one rule against the agent's valid_id -----------------------------
+TRICKY_IDS = ["a", "0", "cam-01", "cam_01", "cam.01", "CAM-01", "set", "a" * 128, "a" * 129,
+              "", ".", "..", ".hidden", "-x", "_x", "x.", "x-", "a b", "a/b", "a+b", "a#b",
+              "a\0b", "a\nb", "cam\n", "\ncam", "a\tb", "a\rb", "$SYS", "é", "caf\u00e9",
+              "\uff41", "a\u200bb", "a:b", "a@b", "a\\b", "a'b", 'a"b', "a;b", "a*b", "a%b"]
+
+
+def _id_patterns():
+    agent = yaml.safe_load((ROLE / "vars/main.yml").read_text())["segedge_agent__id_pattern"]
+    broker = yaml.safe_load((BROKER_ROLE / "vars/main.yml").read_text())[
+        "segedge_broker__id_pattern"]
+    return agent, broker
+
+
+def test_roles_check_ids_with_one_rule_the_agent_accepts():
+    """One pattern for device, camera and sender ids in both roles' preflights (no inline
+    variant), and every id it accepts the agent's own check accepts: the role never deploys
+    an id the agent refuses at start. The role is narrower on purpose (ACL lines, CNs, file
+    names): what it refuses and the agent takes is listed here, nothing else."""
+    from edge_agent.config import valid_id
+
+    agent_pattern, broker_pattern = _id_patterns()
+    assert agent_pattern == broker_pattern
+    for role in ROLES:
+        text = (role / "tasks/preflight.yml").read_text()
+        assert "A-Za-z0-9][" not in text, f"{role.name}: an id regex outside vars/main.yml"
+    # Ansible's match test is re.match(pattern, value)
+    role_ok = {n for n in TRICKY_IDS if re.match(agent_pattern, n)}
+    agent_ok = {n for n in TRICKY_IDS if valid_id(n)}
+    assert role_ok <= agent_ok, sorted(role_ok - agent_ok)
+    assert role_ok == {"a", "0", "cam-01", "cam_01", "cam.01", "CAM-01", "set", "x.", "x-",
+                       "a" * 128}
+    narrower = agent_ok - role_ok  # unsafe in an ACL line, a CN or a file name, or hidden
+    assert all(n[0] in "._-$" or any(c in n for c in "\n\t\r\\'\";:@*%") or not n.isascii()
+               for n in narrower), sorted(narrower)
+
+
+def test_agent_preflight_refuses_device_ids_the_agent_or_the_acl_would_not_take(tmp_path):
+    """The device id passes the same rule as cameras and senders (it was
+    ``^[A-Za-z0-9._-]+$``: no length bound, a leading '.' or '-', a trailing newline), and
+    the refusal names the host."""
+    tasks = yaml.safe_load((ROLE / "tasks/preflight.yml").read_text())
+    picked = [t for t in tasks if t["name"] in ("Assert the device id is usable",
+                                                "Assert each camera has a usable id and a uri")]
+    ids = {"ok": "cam-01", "long": "a" * 129, "dash": "-cam", "dot": ".cam", "nl": "cam\n",
+           "tab": "cam\tx"}
+    cams = {"ok": [], "camnl": [{"id": "door\n", "uri": "rtsp://x"},
+                                {"id": "yard", "uri": "rtsp://y"}]}
+    role_vars = ROLE / "vars/main.yml"  # the play runs the tasks outside the role
+    vars_ = yaml.safe_load(role_vars.read_text()) if role_vars.exists() else {}
+    hosts = {f"dev-{k}": {"segedge_agent_device_id": v, "segedge_agent_cameras": []}
+             for k, v in ids.items()}
+    hosts["cam-nl"] = {"segedge_agent_device_id": "cam-nl", "segedge_agent_cameras": cams["camnl"]}
+    inventory = {"all": {"hosts": hosts, "vars": dict(vars_, ansible_connection="local")}}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    out = _run_play(tmp_path, [{"hosts": "all", "gather_facts": False, "tasks": picked}],
+                    inventory="inventory.yml")
+    failed = _failures(out)  # (cam-nl's item label spans two lines: not parsed there)
+    assert set(re.findall(r"^(?:fatal|failed): \[([^\]]+)\]", out, re.M)) == {
+        "dev-long", "dev-dash", "dev-dot", "dev-nl", "dev-tab", "cam-nl"}, out[-4000:]
+    assert len(picked) == 2, [t["name"] for t in tasks]
+    for host in ("dev-long", "dev-dash", "dev-dot", "dev-nl", "dev-tab"):
+        assert any(f"{host}: segedge_agent_device_id" in m for m in failed[host]), failed[host]
+    assert 'cam-nl: segedge_agent_cameras[0] (door\\n) has the id \\"door\\\\n\\"' in out, \
+        out[-3000:]
