@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
-_SLUG = re.compile(r"[^a-zA-Z0-9_-]")  # edge_agent.homeassistant.slug
+_SLUG = re.compile(r"[^a-zA-Z0-9_-]")  # edge_agent.control.homeassistant.slug
 
 
 def slug(text: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import homeassistant as ha
+from edge_agent.control import homeassistant as ha
 from tests.conftest import require
 from tests.rig.broker_config import LocalBroker, free_port
 from tests.rig.mqtt_probe import Identity, Probe
@@ -54,7 +54,7 @@ def _acl(broker: LocalBroker) -> str:
 
 
 def _agent_configs(agent_id: str, cameras) -> dict:
-    """What the real agent publishes (edge_agent.homeassistant), discovery on."""
+    """What the real agent publishes (edge_agent.control.homeassistant), discovery on."""
     infos = [ha.CameraInfo(c, model_name="pets", model_version="1.0.0", precision="INT8")
              for c in cameras]
     msgs = ha.discovery("segedge", agent_id, infos, "0.1.0",
