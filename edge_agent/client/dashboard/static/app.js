@@ -72,6 +72,7 @@ function makeCard(id) {
     }
     root.append(actions, reply);
     parts.reply = reply;
+    parts.actions = actions;
   }
   img.addEventListener("load", () => { img.dataset.loading = ""; img.hidden = false; noimg.hidden = true; });
   img.addEventListener("error", () => { img.dataset.loading = ""; });
@@ -103,6 +104,8 @@ function render(card) {
   if (d.paused) sub.push("paused");
   p.sub.textContent = sub.join(" · ");
   p.reason.textContent = d.reason || "";
+  // pause and snapshot are each camera's: an agent of several cameras takes neither
+  if (p.actions) p.actions.hidden = d.cameras > 0;
   p.figures.replaceChildren();
   const f = d.fps || {}, l = d.latency || {};
   figure(p.figures, "fps", `cap ${num(f.capture)} · inf ${num(f.inference)} · pub ${num(f.publish)}`);
