@@ -67,9 +67,9 @@ def is_will(status: Dict[str, Any]) -> bool:
 
 def replaces(shown: Dict[str, Any], new: Dict[str, Any]) -> bool:
     """Whether status ``new`` replaces the ``shown`` one."""
-    if not shown:
+    if not shown or new.get("session") is None:  # without a session there is no order
         return True
-    if new.get("session") is not None and new.get("session") == shown.get("session"):
+    if new.get("session") == shown.get("session"):
         return status_key(new) > status_key(shown)
     return not is_will(new)  # a will of a session we are not showing: already over
 
