@@ -114,7 +114,7 @@ function render(card) {
   if (q.length) {
     figure(p.figures, "quality", q.map(([k, v]) => `${k} ${typeof v === "number" ? num(v, 3) : v}`).join(" · "));
   }
-  if (!d.overlay) { p.img.hidden = true; p.noimg.hidden = false; p.img.dataset.v = ""; }
+  if (!d.overlay) { p.img.hidden = true; p.noimg.hidden = d.cameras > 0; p.img.dataset.v = ""; }
   loadOverlay(card);
   refresh(card);
 }
@@ -125,6 +125,9 @@ function refresh(card) {
   card.el.className = `card ${state}` + (filter !== "all" && filter !== state ? " hidden" : "");
   card.el.dataset.state = state;
   card.parts.badge.textContent = state;
+  if (card.parts.actions) {
+    for (const b of card.parts.actions.children) b.disabled = state === "offline";
+  }
   let seen = d.last_seen ? `last seen ${ago(now() - d.last_seen)} ago` : "not seen since the page started";
   if (state === "offline" && d.state !== "offline") seen = `silent: ${seen}`;
   card.parts.seen.textContent = seen;
