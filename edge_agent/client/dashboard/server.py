@@ -54,6 +54,7 @@ MAX_STREAMS = 16  # open pages at once; more get 503
 MAX_PENDING = 32  # commands waiting for their reply
 REPLY_TIMEOUT_S = 10.0
 HEARTBEAT_S = 15.0
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 class Commander:
@@ -248,7 +249,18 @@ class PageHandler(BaseHTTPRequestHandler):
     def _json(self, code: int, data: Any) -> None:
         self._send(code, json.dumps(data).encode(), "application/json")
 
+    def _host_ok(self) -> bool:
+        """On loopback, only requests addressed to a loopback name: a web page whose own
+        name was rebound to 127.0.0.1 (DNS rebinding) cannot read or command this one."""
+        listen_host = self.server.server_address[0]
+        if listen_host not in LOOPBACK_NAMES and not listen_host.startswith("127."):
+            return True
+        host = urlsplit(f"//{self.headers.get('Host', '')}").hostname or ""
+        return host in LOOPBACK_NAMES or host.startswith("127.") or host == listen_host
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if not self._host_ok():
+            return self._send(403, b"wrong Host for a loopback dashboard", "text/plain")
         path = urlsplit(self.path).path
         if path in FILES:
             name, ctype = FILES[path]
@@ -274,6 +286,8 @@ class PageHandler(BaseHTTPRequestHandler):
     do_HEAD = do_GET  # noqa: N815
 
     def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return self._send(403, b"wrong Host for a loopback dashboard", "text/plain")
         if urlsplit(self.path).path != "/api/command":
             return self._send(404, b"not found", "text/plain")
         if not self.dash.args.operator:

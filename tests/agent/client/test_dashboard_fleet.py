@@ -139,6 +139,17 @@ def test_commands_need_operator_mode_and_the_page_token(page_server):
     assert post(op, {"id": "a/b", "feature": "paused", "value": "ON"}, dash.token) == 400
 
 
+def test_a_loopback_dashboard_answers_only_loopback_names(page_server):
+    """DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends Host evil.example."""
+    _, url = page_server("--operator")
+    rebound = urllib.request.Request(url, headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(rebound, timeout=5)
+    assert refused.value.code == 403
+    local = urllib.request.Request(url, headers={"Host": "localhost:8080"})
+    assert urllib.request.urlopen(local, timeout=5).status == 200
+
+
 def test_overlays_and_fleet_are_served(page_server):
     dash, url = page_server()
     dash.fleet.handle("cam", "overlay", JPEG)
