@@ -1,1 +1,2 @@
-"""Consumers' tools (``segedge-subscribe``): import ``protocol`` only, never the device runtime."""
+"""Consumers' tools (``segedge-subscribe``, ``segedge-dashboard``): import ``protocol`` (and
+the id rule of ``config``) only, never the device runtime."""

@@ -30,9 +30,8 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.client.connection import add_connection_args, make_client
 from edge_agent.protocol import overlay
 from edge_agent.protocol.encoding import MAX_PIXELS, MaskError, decode, image_size
 
@@ -107,7 +106,7 @@ class Subscriber:
     def __init__(self, host: str, port: int, prefix: str = "segedge", device: str = "+",
                  out: Optional[str] = None, protocol: str = "5", username: str = "",
                  password: str = "", tls_ca: str = "", quiet: bool = False,
-                 save_every: int = 1) -> None:
+                 save_every: int = 1, tls_cert: str = "", tls_key: str = "") -> None:
         self.prefix, self.device = prefix, device
         self.out = Path(out) if out else None
         self.quiet, self.save_every = quiet, max(1, save_every)
@@ -117,12 +116,7 @@ class Subscriber:
         self._frame_bytes = 0
         self.bad_messages = 0  # not JSON objects, or failing in handling
         self.lock = threading.Lock()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
-        if username:
-            self.client.username_pw_set(username, password or None)
-        if tls_ca:
-            self.client.tls_set(ca_certs=tls_ca)
+        self.client = make_client(protocol, username, password, tls_ca, tls_cert, tls_key)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.host, self.port = host, port
@@ -333,21 +327,16 @@ def _frame_id(data: Dict[str, Any]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="segedge-subscribe", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--prefix", default="segedge")
+    add_connection_args(p)
     p.add_argument("--device", default="+", help="device id to follow (default: all)")
-    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
-    p.add_argument("--username", default="")
-    p.add_argument("--password", default="")
-    p.add_argument("--tls-ca", default="")
     p.add_argument("--out", help="write masks and overlays under this folder")
     p.add_argument("--save-every", type=int, default=1, help="write every Nth mask")
     p.add_argument("--duration", type=float, default=0.0, help="seconds (0 = until Ctrl-C)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     sub = Subscriber(args.host, args.port, args.prefix, args.device, args.out, args.protocol,
-                     args.username, args.password, args.tls_ca, args.quiet, args.save_every)
+                     args.username, args.password, args.tls_ca, args.quiet, args.save_every,
+                     args.tls_cert, args.tls_key)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
