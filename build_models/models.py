@@ -1,4 +1,4 @@
-"""Model factory over segmentation-models-pytorch, with named presets.
+"""Model factory over segmentation-models-pytorch (the presets: ``build_models.arch``).
 
 The exported graph is ``SegModel``: raw 0..255 RGB in (``image``), normalisation
 inside, ``logits`` out. Binary models have ONE output channel (pet where logit > 0);
@@ -7,75 +7,12 @@ trimap models have three (argmax).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = "Unet"
-    encoder: str = "mobilenet_v2"
-    label_mode: str = "binary"
-    size: int = 256
-    encoder_weights: Optional[str] = None  # "imagenet" needs the internet
-    decoder_channels: Optional[Tuple[int, ...]] = None
-    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
-
-    @property
-    def num_classes(self) -> int:
-        return 3 if self.label_mode == "trimap" else 2
-
-    @property
-    def out_channels(self) -> int:
-        return 1 if self.label_mode == "binary" else self.num_classes
-
-    def to_dict(self) -> Dict[str, Any]:
-        data = asdict(self)
-        data["decoder_channels"] = list(self.decoder_channels) if self.decoder_channels else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> ModelConfig:
-        data = dict(data)
-        if data.get("decoder_channels"):
-            data["decoder_channels"] = tuple(data["decoder_channels"])
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-# Seconds per 256x256 training image on 2 shared CPU cores (batch 8, docs/build.md):
-# seed 0.21, Unet mobilenet_v2 (default decoder) 0.24, mobile 0.14, FPN mobilenet_v2 0.12.
-PRESETS: Dict[str, ModelConfig] = {
-    # the origin project's model
-    "seed": ModelConfig(arch="FPN", encoder="resnet34", label_mode="binary", size=256),
-    # measured: fastest to train on CPU at full-resolution output, 4.1 M parameters
-    "mobile": ModelConfig(arch="Unet", encoder="mobilenet_v2", label_mode="binary", size=256,
-                          decoder_channels=(128, 64, 32, 16, 16)),
-    "mobile-fpn": ModelConfig(arch="FPN", encoder="mobilenet_v2", label_mode="binary", size=256),
-    # the candidates of the accuracy-vs-speed chart (docs/build.md, demo/README.md)
-    "mobile-wide": ModelConfig(arch="Unet", encoder="mobilenet_v2", label_mode="binary",
-                               size=256),
-    "mobile-deeplab": ModelConfig(arch="DeepLabV3Plus", encoder="mobilenet_v2",
-                                  label_mode="binary", size=256),
-    "lite0": ModelConfig(arch="Unet", encoder="tu-efficientnet_lite0", label_mode="binary",
-                         size=256, decoder_channels=(128, 64, 32, 16, 16)),
-    "r18": ModelConfig(arch="Unet", encoder="resnet18", label_mode="binary", size=256,
-                       decoder_channels=(128, 64, 32, 16, 16)),
-}
-
-
-def preset(name: str, **overrides: Any) -> ModelConfig:
-    if name not in PRESETS:
-        raise ValueError(f"preset '{name}' unknown (valid: {', '.join(PRESETS)})")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return replace(PRESETS[name], **overrides)
+from build_models.arch import ArchConfig
 
 
 class SegModel(nn.Module):
@@ -91,7 +28,7 @@ class SegModel(nn.Module):
         return self.net((image - self.shift) * self.scale)
 
 
-def create(config: ModelConfig) -> SegModel:
+def create(config: ArchConfig) -> SegModel:
     """Build the model; errors name the valid architectures/encoders."""
     import segmentation_models_pytorch as smp
 

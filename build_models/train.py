@@ -19,11 +19,20 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from build_models import code_version, data, tool_versions
+from build_models import checkpoint, code_version, data, tool_versions
+from build_models.arch import PRESETS, ArchConfig, preset
+from build_models.checkpoint import CheckpointMeta
+
+if TYPE_CHECKING:
+    import torch
+
+    from build_models.augment import AugmentConfig
+    from build_models.losses import LossFn
+    from build_models.models import SegModel
 
 
 @dataclass
@@ -113,18 +122,18 @@ class Run:
     the device, and ``state`` (epoch, step, best, history) that checkpoints carry."""
 
     cfg: TrainConfig
-    mcfg: Any
-    device: Any
-    model: Any
+    arch: ArchConfig
+    device: torch.device
+    model: SegModel
     ema: Optional[Ema]
-    optimizer: Any
-    loss_fn: Any
-    images: Any  # uint8 [N,3,S,S] on the device
-    masks: Any  # uint8 [N,S,S] on the device
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    images: torch.Tensor  # uint8 [N,3,S,S] on the device
+    masks: torch.Tensor  # uint8 [N,S,S] on the device
     val_set: data.PetData
-    augment: Any
-    generator: Any
-    meta: Dict[str, Any]
+    augment: AugmentConfig
+    generator: torch.Generator
+    meta: CheckpointMeta
     out: Path
     state: Dict[str, Any]
     steps_per_epoch: int
@@ -134,40 +143,19 @@ class Run:
     summary: Dict[str, Any]
 
     @property
-    def eval_model(self):
+    def eval_model(self) -> SegModel:
         return self.ema.model if self.ema else self.model
 
 
-def save_checkpoint(path: Path, run: Run, meta: Dict[str, Any]) -> Path:
+def save_checkpoint(path: Path, run: Run, meta: CheckpointMeta) -> Path:
     """``state_dict`` is the model to deploy (the EMA weights when EMA is on); the raw
     weights, optimiser and state are there for ``--resume``."""
-    import torch
-
-    ckpt = {"state_dict": run.eval_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "state": run.state, "meta": meta}
-    if run.ema:
-        ckpt.update(train_state_dict=run.model.state_dict(), ema_updates=run.ema.updates)
-    tmp = Path(str(path) + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return Path(path)
-
-
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def model_from_checkpoint(path: Path):
-    """(SegModel in eval mode, meta) from a checkpoint written by ``train``."""
-    from build_models.models import ModelConfig, create
-
-    ckpt = load_checkpoint(path)
-    meta = ckpt["meta"]
-    model = create(ModelConfig.from_dict({**meta["model"], "encoder_weights": None}))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), meta
+    ema = run.ema
+    return checkpoint.save(path, checkpoint.Checkpoint(
+        state_dict=run.eval_model.state_dict(), meta=meta, state=run.state,
+        optimizer=run.optimizer.state_dict(),
+        train_state_dict=run.model.state_dict() if ema else None,
+        ema_updates=ema.updates if ema else 0))
 
 
 def store_size(size: int) -> int:
@@ -198,54 +186,51 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    resumed = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
+    resumed = checkpoint.load(Path(cfg.resume)) if cfg.resume else None
     if resumed:
-        mcfg = models.ModelConfig.from_dict(resumed["meta"]["model"])
+        arch = resumed.meta.model
     else:
-        mcfg = models.preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
-                             encoder_weights=cfg.encoder_weights)
-    data.check_size(mcfg.size)
+        arch = preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
+                      encoder_weights=cfg.encoder_weights)
+    data.check_size(arch.size)
     found = _training_pairs(cfg)
     val_scan = data.scan_split(Path(cfg.data), "val", strict=cfg.strict)
-    images, masks = data.PetData(found["pairs"], store_size(mcfg.size), mcfg.label_mode).arrays()
-    val_set = data.PetData(val_scan.pairs, mcfg.size, mcfg.label_mode)
+    images, masks = data.PetData(found["pairs"], store_size(arch.size), arch.label_mode).arrays()
+    val_set = data.PetData(val_scan.pairs, arch.size, arch.label_mode)
     found["summary"]["val"] = val_scan.summary()
 
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    model = models.create(mcfg).to(device)
+    model = models.create(arch).to(device)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": 0,
                              "elapsed_s": 0.0, "history": []}
     ema_updates = 0
     if resumed:
-        model.load_state_dict(resumed.get("train_state_dict", resumed["state_dict"]))
-        optimizer.load_state_dict(resumed["optimizer"])
-        state = resumed["state"]
-        ema_updates = resumed.get("ema_updates", 0)
+        model.load_state_dict(resumed.train_weights)
+        optimizer.load_state_dict(resumed.optimizer)
+        state = resumed.state
+        ema_updates = resumed.ema_updates
     ema = Ema(model, cfg.ema, ema_updates) if cfg.ema > 0 else None
     if ema and resumed:
-        ema.model.load_state_dict(resumed["state_dict"])
+        ema.model.load_state_dict(resumed.state_dict)
     aug = augment.AugmentConfig(background_mix=cfg.background_mix)
-    meta = {
-        "preset": cfg.preset if not resumed else resumed["meta"]["preset"],
-        "model": mcfg.to_dict(), "size": mcfg.size, "label_mode": mcfg.label_mode,
-        "classes": data.CLASSES[mcfg.label_mode], "mean": mcfg.mean, "std": mcfg.std,
-        "data_hash": data.data_hash(found["pairs"] + val_scan.pairs), "data": str(cfg.data),
-        "extra_data": list(cfg.extra_data),
-        "train_images": len(found["pairs"]), "val_images": len(val_set),
-        "code_version": code_version(), "tools": tool_versions(),
-        "train_config": asdict(cfg), "augment": aug.to_dict() if cfg.augment else None,
-    }
+    meta = CheckpointMeta(
+        preset=resumed.meta.preset if resumed else cfg.preset, model=arch,
+        classes=list(data.CLASSES[arch.label_mode]),
+        data_hash=data.data_hash(found["pairs"] + val_scan.pairs), data=str(cfg.data),
+        extra_data=list(cfg.extra_data), train_images=len(found["pairs"]),
+        val_images=len(val_set), code_version=code_version(), tools=tool_versions(),
+        train_config=asdict(cfg), augment=aug.to_dict() if cfg.augment else None)
     n = len(found["pairs"])
     steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
     return Run(
-        cfg=cfg, mcfg=mcfg, device=device, model=model, ema=ema, optimizer=optimizer,
-        loss_fn=losses.make_loss(mcfg.label_mode, cfg.loss),
+        cfg=cfg, arch=arch, device=device, model=model, ema=ema, optimizer=optimizer,
+        loss_fn=losses.make_loss(arch.label_mode, cfg.loss),
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
         masks=torch.from_numpy(masks).to(device), val_set=val_set, augment=aug,
         generator=augment.generator(cfg.seed + state["step"], device), meta=meta, out=out,
@@ -259,9 +244,9 @@ def _batch(run: Run, idx):
 
     images, masks = run.images[idx], run.masks[idx]
     if run.cfg.augment:
-        return augment.augment_batch(images, masks, run.mcfg.size, run.augment, run.generator,
-                                     binary=run.mcfg.label_mode == "binary")
-    return augment.resize_batch(images, masks, run.mcfg.size)
+        return augment.augment_batch(images, masks, run.arch.size, run.augment, run.generator,
+                                     binary=run.arch.label_mode == "binary")
+    return augment.resize_batch(images, masks, run.arch.size)
 
 
 def train_epoch(run: Run) -> Dict[str, Any]:
@@ -304,7 +289,7 @@ def train_epoch(run: Run) -> Dict[str, Any]:
     return {"loss": float(loss_sum) / max(1, steps), "stop": stop}
 
 
-def validate(run: Run) -> Dict[str, Any]:
+def validation_scores(run: Run) -> Dict[str, Any]:
     """Validation Dice / pet IoU of the model to deploy (EMA weights when on)."""
     import torch
 
@@ -316,7 +301,7 @@ def validate(run: Run) -> Dict[str, Any]:
         with torch.inference_mode():
             return model(torch.from_numpy(images).to(run.device)).float().cpu().numpy()
 
-    return evaluate.validate(infer, run.val_set, run.mcfg.num_classes, 16, desc="val",
+    return evaluate.measure_accuracy(infer, run.val_set, run.arch.num_classes, 16, desc="val",
                              progress=run.cfg.progress)
 
 
@@ -331,7 +316,7 @@ def end_epoch(run: Run, epoch: Dict[str, Any]) -> None:
     last = epoch["stop"] is not None or state["epoch"] >= cfg.epochs
     if state["epoch"] % max(1, cfg.val_every) and not last:
         return
-    val = validate(run)
+    val = validation_scores(run)
     state["history"].append({"epoch": state["epoch"], "step": state["step"],
                              "train_loss": epoch["loss"], "val_dice": val["dice"],
                              "val_fg_iou": val["fg_iou"],
@@ -341,9 +326,8 @@ def end_epoch(run: Run, epoch: Dict[str, Any]) -> None:
                         f"val dice {val['dice']:.4f} pet IoU {val['fg_iou']:.4f}")
     if val["dice"] > state["best_dice"]:
         state["best_dice"], state["best_epoch"] = val["dice"], state["epoch"]
-        save_checkpoint(run.out / "best.pt", run, {**run.meta, "val": val,
-                                                    "epoch": state["epoch"]})
-    save_checkpoint(run.out / "last.pt", run, {**run.meta, "val": val})
+        save_checkpoint(run.out / "best.pt", run, run.meta.scored(val, state["epoch"]))
+    save_checkpoint(run.out / "last.pt", run, run.meta.scored(val))
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
@@ -377,7 +361,7 @@ def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
         "epochs_run": state["epoch"], "steps": state["step"],
         "elapsed_s": round(state["elapsed_s"], 1), "device": run.device.type,
         "amp": "bf16" if run.device.type == "cuda" else None,
-        "data_summary": run.summary, "meta": run.meta, "history": state["history"],
+        "data_summary": run.summary, "meta": run.meta.to_dict(), "history": state["history"],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
@@ -385,7 +369,6 @@ def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from build_models.losses import LOSSES
-    from build_models.models import PRESETS
 
     p.add_argument("--data", required=True, help="Oxford-IIIT Pet folder (official layout)")
     p.add_argument("--out", required=True, help="run directory for checkpoints and report")
