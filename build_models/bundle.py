@@ -257,7 +257,8 @@ def report_step(build: Build, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
               "quantization": build.quant_info, "speed": build.speed, "config": asdict(cfg),
               "data_summary": {cfg.eval_split: build.test_scan.summary()},
               "train_meta": {k: meta.to_dict().get(k) for k in (
-                  "preset", "data_hash", "code_version", "train_images", "val_images", "val")}}
+                  "preset", "data_hash", "code_version", "train_images", "val_images", "val",
+                  "pretrained")}}
     (stage / "report" / "report.json").write_text(json.dumps(report, indent=2, default=str) +
                                                   "\n")
     return report
@@ -322,7 +323,7 @@ def make_manifest(bundle: Path, name: str, version: str, meta: CheckpointMeta, c
                            "data_hash": meta.data_hash, "code_version": meta.code_version},
         model={"architecture": arch.arch, "encoder": arch.encoder,
                "preset": meta.preset, "label_mode": mode,
-               "encoder_weights": arch.encoder_weights,
+               "encoder_weights": arch.encoder_weights, "pretrained": meta.pretrained,
                "decoder_channels": arch.to_dict()["decoder_channels"],
                "normalization_inside": {"mean": list(arch.mean), "std": list(arch.std),
                                         "scale": 255.0},

@@ -112,7 +112,7 @@ def build_irs(preset: str, calib: Any) -> Dict[str, Any]:
     not depend on the weights), and its parameter count."""
     from build_models import export, models, quantize
 
-    model = models.create(arch.preset(preset)).eval()
+    model = models.create(arch.preset(preset).without_weights()).eval()
     fp32 = export.to_openvino(model, model_size(preset))
     int8, _ = quantize.quantize(fp32.clone(), calib, quantize.QuantConfig(len(calib), 1.0, False))
     return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),

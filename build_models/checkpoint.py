@@ -159,6 +159,6 @@ def model_from_checkpoint(path: Path) -> Tuple[SegModel, CheckpointMeta]:
     from build_models.models import create
 
     ckpt = load(path)
-    model = create(replace(ckpt.meta.model, encoder_weights=None))  # the weights follow
+    model = create(ckpt.meta.model.without_weights())  # the weights follow
     model.load_state_dict(ckpt.state_dict)
     return model.eval(), ckpt.meta

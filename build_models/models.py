@@ -7,12 +7,15 @@ trimap models have three (argmax).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from build_models.arch import ArchConfig
+
+if TYPE_CHECKING:
+    from build_models.weights import WeightsRecord
 
 
 class SegModel(nn.Module):
@@ -21,6 +24,7 @@ class SegModel(nn.Module):
     def __init__(self, net: nn.Module, mean: List[float], std: List[float]):
         super().__init__()
         self.net = net
+        self.pretrained: Optional[WeightsRecord] = None  # set by create()
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
         self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
 
@@ -29,19 +33,27 @@ class SegModel(nn.Module):
 
 
 def create(config: ArchConfig) -> SegModel:
-    """Build the model; errors name the valid architectures/encoders."""
+    """Build the model with its encoder weights (``SegModel.pretrained`` records where they
+    came from); errors name the valid architectures/encoders."""
     import segmentation_models_pytorch as smp
+
+    from build_models import weights
 
     kwargs: Dict[str, Any] = {}
     if config.decoder_channels:
         kwargs["decoder_channels"] = tuple(config.decoder_channels)
+    online = config.encoder_weights if config.encoder_weights == "imagenet" else None
     try:
-        net = smp.create_model(config.arch, encoder_name=config.encoder,
-                               encoder_weights=config.encoder_weights,
+        net = smp.create_model(config.arch, encoder_name=config.encoder, encoder_weights=online,
                                in_channels=3, classes=config.out_channels, **kwargs)
     except KeyError as exc:
         raise ValueError(f"cannot build {config.arch}/{config.encoder}: {exc}") from exc
-    return SegModel(net, config.mean, config.std)
+    record = weights.WeightsRecord("imagenet") if online else None
+    if config.encoder_weights and not online:
+        record = weights.load_encoder(net, config.encoder_weights, config.encoder)
+    model = SegModel(net, config.mean, config.std)
+    model.pretrained = record
+    return model
 
 
 def predict_classes(logits: torch.Tensor) -> torch.Tensor:

