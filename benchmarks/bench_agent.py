@@ -237,8 +237,9 @@ def preset_bundle(root: Path, preset: str, clip: Path, calib: int = 32) -> Path:
     import torch
 
     from build_models import export, models
+    from build_models.arch import preset as arch_preset
 
-    cfg = models.preset(preset)
+    cfg = arch_preset(preset).without_weights()
     torch.manual_seed(0)
     size = cfg.size
     fp32 = export.to_openvino(models.create(cfg).eval(), size)

@@ -135,9 +135,9 @@ class OVRunner:
 
 def score(runners: Dict[str, Any], test_data: Any, num_classes: int) -> Dict[str, Dict]:
     """Dice and pet IoU of every variant on the same test images (the agent's class rule)."""
-    from build_models.evaluate import validate
+    from build_models.evaluate import measure_accuracy
 
-    return {name: validate(runner.infer, test_data, num_classes, desc=name)
+    return {name: measure_accuracy(runner.infer, test_data, num_classes, desc=name)
             for name, runner in runners.items()}
 
 
@@ -220,14 +220,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import torch
 
     from build_models import data, export, models, tool_versions
-    from build_models.train import model_from_checkpoint
+    from build_models.arch import preset
+    from build_models.checkpoint import model_from_checkpoint
 
     if args.checkpoint:
         model, meta = model_from_checkpoint(Path(args.checkpoint))
-        cfg = models.ModelConfig.from_dict({**meta["model"], "encoder_weights": None})
-        size, what = args.size or int(meta["size"]), f"checkpoint {args.checkpoint}"
+        cfg = meta.model
+        size, what = args.size or meta.size, f"checkpoint {args.checkpoint}"
     else:
-        cfg = models.preset(args.preset, size=args.size)
+        cfg = preset(args.preset, size=args.size).without_weights()
         torch.manual_seed(0)
         model, size, what = models.create(cfg).eval(), cfg.size, f"preset {args.preset} (random)"
     images = load_images(args.data, size, args.images)

@@ -16,13 +16,22 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from build_models import data, tool_versions
+from build_models.checkpoint import CheckpointMeta
 from build_models.errors import BuildError, BundleError  # noqa: F401 - BuildError: the base
 from edge_agent.bundle import manifest as mf
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from build_models.models import SegModel
+
+#: what evaluation and export take: an IR/ONNX path or an in-memory OpenVINO model
+OvModel = Union[Path, "ov.Model"]
 
 PRECISION = {"cpu": "INT8", "gpu": "FP16", "npu": "INT8", "myriad": "FP32"}
 
@@ -54,45 +63,38 @@ class Build:
 
     cfg: BuildConfig
     targets: List[str]
-    model: Any  # the torch model from the checkpoint
-    meta: Dict[str, Any]  # the checkpoint's training metadata
+    model: SegModel  # the torch model from the checkpoint
+    meta: CheckpointMeta  # the checkpoint's training record
     name: str
     version: str
     stage: Path  # .<version>.partial, renamed into place at the end
     test_scan: data.ScanResult
     test: data.PetData
     images: np.ndarray  # a few test images, NCHW f32, for parity and speed
-    core: Any
+    core: ov.Core
     metrics: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     per_target: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     quant_info: Dict[str, Any] = field(default_factory=dict)
     parity: Dict[str, Any] = field(default_factory=dict)
     speed: Dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def size(self) -> int:
-        return int(self.meta["size"])
-
-    @property
-    def num_classes(self) -> int:
-        return len(data.CLASSES[self.meta["label_mode"]])
-
-    def evaluate(self, model: Any, label: str, with_speed: bool = True) -> Dict[str, Any]:
+    def evaluate(self, model: OvModel, label: str, with_speed: bool = True) -> Dict[str, Any]:
         """Accuracy of ``model`` on the test set; also its CPU speed into ``speed``."""
         from build_models import evaluate
         from build_models.speed import measure
 
         cfg = self.cfg
         compiled, used = evaluate.compile_ov(model, cfg.inference_precision, core=self.core)
-        result = evaluate.validate(evaluate.ov_infer(compiled), self.test, self.num_classes,
-                                   desc=label, progress=cfg.progress)
+        result = evaluate.measure_accuracy(evaluate.ov_infer(compiled), self.test,
+                                           self.meta.num_classes, desc=label,
+                                           progress=cfg.progress)
         if with_speed and cfg.speed_iterations > 0:
             hint = None if cfg.inference_precision == "auto" else cfg.inference_precision
             self.speed[label] = measure(self.core, model, [f[None] for f in self.images],
                                         cfg.speed_iterations, precision=hint)
         return {**result, "inference_precision": used}
 
-    def check_parity(self, model: Any, label: str) -> None:
+    def check_parity(self, model: OvModel, label: str) -> None:
         from build_models import export
         from build_models.evaluate import compile_ov
 
@@ -108,14 +110,14 @@ def prepare(cfg: BuildConfig) -> Build:
     """Check the targets, load the checkpoint and the test split, make the staging folder."""
     import openvino as ov
 
-    from build_models.train import model_from_checkpoint
+    from build_models.checkpoint import model_from_checkpoint
 
     targets = [t for t in mf.TARGETS if t in cfg.targets]
     unknown = sorted(set(cfg.targets) - set(mf.TARGETS))
     if unknown or not targets:
         raise BundleError(f"unknown or no targets {unknown} (valid: {', '.join(mf.TARGETS)})")
     model, meta = model_from_checkpoint(Path(cfg.checkpoint))
-    name = cfg.name or f"pets-{meta['preset']}"
+    name = cfg.name or f"pets-{meta.preset}"
     version = cfg.version or _now().strftime("%Y.%m.%d-%H%M%S")
     final = Path(cfg.out) / name / version
     if final.exists() and not cfg.force:
@@ -125,7 +127,7 @@ def prepare(cfg: BuildConfig) -> Build:
     (stage / "report").mkdir(parents=True)
     test_scan = data.scan_split(Path(cfg.data), cfg.eval_split, strict=cfg.strict)
     pairs = test_scan.pairs[: cfg.eval_limit] if cfg.eval_limit else test_scan.pairs
-    test = data.PetData(pairs, int(meta["size"]), meta["label_mode"])
+    test = data.PetData(pairs, meta.size, meta.label_mode)
     images = np.stack([test[i][0] for i in range(min(4, len(test)))]).transpose(0, 3, 1, 2)
     return Build(cfg, targets, model, meta, name, version, stage, test_scan, test,
                  np.ascontiguousarray(images, dtype=np.float32), ov.Core())
@@ -137,16 +139,16 @@ def int8_step(build: Build, fp32_xml: Path) -> Any:
     from build_models import quantize
 
     cfg, metrics, core = build.cfg, build.metrics, build.core
-    mode = build.meta["label_mode"]
+    mode = build.meta.label_mode
     calib_scan = data.scan_split(Path(cfg.data), "train", strict=cfg.strict)
-    calib = data.PetData(calib_scan.pairs[: cfg.calib_size], build.size, mode)
+    calib = data.PetData(calib_scan.pairs[: cfg.calib_size], build.meta.size, mode)
     qcfg = quantize.QuantConfig(cfg.calib_size, cfg.tolerance, cfg.accuracy_control)
     int8, build.quant_info = quantize.quantize(core.read_model(fp32_xml), calib, qcfg)
     metrics["INT8"] = build.evaluate(int8, "INT8")
     drop = metrics["FP32"]["dice"] - metrics["INT8"]["dice"]
     build.quant_info["ptq_drop"] = drop
     if drop > cfg.tolerance and cfg.accuracy_control:
-        nc = build.num_classes
+        nc = build.meta.num_classes
         int8, info = quantize.quantize_accuracy_control(
             core.read_model(fp32_xml), calib, build.test,
             lambda compiled, items: quantize.dice_of_items(compiled, items, nc), qcfg)
@@ -169,7 +171,7 @@ def myriad_step(build: Build) -> None:
     """The legacy NCS2 artefact: static-shape ONNX at an opset OpenVINO 2022.3 reads."""
     from build_models import export
 
-    onnx_path = export.export_onnx(build.model, build.size,
+    onnx_path = export.export_onnx(build.model, build.meta.size,
                                    build.stage / "myriad" / "model.onnx")
     info = export.onnx_info(onnx_path)
     if info["opset"] > export.MYRIAD_OPSET or not info["static"]:
@@ -185,7 +187,7 @@ def models_step(build: Build, tmp: Path) -> Any:
     from build_models import export
 
     targets, stage, metrics = build.targets, build.stage, build.metrics
-    fp32 = export.to_openvino(build.model, build.size)
+    fp32 = export.to_openvino(build.model, build.meta.size)
     build.check_parity(fp32, "FP32")
     fp32_xml = export.save_ir(fp32, tmp / "fp32" / "model.xml")
     metrics["FP32"] = build.evaluate(fp32_xml, "FP32")
@@ -241,7 +243,7 @@ def report_step(build: Build, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         if (run_dir / src).is_file():
             shutil.copyfile(run_dir / src, stage / "report" / (dest or src))
     evaluation = {"split": cfg.eval_split, "images": len(build.test),
-                  "image_size": [build.size, build.size],
+                  "image_size": [build.meta.size, build.meta.size],
                   "metric": "Dice micro-averaged over all classes (torchmetrics "
                             "Dice(num_classes=2)); fg_iou = IoU of the pet class",
                   "metrics": {k: {m: v[m] for m in ("dice", "fg_iou", "fg_dice",
@@ -254,8 +256,9 @@ def report_step(build: Build, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
               "per_target": build.per_target, "parity": build.parity,
               "quantization": build.quant_info, "speed": build.speed, "config": asdict(cfg),
               "data_summary": {cfg.eval_split: build.test_scan.summary()},
-              "train_meta": {k: meta.get(k) for k in ("preset", "data_hash", "code_version",
-                                                       "train_images", "val_images", "val")}}
+              "train_meta": {k: meta.to_dict().get(k) for k in (
+                  "preset", "data_hash", "code_version", "train_images", "val_images", "val",
+                  "pretrained")}}
     (stage / "report" / "report.json").write_text(json.dumps(report, indent=2, default=str) +
                                                   "\n")
     return report
@@ -291,12 +294,11 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
     return report
 
 
-def make_manifest(bundle: Path, name: str, version: str, meta: Dict[str, Any], ckpt: Path,
+def make_manifest(bundle: Path, name: str, version: str, meta: CheckpointMeta, ckpt: Path,
                   targets: Sequence[str], per_target: Dict[str, Dict[str, Any]],
                   evaluation: Dict[str, Any]) -> mf.Manifest:
-    size, mode = int(meta["size"]), meta["label_mode"]
-    model_cfg = meta["model"]
-    channels = 1 if mode == "binary" else len(data.CLASSES[mode])
+    size, mode, arch = meta.size, meta.label_mode, meta.model
+    channels = arch.out_channels
     ov_version = tool_versions()["openvino"].split("-")[0]
     entries = {}
     for t in targets:
@@ -318,14 +320,13 @@ def make_manifest(bundle: Path, name: str, version: str, meta: Dict[str, Any], c
         name=name, version=version, created=_now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         tools=tool_versions(),
         source_checkpoint={"file": ckpt.name, "sha256": mf.sha256_file(ckpt),
-                           "data_hash": meta.get("data_hash"),
-                           "code_version": meta.get("code_version")},
-        model={"architecture": model_cfg["arch"], "encoder": model_cfg["encoder"],
-               "preset": meta["preset"], "label_mode": mode,
-               "encoder_weights": model_cfg.get("encoder_weights"),
-               "decoder_channels": model_cfg.get("decoder_channels"),
-               "normalization_inside": {"mean": model_cfg.get("mean"),
-                                        "std": model_cfg.get("std"), "scale": 255.0},
+                           "data_hash": meta.data_hash, "code_version": meta.code_version},
+        model={"architecture": arch.arch, "encoder": arch.encoder,
+               "preset": meta.preset, "label_mode": mode,
+               "encoder_weights": arch.encoder_weights, "pretrained": meta.pretrained,
+               "decoder_channels": arch.to_dict()["decoder_channels"],
+               "normalization_inside": {"mean": list(arch.mean), "std": list(arch.std),
+                                        "scale": 255.0},
                "postprocess": "logit > 0 is class 1" if channels == 1 else "argmax over C"},
         input=mf.TensorSpec(name="image", shape=[1, 3, size, size], element_type="f32",
                             layout="NCHW", color_order="RGB", value_range=[0.0, 255.0],

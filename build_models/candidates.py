@@ -23,6 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from build_models import arch
+from build_models.checkpoint import CheckpointMeta
+
 # name: (preset, options beyond the common ones). "mobile" vs its variants measures the extra
 # data, background mixing and the focal loss; the rest compare architectures on equal terms.
 EXTRA = "{extra}"
@@ -75,7 +78,8 @@ def summarize(name: str, run: Path, rc: int) -> Dict[str, Any]:
         return {"failed": rc, "log": (run / "stdout.log").read_text()[-3000:]}
     r = json.loads(report.read_text())
     best = max(r["history"], key=lambda h: h["val_dice"]) if r["history"] else {}
-    return {"preset": r["meta"]["preset"], "options": CANDIDATES[name][1],
+    meta = CheckpointMeta.from_dict(r["meta"], str(report))
+    return {"preset": meta.preset, "options": CANDIDATES[name][1],
             "best_val_dice": r["best_val_dice"], "best_val_fg_iou": best.get("val_fg_iou"),
             **{k: r[k] for k in ("best_epoch", "epochs_run", "steps", "elapsed_s",
                                  "stopped_by", "history")}}
@@ -108,7 +112,7 @@ def build_irs(preset: str, calib: Any) -> Dict[str, Any]:
     not depend on the weights), and its parameter count."""
     from build_models import export, models, quantize
 
-    model = models.create(models.preset(preset)).eval()
+    model = models.create(arch.preset(preset).without_weights()).eval()
     fp32 = export.to_openvino(model, model_size(preset))
     int8, _ = quantize.quantize(fp32.clone(), calib, quantize.QuantConfig(len(calib), 1.0, False))
     return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
@@ -136,9 +140,7 @@ def measure_speeds(irs: Dict[str, Dict[str, Any]], frames: Any, iterations: int,
 
 
 def model_size(preset: str) -> int:
-    from build_models import models
-
-    return models.preset(preset).size
+    return arch.preset(preset).size
 
 
 def chart(summary: Dict[str, Dict[str, Any]], data: str, out: Path, calib_images: int = 16,

@@ -89,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"segedge-build {argv[0]}: needs the build extra (no module '{missing}'): "
               f"{INSTALL_HINT}", file=sys.stderr)
         return 3
-    if argv[0] != "verify":
+    if argv[0] != "verify" and not result.get("rank"):  # under torchrun: rank 0 speaks
         keys = ("bundle", "checkpoint", "evaluation", "best_val_dice", "dest")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))
     return 0 if result.get("ok", True) else 1

@@ -6,7 +6,9 @@ from __future__ import annotations
 #: modules of the ``build`` extra: missing in an agent-only install
 BUILD_EXTRA_MODULES = ("torch", "torchvision", "segmentation_models_pytorch", "timm", "nncf",
                        "tqdm", "matplotlib", "PIL", "onnx")
-INSTALL_HINT = "pip install 'segedge[build]'"
+#: segedge is not published on PyPI: the extra installs from a checkout (CPU-only torch:
+#: docs/build.md#install)
+INSTALL_HINT = "pip install -c constraints.txt -e '.[build]' in the segedge checkout"
 
 
 class BuildError(Exception):

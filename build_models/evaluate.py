@@ -1,4 +1,4 @@
-"""One ``validate()`` for every precision, with pure numpy metrics.
+"""One ``measure_accuracy()`` for every precision, with pure numpy metrics.
 
 Dice is the seed's metric: torchmetrics ``Dice(num_classes=2)`` micro-averages
 over both classes, i.e. 2*sum(TP) / (2*sum(TP) + sum(FP) + sum(FN)) summed over
@@ -49,7 +49,7 @@ def metrics(cm: np.ndarray, fg: int = PET) -> Dict[str, float]:
     }
 
 
-def validate(infer: InferFn, data: Any, num_classes: int, batch_size: int = 1,
+def measure_accuracy(infer: InferFn, data: Any, num_classes: int, batch_size: int = 1,
              desc: str = "eval", progress: bool = True) -> Dict[str, Any]:
     """Run ``infer`` over ``data`` (a PetData) and return dice, fg_iou, fg_dice, images."""
     cm = np.zeros((num_classes, num_classes), np.int64)

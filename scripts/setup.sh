@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this checkout: system packages (as root, via apt) and a venv in .venv.
 #   scripts/setup.sh agent   light runtime only (demo, devices)
-#   scripts/setup.sh all     + build (torch, smp, nncf), deploy (ansible) and dev tools
+#   scripts/setup.sh all     + build (torch, smp, nncf, EfficientNet-Lite0 weights), deploy
+#                            (ansible) and dev tools
 # Idempotent: it skips what is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -57,10 +57,10 @@ def test_speeds_are_measured_per_preset_best_of_rounds():
     import torch
 
     from build_models import export, models
+    from build_models.arch import IMAGENET_MEAN, IMAGENET_STD
     from build_models.candidates import measure_speeds
 
-    net = models.SegModel(torch.nn.Conv2d(3, 1, 3, padding=1), models.IMAGENET_MEAN,
-                          models.IMAGENET_STD)
+    net = models.SegModel(torch.nn.Conv2d(3, 1, 3, padding=1), IMAGENET_MEAN, IMAGENET_STD)
     ir = export.to_openvino(net, 32)
     frames = {"a": [torch.rand(1, 3, 32, 32).numpy() * 255]}
     speeds = measure_speeds({"a": {"params_m": 0.0, "int8": ir, "fp32": ir}}, frames, 5, 2)

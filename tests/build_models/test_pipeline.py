@@ -60,12 +60,12 @@ def test_manifest_validates_against_json_schema(tiny_build):
 
 
 def test_checkpoint_carries_full_metadata(tiny_build):
-    from build_models.train import load_checkpoint
+    from build_models import checkpoint
 
-    meta = load_checkpoint(tiny_build["checkpoint"])["meta"]
-    assert meta["preset"] == "mobile" and meta["size"] == 64
-    assert meta["classes"] == ["background", "pet"] and len(meta["mean"]) == 3
-    assert len(meta["data_hash"]) == 64 and meta["code_version"].startswith("0.")
+    meta = checkpoint.load(tiny_build["checkpoint"]).meta
+    assert meta.preset == "mobile" and meta.size == 64
+    assert meta.classes == ["background", "pet"] and len(meta.model.mean) == 3
+    assert len(meta.data_hash) == 64 and meta.code_version.startswith("0.")
     report = json.loads((tiny_build["run"] / "report.json").read_text())
     assert report["epochs_run"] == 3 and len(report["history"]) == 3
     assert (tiny_build["run"] / "curves.png").is_file()
@@ -85,12 +85,12 @@ def test_ir_outputs_agree_with_torch(tiny_build):
     from build_models import data as D
     from build_models import evaluate as E
     from build_models import export as X
-    from build_models.train import model_from_checkpoint
+    from build_models.checkpoint import model_from_checkpoint
 
     model, meta = model_from_checkpoint(tiny_build["checkpoint"])
-    test = D.PetData(D.scan_split(tiny_build["data"], "test").pairs, meta["size"])
+    test = D.PetData(D.scan_split(tiny_build["data"], "test").pairs, meta.size)
     images = np.concatenate([b for b, _ in test.batches(6)])
-    fp32, used = E.compile_ov(X.to_openvino(model, meta["size"]), "f32")
+    fp32, used = E.compile_ov(X.to_openvino(model, meta.size), "f32")
     fp16, used16 = E.compile_ov(tiny_build["bundle"] / "gpu" / "model.xml", "f32")
     assert used == used16 == "f32"
     for compiled in (fp32, fp16):
@@ -195,13 +195,13 @@ def test_accuracy_control_runs_with_nncf(tiny_build):
     from build_models import data as D
     from build_models import export as X
     from build_models import quantize as Q
-    from build_models.train import model_from_checkpoint
+    from build_models.checkpoint import model_from_checkpoint
 
     model, meta = model_from_checkpoint(tiny_build["checkpoint"])
     pairs = D.scan_split(tiny_build["data"], "test").pairs
-    data = D.PetData(pairs, meta["size"])
+    data = D.PetData(pairs, meta.size)
     int8, info = Q.quantize_accuracy_control(
-        X.to_openvino(model, meta["size"]), data, data,
+        X.to_openvino(model, meta.size), data, data,
         lambda compiled, items: Q.dice_of_items(compiled, items, 2),
         Q.QuantConfig(subset_size=4, tolerance=1.0))
     assert info["method"] == "accuracy_control" and info["validation_images"] == 6
@@ -213,8 +213,8 @@ def test_recipe_options_train_and_resume_with_ema(pets_dir, tmp_path):
     EMA weights and --resume continues the raw weights, the EMA and the history."""
     import torch
 
+    from build_models import checkpoint, train
     from build_models import data as D
-    from build_models import train
 
     args = ["--data", str(pets_dir), "--out", str(tmp_path), "--size", "64", "--epochs", "2",
             "--batch-size", "6", "--ema", "0.9", "--extra-data", str(pets_dir),
@@ -225,11 +225,11 @@ def test_recipe_options_train_and_resume_with_ema(pets_dir, tmp_path):
     assert report["meta"]["train_images"] == n_train
     assert report["meta"]["extra_data"] == [str(pets_dir)]
     assert report["meta"]["augment"]["background_mix"] == 0.5
-    last = train.load_checkpoint(tmp_path / "last.pt")
-    assert last["ema_updates"] == report["steps"] > 0
-    ema, raw = last["state_dict"], last["train_state_dict"]
+    last = checkpoint.load(tmp_path / "last.pt")
+    assert last.ema_updates == report["steps"] > 0
+    ema, raw = last.state_dict, last.train_state_dict
     assert any(not torch.equal(ema[k], raw[k]) for k in ema if ema[k].is_floating_point())
     args[args.index("--epochs") + 1] = "3"
     resumed = train.main([*args, "--resume", str(tmp_path / "last.pt")])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    assert train.load_checkpoint(tmp_path / "last.pt")["ema_updates"] == resumed["steps"]
+    assert checkpoint.load(tmp_path / "last.pt").ema_updates == resumed["steps"]
