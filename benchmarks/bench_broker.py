@@ -83,7 +83,7 @@ def _client(ident: Identity, on_message=None, clean: bool = True):
 def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: int,
               start_at: float, out: mp.Queue) -> None:
     """One process drives several devices (paho client each) on a shared 10 Hz clock."""
-    sent = {n: {"mask": 0, "stats": 0, "status": 0} for n in names}
+    sent = {n: {"mask": 0, "stats": 0, "status": 0, "retained": 0} for n in names}
     bytes_sent = 0
     lock = threading.Lock()
     clients = {}
@@ -116,6 +116,21 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
     for name in names:
         publish(name, "status", f"segedge/{name}/status",
                 json.dumps({"state": "online", "device": name, "ts": time.time()}).encode(), True)
+    burst_s = None
+    if args.retained:  # what an agent sends on (re)connect: states, settings, discovery
+        body = json.dumps({"state": "OFF", "pad": "x" * 700}).encode()
+        t0 = time.monotonic()
+        for i in range(args.retained):
+            for name in names:
+                publish(name, "retained", f"segedge/{name}/f{i}/state", body, True)
+
+        def all_acked():
+            with lock:
+                return all(sum(1 for mid, kind in kinds[n].items() if kind == "retained"
+                               and mid in acks[n]) == args.retained for n in names)
+        while not all_acked() and time.monotonic() - t0 < 120:
+            time.sleep(0.01)
+        burst_s = round(time.monotonic() - t0, 2) if all_acked() else None
     tick, seq = 1.0 / args.rate, 0
     t_end = start_at + args.duration
     next_t = time.monotonic()
@@ -130,7 +145,7 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
     behind = max(0.0, time.monotonic() - next_t)
     time.sleep(args.drain)
     with lock:
-        acked = {n: {"mask": 0, "stats": 0, "status": 0} for n in names}
+        acked = {n: {"mask": 0, "stats": 0, "status": 0, "retained": 0} for n in names}
         for name in names:
             for mid, reason in acks[name].items():
                 if reason < 128 and mid in kinds[name]:  # QoS 0: on_publish once sent
@@ -138,7 +153,7 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
     for client in clients.values():
         client.disconnect()
         client.loop_stop()
-    out.put({"acked": acked, "sent": sent, "bytes_sent": bytes_sent,
+    out.put({"acked": acked, "sent": sent, "bytes_sent": bytes_sent, "burst_s": burst_s,
              "payload_bytes": payload_sizes, "behind_s": behind})
 
 
@@ -164,6 +179,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--mask-qos", type=int, choices=(0, 1), default=1,
                         help="QoS of the masks (the agent's default mqtt.qos_mask is 0); "
                              "stats and status are always QoS 1")
+    parser.add_argument("--retained", type=int, default=0,
+                        help="retained QoS 1 messages (~750 bytes) each device sends first, "
+                             "as an agent does on connect; their time to be acknowledged "
+                             "is reported (retained_burst_s)")
     parser.add_argument("--stats-interval", type=float, default=5.0)
     parser.add_argument("--processes", type=int, default=2, help="publisher processes")
     parser.add_argument("--drain", type=float, default=5.0)
@@ -256,6 +275,9 @@ def main(argv=None) -> dict:
         if cpu0 is not None else None,
         "broker_rss_mb_peak": round(max(s["rss_kb"] for s in samples) / 1024, 1),
         "publishers_behind_schedule_s": max(r["behind_s"] for r in results),
+        "retained_per_device": args.retained,
+        "retained_burst_s": None if not args.retained or any(
+            r["burst_s"] is None for r in results) else max(r["burst_s"] for r in results),
         "samples": samples,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

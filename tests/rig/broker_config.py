@@ -58,6 +58,9 @@ class LocalBroker:
     # device id -> its camera ids (segedge_agent_cameras), -> its frames-in senders
     cameras: Dict[str, List[str]] = field(default_factory=dict)
     senders: Dict[str, List[str]] = field(default_factory=dict)
+    # lines appended to the rendered mosquitto.conf (e.g. "log_type debug": Mosquitto logs
+    # a denied PUBLISH only at debug level)
+    extra_conf: List[str] = field(default_factory=list)
     proc: Optional[subprocess.Popen] = None
 
     @property
@@ -122,7 +125,8 @@ class LocalBroker:
         conf = re.sub(rf"^listener {self.port}$", f"listener {self.port} 127.0.0.1", conf,
                       flags=re.M)
         conf = conf.replace("log_dest stderr", f"log_dest file {self.log}")
-        self.conf.write_text(conf + "\n# local run\nuser root\n")
+        self.conf.write_text(conf + "\n# local run\nuser root\n"
+                             + "".join(f"{line}\n" for line in self.extra_conf))
         return self.conf
 
     def start(self, timeout: float = 15.0) -> LocalBroker:

@@ -313,6 +313,9 @@ def test_broker_preflight_gathers_cameras_and_senders_and_refuses_clashes(tmp_pa
     }
     brokers = {f"broker-{name}": {"segedge_broker_device_group": f"fleet_{name}"}
                for name in fleets}
+    # a good fleet, but autosave_interval 0: Mosquitto would save only at a clean stop
+    brokers["broker-autosave"] = {"segedge_broker_device_group": "fleet_good",
+                                  "segedge_broker_autosave_interval": 0}
     children = {f"fleet_{name}": {"hosts": hosts} for name, hosts in fleets.items()}
     children["brokers"] = {"hosts": brokers}
     inventory = {"all": {"children": children,
@@ -333,7 +336,8 @@ def test_broker_preflight_gathers_cameras_and_senders_and_refuses_clashes(tmp_pa
                                       "mode": "0600"}}]}]
     out = _run_play(tmp_path, play, inventory="inventory.yml")
     failed = _failures(out)
-    assert set(failed) == {f"broker-{n}" for n in fleets if n != "good"}, out[-4000:]
+    assert set(failed) == {f"broker-{n}" for n in fleets if n != "good"} | {
+        "broker-autosave"}, out[-4000:]
     facts = json.loads((tmp_path / "broker-good.json").read_text())
     assert facts["fleet"] == [
         {"host": "good-1", "id": "good-1", "cameras": ["front-door", "garden"],
@@ -364,6 +368,8 @@ def test_broker_preflight_gathers_cameras_and_senders_and_refuses_clashes(tmp_pa
                           "of host snd-2", "'dashboard' is a frames-in sender of host snd-2 "
                           "and a subscriber"],
         "broker-name": ['"a b" (a camera of host bad-1)', '"" (a camera of host bad-1)'],
+        "broker-autosave": ["broker-autosave: bad settings", "autosave_interval at least 1",
+                            "got 0"],
         "broker-ha": ["discovery node 'segedge_cam_1' is camera cam.1 of host ha-1 and camera "
                       "cam_1 of host ha-2", "discovery node 'segedge_agent_ha-2' is camera "
                       "agent_ha-2 of host ha-1 and the agent of host ha-2"],
