@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from build_models.errors import BuildError
+from build_models.errors import BuildError, HelpFormatter
 
 BASE_URL = "https://thor.robots.ox.ac.uk/datasets/pets"
 
@@ -152,7 +152,7 @@ def fetch(dest: Path, sources: Sequence[Source] = OFFICIAL, progress: bool = Tru
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="segedge-build fetch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--dest", required=True, help="folder to fill with the official layout")
     parser.add_argument("--base-url", default=BASE_URL, help="mirror holding both tarballs")
     parser.add_argument("--images-sha256", help="expected sha256 of images.tar.gz")

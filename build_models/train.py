@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from build_models import code_version, data, tool_versions
+from build_models.errors import HelpFormatter
 
 
 @dataclass
@@ -425,7 +426,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="segedge-build train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     return train(TrainConfig(**vars(args)))

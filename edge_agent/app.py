@@ -355,6 +355,14 @@ class Agent:
         log.debug("stats %s", stats.fps)
         return stats
 
+    def _final_stats(self) -> None:
+        """One last stats message at a clean stop (before the offline status), so that a
+        consumer's totals are the agent's final counts, not those of the last tick."""
+        try:
+            self.publish_stats(self.cfg.output.stats_interval_s)
+        except Exception:  # noqa: BLE001 - a stop must go on whatever the stats hit
+            log.exception("final stats not published")
+
     def _shutdown(self) -> None:
         log.info("stopping")
         self.notifier.stopping()
@@ -367,6 +375,8 @@ class Agent:
             self.frames_in.join(1.0)
         if self.control:
             self.control.join(1.0)
+        if self.comms and self.pipeline:
+            self._final_stats()
         if self.comms:
             cameras = [self._status("offline", "shutdown", camera_id=cid)
                        for cid in self._cameras if cid != self.agent_id]

@@ -7,6 +7,7 @@ the key, and the CLI turns it into exit code 78 (EX_CONFIG). See docs/config.md.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -32,6 +33,12 @@ ENV_IGNORED = {"SEGEDGE_CONFIG"}
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PRECISIONS = ("", "f32", "bf16", "f16")
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # refused: they hide fallbacks
+DEVICE_NAME = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)?\Z")  # CPU, GPU.0, NPU; no spaces
+# Keys holding a path: a relative one in the file is relative to the file's folder
+# (source.uri and cameras[].uri too, when they name a file or folder).
+PATH_KEYS = ("health_file", "model.bundle", "model.cache_dir", "mqtt.password_file",
+             "mqtt.tls_ca", "mqtt.tls_cert", "mqtt.tls_key", "commands.state_file")
 
 
 class ConfigError(Exception):
@@ -312,9 +319,24 @@ def _apply(obj: Any, cls: type, data: Mapping[str, Any], prefix: str) -> None:
         - set(TABLE_LISTS if cls is Config else ())
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if key not in known and cls is Config:
+            _unknown_top_level(str(key), value, known)
         if key not in known:
             raise ConfigError(f"{_key(full)}: unknown key (known: {', '.join(sorted(known))})")
         setattr(obj, key, _coerce_toml(full, _field_type(cls, key), value))
+
+
+def _unknown_top_level(key: str, value: Any, keys: Any) -> None:
+    """A top-level name that is neither a key nor a section: name both, and the likely one."""
+    sections = sorted(SECTIONS) + [f"[[{t}]]" for t in TABLE_LISTS]
+    table = isinstance(value, (dict, list)) and not isinstance(value, str)
+    close = difflib.get_close_matches(key, list(SECTIONS) + list(TABLE_LISTS) + list(keys), 1)
+    hint = ""
+    if close:
+        hint = f"; did you mean {'[' + close[0] + ']' if close[0] in SECTIONS else close[0]}?"
+    what = f"[{_key(key)}]: unknown section" if table else f"{_key(key)}: unknown key"
+    raise ConfigError(f"{what} (sections: {', '.join(sections)}; top-level keys: "
+                      f"{', '.join(sorted(keys))}){hint}")
 
 
 def _section_of(cls: type) -> str:
@@ -346,6 +368,25 @@ def _env_overrides(cfg: Config, environ: Mapping[str, str]) -> List[str]:
         key = name if cls is Config else f"{_section_of(cls)}.{name}"
         setattr(obj, name, _coerce_env(key, env, _field_type(cls, name), raw))
     return unknown
+
+
+def _file_relative(value: str, base: Path) -> str:
+    """A relative path made relative to ``base``; other values (absolute paths, URLs,
+    camera indices, /dev/videoN, "") as they are."""
+    if not value or os.path.isabs(value) or "://" in value or value.isdigit() \
+            or "\0" in value:
+        return value
+    return str(base / value)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """The file's relative paths against its folder (run before the environment's values,
+    which stay relative to the working directory)."""
+    for key in PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        obj = getattr(cfg, section) if section else cfg
+        setattr(obj, name, _file_relative(getattr(obj, name), base))
+    cfg.source.uri = _file_relative(cfg.source.uri, base)
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -548,8 +589,11 @@ def validate(cfg: Config) -> None:
     _check(bool(m.devices) and len(m.devices) <= 16 and all(d.strip() for d in m.devices),
            "model.devices", "must list 1 to 16 OpenVINO devices, e.g. [\"CPU\"]")
     m.devices = [d.strip().upper() for d in m.devices]
-    _check(not any(d.startswith(("AUTO", "MULTI", "HETERO")) for d in m.devices),
-           "model.devices", "list real devices; AUTO/MULTI/HETERO hide fallbacks")
+    _check(not any(d.startswith(VIRTUAL_DEVICES) for d in m.devices),
+           "model.devices", "list real devices; AUTO/MULTI/HETERO/BATCH hide fallbacks")
+    for d in m.devices:
+        _check(bool(DEVICE_NAME.match(d)), "model.devices",
+               f"{_short(d)} is not an OpenVINO device name (CPU, GPU, GPU.1, NPU, ...)")
     _check(m.inference_precision in PRECISIONS, "model.inference_precision",
            f"must be one of {PRECISIONS}, got {_short(m.inference_precision)}")
     _check(_is(m.bundle, "dir"), "model.bundle", f"no such directory: {_short(m.bundle)}")
@@ -692,6 +736,7 @@ def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List
             if section in data:
                 _check(isinstance(data[section], dict), section, "must be a [table]")
                 _apply(getattr(cfg, section), cls, data[section], f"{section}.")
+        _resolve_paths(cfg, Path(os.path.abspath(path)).parent)
     ignored = _env_overrides(cfg, environ)
     _resolve_password(cfg.mqtt, environ)
     if "cameras" in data:
@@ -699,6 +744,9 @@ def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List
         _check(not uri_set, "source.uri", "set either [source] uri (one camera) or "
                                           "[[cameras]], not both")
         cfg.cameras = _cameras_from(cfg, data["cameras"])
+        base = Path(os.path.abspath(str(path))).parent
+        for camera in cfg.cameras:  # the file's own uri values (its [source] one is done)
+            camera.source.uri = _file_relative(camera.source.uri, base)
     else:
         cfg.cameras = [CameraConfig.from_sections(cfg.device_id, cfg.source, cfg.output)]
     validate(cfg)
