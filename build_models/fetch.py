@@ -157,8 +157,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--base-url", default=BASE_URL, help="mirror holding both tarballs")
     parser.add_argument("--images-sha256", help="expected sha256 of images.tar.gz")
     parser.add_argument("--annotations-sha256", help="expected sha256 of annotations.tar.gz")
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for the server")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars")
     args = parser.parse_args(argv)
     sources = []
     for official, sha in zip(OFFICIAL, (args.images_sha256, args.annotations_sha256)):

@@ -95,3 +95,15 @@ def test_send_frame_unknown_host():
 def test_send_frame_missing_image(tmp_path):
     res = run(SEND[:-1] + [str(tmp_path / "x.jpg")])
     one_line(res, 66, "No such file or directory")
+
+
+def test_build_fetch_closed_port_and_unknown_host(tmp_path):
+    """segedge-build's one network command (the dataset download) was already loud."""
+    for url, words in ((f"http://127.0.0.1:{free_port()}", "Connection refused"),
+                       ("http://no-such-host.invalid", "Name or service not known")):
+        res = run([sys.executable, "-m", "build_models.cli", "fetch", "--dest",
+                   str(tmp_path / "pets"), "--base-url", url, "--no-progress"])
+        shown = f"rc {res.returncode}\n{res.stdout}\n{res.stderr}"
+        assert res.returncode == 1 and res.stderr.count("\n") == 1, shown
+        assert res.stderr.startswith(f"segedge-build fetch: error: {url}/images.tar.gz: ") \
+            and words in res.stderr, shown
