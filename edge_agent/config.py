@@ -84,8 +84,9 @@ class ModelConfig:
     bundle: str = _f("/opt/segedge/models/current", "bundle version dir with `manifest.json`")
     target: str = _f("cpu", "bundle target: cpu, gpu, npu, myriad")
     devices: List[str] = _f(["CPU"], "OpenVINO devices tried in order, e.g. "
-                                     "`[\"NPU\",\"GPU\",\"CPU\"]`; AUTO/MULTI/HETERO are "
-                                     "refused (they hide fallbacks)")
+                                     "`[\"NPU\",\"GPU\",\"CPU\"]`; names OpenVINO does not "
+                                     "know are refused, and AUTO/MULTI/HETERO/BATCH (they "
+                                     "hide fallbacks)")
     num_requests: int = _f(0, "parallel infer requests (0 = the device's "
                               "`OPTIMAL_NUMBER_OF_INFER_REQUESTS` under the THROUGHPUT hint)",
                            0, 64)

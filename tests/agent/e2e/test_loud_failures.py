@@ -32,6 +32,7 @@ def one_line(res: subprocess.CompletedProcess, code: int, *words: str) -> str:
     assert res.returncode == code, shown
     assert res.stdout == "" and res.stderr.count("\n") == 1, shown
     assert "Traceback" not in res.stderr and all(w in res.stderr for w in words), shown
+    print(res.stderr, end="")  # shown with pytest -s: the line as users see it
     return res.stderr
 
 
