@@ -58,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         manifest, entry = opened.manifest, opened.target
         from .checks import check_devices  # loads openvino: after the file's own checks
 
-        devices_here = check_devices(cfg.model.devices)
+        absent = check_devices(cfg.model.devices)
     except ConfigError as exc:
         return _config_error(str(exc))
     except BundleError as exc:
@@ -77,7 +77,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return EX_UNAVAILABLE
         print(f"segedge-agent: config OK: {args.config}: device {cfg.device_id}, bundle "
               f"{manifest.name} {manifest.version} target {entry.name} ({entry.precision}), "
-              f"devices {', '.join(devices_here)}, mqtt {cfg.mqtt.host}:{cfg.mqtt.port}"
+              f"devices {','.join(cfg.model.devices)}"
+              + (f" (not on this machine: {', '.join(absent)})" if absent else "")
+              + f", mqtt {cfg.mqtt.host}:{cfg.mqtt.port}"
               + (f", cameras {','.join(c.id for c in cfg.cameras) or 'none'}"
                  if cfg.multi_camera else "")
               + (f", frames in on {frames_in_topic(cfg)}" if cfg.frames_in.enabled else "")

@@ -37,7 +37,8 @@ def _registered(core: Any, family: str) -> Tuple[bool, str]:
 
 
 def check_devices(devices: List[str]) -> List[str]:
-    """One note per device (present here or not); ConfigError for a name OpenVINO lacks."""
+    """The devices not on this machine (with why, when known); ConfigError for a name
+    OpenVINO does not know."""
     from . import ovcompat
 
     core = ovcompat.new_core()
@@ -56,8 +57,8 @@ def check_devices(devices: List[str]) -> List[str]:
             broken = f"no {family} plugin in OpenVINO {ovcompat.runtime_version().split('-')[0]}"
         here = device in present or (device == family and family in families) \
             or (device.endswith(".0") and family in present)
-        notes.append(f"{device} {'present' if here else 'not on this machine'}"
-                     + (f" ({broken})" if broken else ""))
+        if not here or broken:
+            notes.append(device + (f" ({broken})" if broken else ""))
     return notes
 
 

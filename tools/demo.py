@@ -154,6 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     agent_log = out / "agent.log"
     summary: Dict[str, Any] = {}
     sub_stop = threading.Event()
+    refused = threading.Event()
     t0 = time.monotonic()
     try:
         broker = open_broker(args.broker, args.protocol, work, args.embedded_broker)
@@ -166,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"demo: agent log {agent_log}; Ctrl-C stops", flush=True)
         sub = Subscriber(broker.host, broker.port, device=DEVICE_ID, out=str(out / "masks"),
                          protocol=broker.protocol)
-        listener = threading.Thread(target=lambda: summary.update(sub.run(0, sub_stop)),
+        listener = threading.Thread(target=listen, args=(sub, sub_stop, summary, refused, stop),
                                     name="subscriber")
         listener.start()
         with open(agent_log, "wb") as log:
@@ -177,6 +178,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         while not stop.wait(0.2) and agent.poll() is None:
             if deadline and time.monotonic() >= deadline:
                 break
+        if refused.is_set():  # the broker took the TCP connection but not the subscriber
+            raise SystemExit(f"demo: subscriber: {refused.error}")
         if stopped_by:
             print(f"\ndemo: stopped ({stopped_by[0]}); stopping the agent", flush=True)
         code = stop_agent(agent)
@@ -203,6 +206,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                                       Path(args.snapshot)):
         return 1
     return result
+
+
+def listen(sub: Any, sub_stop: threading.Event, summary: Dict[str, Any],
+           refused: threading.Event, stop: threading.Event) -> None:
+    """The subscriber's run, its summary kept; a broker that refuses it sets ``refused``
+    (with the one-line reason in ``refused.error``) and stops the demo."""
+    from edge_agent.connect import BrokerError
+
+    try:
+        summary.update(sub.run(0, sub_stop))
+    except BrokerError as exc:
+        refused.error = str(exc)  # type: ignore[attr-defined]
+        refused.set()
+        stop.set()
 
 
 def snapshot(folder: Path, first: int, dest: Path) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.agent.e2e.test_demo_subscriber import run_demo
+from tests.agent.e2e.test_tls_auth import tls_broker  # noqa: F401 - fixture
 from tests.agent.helpers import ROOT, wait_until
 from tests.conftest import require
 from tools.broker import mosquitto_binary
@@ -76,3 +77,11 @@ def test_existing_broker_keeps_nothing_retained(broker, tmp_path):
         client.disconnect()
         client.loop_stop()
     assert left == [], left
+
+
+def test_existing_broker_that_refuses_the_subscriber_is_one_line(tls_broker, tmp_path):  # noqa: F811
+    """--broker on a port that takes TCP but not an anonymous plain MQTT client (TLS)."""
+    res = run_demo(tmp_path / "out", "--broker", f"127.0.0.1:{tls_broker.port}")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"demo: subscriber: broker 127.0.0.1:{tls_broker.port}: "), res.stderr
