@@ -121,6 +121,8 @@ def run(cfg, opened: Optional[OpenedBundle] = None) -> int:
         return agent.run()
     except BundleError as exc:
         return _config_error(f"model.bundle: {exc}")
+    except ConfigError as exc:  # found at start: e.g. metrics.listen cannot be bound
+        return _config_error(str(exc))
     except InferenceError as exc:
         if getattr(exc, "none_present", False):  # the config names no device of this machine
             return _config_error(f"model.devices: {exc.short}")

@@ -20,13 +20,14 @@ from typing import Any, Dict, List, Optional
 from . import __version__, ovcompat
 from .camera import Camera, FrameSlots, Outputs
 from .capture import Capture
-from .config import CameraConfig, Config, SourceConfig, frames_in_topic
+from .config import CameraConfig, Config, ConfigError, SourceConfig, frames_in_topic
 from .control import PAUSED_REASON, Control
 from .frames_in import FramesIn, SenderHooks
 from .health import Health
 from .homeassistant import CameraInfo
 from .inference import Engine
 from .messages import Stats, Status
+from .metrics import Metrics
 from .mqtt import MAX_INCOMING_BYTES, MqttComms
 from .opened import OpenedBundle
 from .pipeline import Pipeline
@@ -70,6 +71,9 @@ class Agent:
         self.control: Optional[Control] = None
         self.frames_in: Optional[FramesIn] = None
         self._republish = False  # the model changed (reload): publish the statuses again
+        self.metrics: Optional[Metrics] = None
+        if cfg.metrics.listen:  # prometheus-client is imported only when it starts
+            self.metrics = Metrics(self, cfg.metrics.listen)
 
     # --- cameras ----------------------------------------------------------------------
     def camera(self, camera_id: str) -> Optional[Camera]:
@@ -87,6 +91,8 @@ class Agent:
             total_latency=self.latency if self.multi else None)
         if not self.multi:  # one camera, the agent's own id: its counters are the agent's
             camera.counters, camera.latency = self.totals, self.latency
+        if self.metrics is not None:
+            camera.observe_latency = self.metrics.latency_observer(cid)
         self.slots.add(cid)
         self.health.add_camera(cid, counted=counted)
         with self._cameras_lock:
@@ -206,7 +212,16 @@ class Agent:
         self.comms.start()
         self.pipeline = Pipeline(engine, cfg.output.mask_resolution, self.slots, self.camera,
                                  self.totals, self.stop)
+        if self.metrics is not None:
+            self.pipeline.observe_inference = self.metrics.observe_inference
         self.pipeline.start()
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except OSError as exc:
+                raise ConfigError(f"metrics.listen: cannot listen on {cfg.metrics.listen}: "
+                                  f"{exc.strerror or exc}") from None
+            log.info("Prometheus metrics on http://%s/metrics", cfg.metrics.listen)
         for cam_cfg in cfg.cameras:
             self.captures[cam_cfg.id] = self._capture(self._cameras[cam_cfg.id])
         for capture in self.captures.values():
@@ -382,4 +397,6 @@ class Agent:
                        for cid in self._cameras if cid != self.agent_id]
             self.comms.stop(self._status("offline", "shutdown"), cameras=cameras)
         self.health.stop("shutdown")
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped")

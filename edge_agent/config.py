@@ -8,6 +8,7 @@ the key, and the CLI turns it into exit code 78 (EX_CONFIG). See docs/config.md.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import math
@@ -176,6 +177,23 @@ class FramesInConfig:
                                0, 604800)
 
 
+@dataclass
+class MetricsConfig:
+    listen: str = _f("", "serve Prometheus metrics on `HOST:PORT`, e.g. `\"127.0.0.1:9108\"` "
+                         "(`\"\"` = off); needs prometheus-client (the `metrics` extra), "
+                         "imported only when set (docs/agent.md, \"Prometheus metrics\")")
+
+
+def metrics_address(listen: str) -> Tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); ValueError when it is not one."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+            or any(c in host for c in "/ []"):
+        raise ValueError(listen)
+    return host, int(port)
+
+
 CAMERA_SOURCE_KEYS = ("uri", "loop", "fps", "realtime", "stall_timeout_s", "reconnect_max_s")
 CAMERA_OUTPUT_KEYS = ("max_publish_fps", "frame_every", "mask_encoding", "overlay_interval_s")
 MAX_CAMERAS = 64
@@ -220,6 +238,7 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     frames_in: FramesInConfig = field(default_factory=FramesInConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # filled by load(): the [[cameras]] tables, or the one camera of the single-camera form
     cameras: List[CameraConfig] = field(default_factory=list)
 
@@ -231,7 +250,8 @@ class Config:
 
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
             "mqtt": MqttConfig, "homeassistant": HomeAssistantConfig,
-            "commands": CommandsConfig, "frames_in": FramesInConfig}
+            "commands": CommandsConfig, "frames_in": FramesInConfig,
+            "metrics": MetricsConfig}
 TABLE_LISTS = ("cameras",)  # top-level arrays of tables, not plain keys
 
 
@@ -627,6 +647,14 @@ def validate(cfg: Config) -> None:
            and not ha.discovery_prefix.startswith("/") and not ha.discovery_prefix.endswith("/"),
            "homeassistant.discovery_prefix", f"must be non-empty without wildcards, spaces or "
                                              f"edge '/', got {_short(ha.discovery_prefix)}")
+    if cfg.metrics.listen:
+        try:
+            metrics_address(cfg.metrics.listen)
+        except ValueError:
+            raise ConfigError(f"metrics.listen: must be HOST:PORT (e.g. 127.0.0.1:9108), got "
+                              f"{_short(cfg.metrics.listen)}") from None
+        _check(importlib.util.find_spec("prometheus_client") is not None, "metrics.listen",
+               "needs prometheus-client: pip install 'segedge[metrics]'")
     c = cfg.commands
     _check(not c.persist or bool(c.state_file or cfg.health_file), "commands.persist",
            "needs commands.state_file (or health_file, beside which commands.json goes)")

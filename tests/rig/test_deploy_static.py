@@ -263,6 +263,13 @@ def test_agent_toml_renders_cameras_and_frames_in(tmp_path):
     assert service["frames_in"]["senders"] == ["svc-1"]
 
 
+def test_agent_toml_renders_metrics_only_when_asked(tmp_path):
+    texts = _render_agent_toml(tmp_path, {
+        "off": {}, "on": {"segedge_agent_metrics_listen": "0.0.0.0:9108"}})
+    assert "metrics" not in _toml(texts["off"])
+    assert _toml(texts["on"])["metrics"] == {"listen": "0.0.0.0:9108"}
+
+
 def test_rendered_multi_camera_config_passes_the_agents_check(tmp_path, tiny_bundle):
     """The real agent's --check-config (what the role's template task validates with)."""
     from edge_agent import config as agent_config
