@@ -84,7 +84,7 @@ def test_no_listed_device_on_this_machine_exits_78_at_start(tmp_path, tiny_bundl
 
 @pytest.mark.parametrize("typo,words", [
     ("[mqqt]\nhost = \"x\"\n", ("[mqqt]: unknown section (sections: commands, frames_in, "
-                                "homeassistant, model, mqtt,", "did you mean [mqtt]?")),
+                                "homeassistant, metrics, model, mqtt,", "did you mean [mqtt]?")),
     ("[sauce]\nuri = \"x\"\n", ("[sauce]: unknown section", "did you mean [source]?")),
     ("devise_id = \"x\"\n", ("devise_id: unknown key (sections:", "top-level keys: device_id",
                              "did you mean device_id?")),
