@@ -113,13 +113,16 @@ class Metrics:
         queue = GaugeMetricFamily("segedge_capture_queue", "Frames waiting in the camera's "
                                   "latest-frame slot (0/1)", labels=["camera"])
         for cid, camera in cameras.items():
-            counts = camera.counters.snapshot()
+            try:  # a sender's camera may go while we read it: leave it out of this scrape
+                counts = camera.counters.snapshot()
+                now, depth = agent.health.view(cid).state, agent.slots.depth(cid)
+            except (KeyError, AttributeError):
+                continue
             for name in FRAME_COUNTERS:
                 frames[name].add_metric([cid], counts.get(name, 0))
-            now = agent.health.view(cid).state
             for s in STATES:
                 state.add_metric([cid, s], 1.0 if s == now else 0.0)
-            queue.add_metric([cid], agent.slots.depth(cid))
+            queue.add_metric([cid], depth)
         yield from frames.values()
         yield state
         yield queue
