@@ -22,7 +22,11 @@ import numpy as np
 
 from build_models import data, tool_versions
 from build_models.checkpoint import CheckpointMeta
-from build_models.errors import BuildError, BundleError  # noqa: F401 - BuildError: the base
+from build_models.errors import (  # noqa: F401 - BuildError: the base
+    BuildError,
+    BundleError,
+    HelpFormatter,
+)
 from edge_agent.bundle import manifest as mf
 
 if TYPE_CHECKING:
@@ -368,7 +372,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="segedge-build export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     return build(config_from_args(parser.parse_args(argv)))
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from build_models.errors import INSTALL_HINT, BuildError, missing_build_extra
+from build_models.errors import INSTALL_HINT, BuildError, HelpFormatter, missing_build_extra
 
 COMMANDS = {
     "fetch": "download + unpack the official Oxford-IIIT Pet tarballs",
@@ -27,7 +27,8 @@ def run_all(argv: Sequence[str]) -> Dict[str, Any]:
     from build_models import bundle, train
 
     p = argparse.ArgumentParser(prog="segedge-build all", description=COMMANDS["all"] +
-                                ". Unknown options are passed to 'train'.")
+                                ". Unknown options are passed to 'train'.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="bundle root: OUT/<name>/<version>")
     p.add_argument("--run-dir", help="training run directory (default runs/<name>)")
@@ -70,10 +71,15 @@ def dispatch(command: str, argv: List[str]) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from edge_agent import __version__
+
+        print(f"segedge-build {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = "\n".join(f"  {c:<{width}}  {h}" for c, h in COMMANDS.items())
-        print(f"usage: segedge-build COMMAND [options]\n\ncommands:\n{lines}\n\n"
+        print(f"usage: segedge-build [--version] COMMAND [options]\n\ncommands:\n{lines}\n\n"
               f"'segedge-build COMMAND --help' for a command's options; all but verify need "
               f"the build extra ({INSTALL_HINT})", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

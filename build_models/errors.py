@@ -3,12 +3,19 @@ turn any of them into one line (data, download, bundle) in any install."""
 
 from __future__ import annotations
 
+import argparse
+
 #: modules of the ``build`` extra: missing in an agent-only install
 BUILD_EXTRA_MODULES = ("torch", "torchvision", "segmentation_models_pytorch", "timm", "nncf",
                        "tqdm", "matplotlib", "PIL", "onnx")
 #: segedge is not published on PyPI: the extra installs from a checkout (CPU-only torch:
 #: docs/build.md#install)
 INSTALL_HINT = "pip install -c constraints.txt -e '.[build]' in the segedge checkout"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """Every segedge-build command's --help: its docstring as written, and the defaults."""
 
 
 class BuildError(Exception):

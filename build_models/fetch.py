@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from build_models.errors import BuildError
+from build_models.errors import BuildError, HelpFormatter
 
 BASE_URL = "https://thor.robots.ox.ac.uk/datasets/pets"
 
@@ -152,13 +152,15 @@ def fetch(dest: Path, sources: Sequence[Source] = OFFICIAL, progress: bool = Tru
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="segedge-build fetch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--dest", required=True, help="folder to fill with the official layout")
     parser.add_argument("--base-url", default=BASE_URL, help="mirror holding both tarballs")
     parser.add_argument("--images-sha256", help="expected sha256 of images.tar.gz")
     parser.add_argument("--annotations-sha256", help="expected sha256 of annotations.tar.gz")
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for the server")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars")
     args = parser.parse_args(argv)
     sources = []
     for official, sha in zip(OFFICIAL, (args.images_sha256, args.annotations_sha256)):

@@ -27,7 +27,7 @@ from build_models import checkpoint, code_version, data, distributed, tool_versi
 from build_models.arch import PRESETS, ArchConfig, preset
 from build_models.checkpoint import CheckpointMeta
 from build_models.distributed import Dist
-from build_models.errors import BuildError
+from build_models.errors import BuildError, HelpFormatter
 
 if TYPE_CHECKING:
     import torch
@@ -450,7 +450,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="segedge-build train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     return train(TrainConfig(**vars(args)))

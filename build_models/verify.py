@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from build_models.errors import HelpFormatter
 from edge_agent.bundle import manifest as mf
 from edge_agent.bundle import schema
 
@@ -95,7 +96,7 @@ def verify(bundle: Path, run: bool = True, targets: Optional[Sequence[str]] = No
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(prog="segedge-build verify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("bundle", help="bundle version directory (holds manifest.json)")
     parser.add_argument("--targets", help="comma list: only check these targets' files")
     parser.add_argument("--no-run", dest="run", action="store_false",

@@ -26,7 +26,7 @@ abi="cp${py/./}"
 mkdir -p "$out"
 rm -f "$out"/*.whl "$out/requirements.txt"
 $PIP wheel -q --no-deps --no-build-isolation -w "$out" .
-pins=()
+pins=(prometheus-client)  # [metrics] (optional, imported only when configured): small, pure Python
 # pip evaluates environment markers against this Python, not --python-version: add the
 # marker-only dependencies of the device's Python by hand.
 case "$py" in 3.9|3.10) pins+=("tomli>=1.1") ;; esac

@@ -20,9 +20,10 @@ from typing import Any, Dict, List, Optional
 from edge_agent import __version__
 from edge_agent.bundle.manifest import OpenedBundle
 from edge_agent.cameras import Camera, Outputs
-from edge_agent.config import CameraConfig, Config, SourceConfig, frames_in_topic
+from edge_agent.config import CameraConfig, Config, ConfigError, SourceConfig, frames_in_topic
 from edge_agent.control.homeassistant import CameraInfo
 from edge_agent.control.service import PAUSED_REASON, Control
+from edge_agent.health.metrics import Metrics
 from edge_agent.health.sdnotify import Notifier
 from edge_agent.health.state import Health
 from edge_agent.health.stats import Counters, LatencyWindow, ProcessUsage
@@ -72,6 +73,9 @@ class Agent:
         self.control: Optional[Control] = None
         self.frames_in: Optional[FramesIn] = None
         self._republish = threading.Event()  # set by reload, taken by the main loop
+        self.metrics: Optional[Metrics] = None
+        if cfg.metrics.listen:  # prometheus-client is imported only when it starts
+            self.metrics = Metrics(self, cfg.metrics.listen)
 
     @property
     def engine(self) -> Engine:
@@ -96,6 +100,8 @@ class Agent:
             total_latency=self.latency if self.multi else None)
         if not self.multi:  # one camera, the agent's own id: its counters are the agent's
             camera.counters, camera.latency = self.totals, self.latency
+        if self.metrics is not None:
+            camera.observe_latency = self.metrics.latency_observer(cid)
         self.slots.add(cid)
         self.health.add_camera(cid, counted=counted)
         with self._cameras_lock:
@@ -218,7 +224,16 @@ class Agent:
         self.pipeline = Pipeline(engine, cfg.output.mask_resolution, self.slots, self.camera,
                                  self.totals, self.stop)
         self._engine = None  # handed over: the pipeline owns the engine in service
+        if self.metrics is not None:
+            self.pipeline.observe_inference = self.metrics.observe_inference
         self.pipeline.start()
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except OSError as exc:
+                raise ConfigError(f"metrics.listen: cannot listen on {cfg.metrics.listen}: "
+                                  f"{exc.strerror or exc}") from None
+            log.info("Prometheus metrics on http://%s/metrics", cfg.metrics.listen)
         for cam_cfg in cfg.cameras:
             self.captures[cam_cfg.id] = self._capture(self._cameras[cam_cfg.id])
         for capture in self.captures.values():
@@ -366,6 +381,14 @@ class Agent:
         log.debug("stats %s", stats.fps)
         return stats
 
+    def _final_stats(self) -> None:
+        """One last stats message at a clean stop (before the offline status), so that a
+        consumer's totals are the agent's final counts, not those of the last tick."""
+        try:
+            self.publish_stats(self.cfg.output.stats_interval_s)
+        except Exception:  # noqa: BLE001 - a stop must go on whatever the stats hit
+            log.exception("final stats not published")
+
     def _shutdown(self) -> None:
         log.info("stopping")
         self.notifier.stopping()
@@ -378,9 +401,13 @@ class Agent:
             self.frames_in.join(1.0)
         if self.control:
             self.control.join(1.0)
+        if self.comms and self.pipeline:
+            self._final_stats()
         if self.comms:
             cameras = [self._status("offline", "shutdown", camera_id=cid)
                        for cid in self._cameras if cid != self.agent_id]
             self.comms.stop(self._status("offline", "shutdown"), cameras=cameras)
         self.health.stop("shutdown")
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped")

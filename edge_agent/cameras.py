@@ -80,6 +80,7 @@ class Camera:
         self._lock = threading.Lock()
         self._snapshot: Optional[Snapshot] = None
         self.frame_id = 0  # frames-in: the sender's last frame id (ours when it sends none)
+        self.observe_latency: Optional[Callable[[float], None]] = None  # set by [metrics]
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters.add(name, n)
@@ -88,6 +89,8 @@ class Camera:
 
     def add_latency(self, ms: float) -> None:
         self.latency.add(ms)
+        if self.observe_latency is not None:  # [metrics]: the histogram
+            self.observe_latency(ms)
         if self.total_latency is not None:
             self.total_latency.add(ms)
 

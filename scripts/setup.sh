@@ -12,15 +12,17 @@ profile="${1:-all}"
 # installed, else its embedded broker). Tests: a real Mosquitto and its clients (the rig);
 # camera stand-ins (ffmpeg; GStreamer's RTSP server for tests/helpers/rtsp_server.py),
 # device roots and their boot (mmdebstrap, systemd-nspawn), network namespaces (iproute2),
-# Ansible transport (ssh), a headless browser for the dashboard's page test (chromium).
+# Ansible transport (ssh), a headless browser for the dashboard's page test (chromium), a real
+# Prometheus scraping the agent (tests/agent/e2e/test_metrics.py).
 APT_AGENT=()
 APT_ALL=(mosquitto mosquitto-clients ffmpeg mmdebstrap debootstrap systemd-container iproute2
          openssh-client openssh-server openssl procps python3-gi gir1.2-gst-rtsp-server-1.0
-         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium)
+         gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium
+         prometheus)
 
 case "$profile" in
   agent) apt_pkgs=("${APT_AGENT[@]}"); extras="agent" ;;
-  all) apt_pkgs=("${APT_ALL[@]}"); extras="agent,build,deploy,dashboard,dev" ;;
+  all) apt_pkgs=("${APT_ALL[@]}"); extras="agent,build,deploy,dashboard,dev,metrics" ;;
   *) echo "usage: $0 [agent|all]" >&2; exit 2 ;;
 esac
 

@@ -1,5 +1,8 @@
-"""The built wheel, installed into a fresh venv with only the agent's deps, checks bundles
-against the shipped schema and refuses a schema-invalid manifest (issue 7)."""
+"""The release artefacts (issue 21): the wheel and the sdist are built from a copy of the
+source with ``python -m build``, pass ``twine check --strict`` (no upload), carry the one
+version (``edge_agent.__version__``); the wheel, installed into a fresh venv with only
+the agent's deps, checks bundles against the shipped schema and refuses a schema-invalid
+manifest (issue 7), and its commands say that version."""
 
 from __future__ import annotations
 
@@ -9,9 +12,14 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+
+from edge_agent import __version__
+from tests.conftest import IN_CI, require
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +62,53 @@ def _run(cmd, **kw):
     return res
 
 
-def test_wheel_in_a_fresh_venv_checks_the_schema(tmp_path, tiny_bundle):
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    """sdist and wheel built from a copy of what the package needs (no checkout state);
+    without ``build`` (no dev extra, never under CI) only the wheel, by pip."""
+    tmp = tmp_path_factory.mktemp("release")
+    src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     for pkg in ("edge_agent", "build_models"):
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *_isolation(), "-q",
-          "-w", str(tmp_path / "dist"), str(src)])
-    wheel = next((tmp_path / "dist").glob("segedge-*.whl"))
+    if find_spec("build") is None and not IN_CI:
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *_isolation(), "-q",
+              "-w", str(tmp / "dist"), str(src)])
+        return tmp / "dist"
+    isolation = ["--no-isolation", "--skip-dependency-check"] if _isolation() else []
+    _run([sys.executable, "-m", "build", "--sdist", "--wheel", *isolation, "--outdir",
+          str(tmp / "dist"), str(src)])
+    return tmp / "dist"
+
+
+def _release_tools() -> None:
+    require(find_spec("build") is not None and find_spec("twine") is not None,
+            "build and twine (the dev extra: scripts/setup.sh all)")
+
+
+def test_sdist_and_wheel_pass_twine_check(dist):
+    _release_tools()
+    files = sorted(dist.iterdir())
+    assert [f.name for f in files] == [f"segedge-{__version__}-py3-none-any.whl",
+                                       f"segedge-{__version__}.tar.gz"], files
+    res = _run([sys.executable, "-m", "twine", "check", "--strict", *map(str, files)])
+    assert res.stdout.count("PASSED") == 2, res.stdout
+
+
+def test_sdist_holds_the_package_and_its_schemas(dist):
+    _release_tools()
+    with tarfile.open(dist / f"segedge-{__version__}.tar.gz") as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+        info = sdist.extractfile(f"segedge-{__version__}/PKG-INFO").read().decode()
+    assert {"pyproject.toml", "README.md", "LICENSE", "edge_agent/__main__.py",
+            "edge_agent/protocol/schemas/manifest.schema.json", "build_models/cli.py"} <= names
+    assert f"\nVersion: {__version__}\n" in info
+
+
+def test_wheel_in_a_fresh_venv_checks_the_schema(tmp_path, tiny_bundle, dist):
+    wheel = dist / f"segedge-{__version__}-py3-none-any.whl"
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
     py = venv / "bin" / "python"
@@ -91,3 +136,9 @@ def test_wheel_in_a_fresh_venv_checks_the_schema(tmp_path, tiny_bundle):
     assert res.returncode == 78, res.stdout + res.stderr
     assert res.stderr.count("\n") == 1 and "schema: name: None is not of type string" in \
         res.stderr
+    for command in ("segedge-agent", "segedge-subscribe", "segedge-build"):
+        res = _run([str(venv / "bin" / command), "--version"], cwd=tmp_path, env=env)
+        assert res.stdout == f"{command} {__version__}\n", res.stdout
+    res = _run([str(py), "-c", "from importlib.metadata import version; print(version("
+                "'segedge'))"], cwd=tmp_path, env=env)
+    assert res.stdout.strip() == __version__

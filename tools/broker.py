@@ -67,8 +67,11 @@ class Broker:
         if binary is None:
             raise RuntimeError("mosquitto not found (apt-get install mosquitto)")
         self.write_config()
+        # its own session: a Ctrl-C in the terminal reaches the caller, which stops it
+        # after its clients (the demo), not the broker first
         self.process = subprocess.Popen([binary, "-c", str(self.config_path)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -17,12 +17,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """Add the broker connection and identity options to ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1883)
-    parser.add_argument("--prefix", default="segedge")
-    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
-    parser.add_argument("--username", default="")
-    parser.add_argument("--password", default="")
+    parser.add_argument("--host", default="127.0.0.1", help="broker host")
+    parser.add_argument("--port", type=int, default=1883, help="broker port")
+    parser.add_argument("--prefix", default="segedge", help="topic prefix")
+    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol")
+    parser.add_argument("--username", default="", help="user name (empty = anonymous)")
+    parser.add_argument("--password", default="", help="password")
     parser.add_argument("--tls-ca", default="", help="CA file: connect with TLS, checking the "
                                                      "broker's certificate against it")
     parser.add_argument("--tls-cert", default="", help="client certificate (the identity, in "

@@ -31,8 +31,9 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from edge_agent import __version__
 from edge_agent.client.connection import add_connection_args, make_client
-from edge_agent.protocol import overlay
+from edge_agent.protocol import connect, overlay
 from edge_agent.protocol.encoding import MAX_PIXELS, MaskError, decode, image_size
 
 BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
@@ -291,9 +292,9 @@ class Subscriber:
                     overlay.draw(mask, frame, classes, label), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
     def run(self, duration: float = 0.0, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
+        """Raises connect.BrokerError (one line) when the broker cannot be used."""
         stop = stop or threading.Event()
-        self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
+        connect.connect(self.client, self.host, self.port, keepalive=30)
         deadline = time.monotonic() + duration if duration > 0 else None
         try:
             while not stop.wait(0.2):
@@ -326,28 +327,40 @@ def _frame_id(data: Dict[str, Any]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="segedge-subscribe", description=__doc__.splitlines()[0])
+    """Exit 0 after the run; 69 broker unreachable (DNS, connection, TLS), 77 refused."""
+    p = argparse.ArgumentParser(prog="segedge-subscribe", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_connection_args(p)
-    p.add_argument("--device", default="+", help="device id to follow (default: all)")
+    p.add_argument("--device", default="+", help="device id to follow (+ = all)")
     p.add_argument("--out", help="write masks and overlays under this folder")
     p.add_argument("--save-every", type=int, default=1, help="write every Nth mask")
     p.add_argument("--duration", type=float, default=0.0, help="seconds (0 = until Ctrl-C)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="print only the JSON summary")
+    p.add_argument("--version", action="version", version=f"segedge-subscribe {__version__}")
     args = p.parse_args(argv)
-    sub = Subscriber(args.host, args.port, args.prefix, args.device, args.out, args.protocol,
-                     args.username, args.password, args.tls_ca, args.quiet, args.save_every,
-                     args.tls_cert, args.tls_key)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    summary = sub.run(args.duration, stop)
+    try:
+        sub = Subscriber(args.host, args.port, args.prefix, args.device, args.out,
+                         args.protocol, args.username, args.password, args.tls_ca, args.quiet,
+                         args.save_every, args.tls_cert, args.tls_key)
+    except (OSError, ValueError) as exc:  # tls_set: a missing or unusable CA file
+        print(f"segedge-subscribe: TLS files ({args.tls_ca or '-'}, {args.tls_cert or '-'}): "
+              f"{connect.describe_error(exc)}",
+              file=sys.stderr)
+        return connect.EX_UNAVAILABLE
+    try:
+        summary = sub.run(args.duration, stop)
+    except connect.BrokerError as exc:
+        print(f"segedge-subscribe: {exc}", file=sys.stderr)
+        return exc.exit_code
     if args.quiet:
         print(json.dumps(summary, indent=2, default=str))
     else:
         got = ", ".join(f"{d} {v['masks']} masks" for d, v in summary.items())
         print(f"received: {got or 'nothing'}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,8 @@ the key, and the CLI turns it into exit code 78 (EX_CONFIG). See docs/config.md.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import json
 import logging
 import math
@@ -33,6 +35,12 @@ ENV_IGNORED = {"SEGEDGE_CONFIG"}
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PRECISIONS = ("", "f32", "bf16", "f16")
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # refused: they hide fallbacks
+DEVICE_NAME = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)?\Z")  # CPU, GPU.0, NPU; no spaces
+# Keys holding a path: a relative one in the file is relative to the file's folder
+# (source.uri and cameras[].uri too, when they name a file or folder).
+PATH_KEYS = ("health_file", "model.bundle", "model.cache_dir", "mqtt.password_file",
+             "mqtt.tls_ca", "mqtt.tls_cert", "mqtt.tls_key", "commands.state_file")
 
 
 class ConfigError(Exception):
@@ -78,8 +86,9 @@ class ModelConfig:
     bundle: str = _f("/opt/segedge/models/current", "bundle version dir with `manifest.json`")
     target: str = _f("cpu", "bundle target: cpu, gpu, npu, myriad")
     devices: List[str] = _f(["CPU"], "OpenVINO devices tried in order, e.g. "
-                                     "`[\"NPU\",\"GPU\",\"CPU\"]`; AUTO/MULTI/HETERO are "
-                                     "refused (they hide fallbacks)")
+                                     "`[\"NPU\",\"GPU\",\"CPU\"]`; names OpenVINO does not "
+                                     "know are refused, and AUTO/MULTI/HETERO/BATCH (they "
+                                     "hide fallbacks)")
     num_requests: int = _f(0, "parallel infer requests (0 = the device's "
                               "`OPTIMAL_NUMBER_OF_INFER_REQUESTS` under the THROUGHPUT hint)",
                            0, 64)
@@ -169,6 +178,23 @@ class FramesInConfig:
                                0, 604800)
 
 
+@dataclass
+class MetricsConfig:
+    listen: str = _f("", "serve Prometheus metrics on `HOST:PORT`, e.g. `\"127.0.0.1:9108\"` "
+                         "(`\"\"` = off); needs prometheus-client (the `metrics` extra), "
+                         "imported only when set (docs/agent.md, \"Prometheus metrics\")")
+
+
+def metrics_address(listen: str) -> Tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); ValueError when it is not one."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+            or any(c in host for c in "/ []"):
+        raise ValueError(listen)
+    return host, int(port)
+
+
 CAMERA_SOURCE_KEYS = ("uri", "loop", "fps", "realtime", "stall_timeout_s", "reconnect_max_s")
 CAMERA_OUTPUT_KEYS = ("max_publish_fps", "frame_every", "mask_encoding", "overlay_interval_s")
 MAX_CAMERAS = 64
@@ -213,6 +239,7 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     frames_in: FramesInConfig = field(default_factory=FramesInConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # filled by load(): the [[cameras]] tables, or the one camera of the single-camera form
     cameras: List[CameraConfig] = field(default_factory=list)
 
@@ -224,7 +251,8 @@ class Config:
 
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
             "mqtt": MqttConfig, "homeassistant": HomeAssistantConfig,
-            "commands": CommandsConfig, "frames_in": FramesInConfig}
+            "commands": CommandsConfig, "frames_in": FramesInConfig,
+            "metrics": MetricsConfig}
 TABLE_LISTS = ("cameras",)  # top-level arrays of tables, not plain keys
 
 
@@ -313,9 +341,24 @@ def _apply(obj: Any, cls: type, data: Mapping[str, Any], prefix: str) -> None:
         - set(TABLE_LISTS if cls is Config else ())
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if key not in known and cls is Config:
+            _unknown_top_level(str(key), value, known)
         if key not in known:
             raise ConfigError(f"{_key(full)}: unknown key (known: {', '.join(sorted(known))})")
         setattr(obj, key, _coerce_toml(full, _field_type(cls, key), value))
+
+
+def _unknown_top_level(key: str, value: Any, keys: Any) -> None:
+    """A top-level name that is neither a key nor a section: name both, and the likely one."""
+    sections = sorted(SECTIONS) + [f"[[{t}]]" for t in TABLE_LISTS]
+    table = isinstance(value, (dict, list)) and not isinstance(value, str)
+    close = difflib.get_close_matches(key, list(SECTIONS) + list(TABLE_LISTS) + list(keys), 1)
+    hint = ""
+    if close:
+        hint = f"; did you mean {'[' + close[0] + ']' if close[0] in SECTIONS else close[0]}?"
+    what = f"[{_key(key)}]: unknown section" if table else f"{_key(key)}: unknown key"
+    raise ConfigError(f"{what} (sections: {', '.join(sections)}; top-level keys: "
+                      f"{', '.join(sorted(keys))}){hint}")
 
 
 def _section_of(cls: type) -> str:
@@ -347,6 +390,25 @@ def _env_overrides(cfg: Config, environ: Mapping[str, str]) -> List[str]:
         key = name if cls is Config else f"{_section_of(cls)}.{name}"
         setattr(obj, name, _coerce_env(key, env, _field_type(cls, name), raw))
     return unknown
+
+
+def _file_relative(value: str, base: Path) -> str:
+    """A relative path made relative to ``base``; other values (absolute paths, URLs,
+    camera indices, /dev/videoN, "") as they are."""
+    if not value or os.path.isabs(value) or "://" in value or value.isdigit() \
+            or "\0" in value:
+        return value
+    return str(base / value)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """The file's relative paths against its folder (run before the environment's values,
+    which stay relative to the working directory)."""
+    for key in PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        obj = getattr(cfg, section) if section else cfg
+        setattr(obj, name, _file_relative(getattr(obj, name), base))
+    cfg.source.uri = _file_relative(cfg.source.uri, base)
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -557,8 +619,11 @@ def validate(cfg: Config) -> None:
     _check(bool(m.devices) and len(m.devices) <= 16 and all(d.strip() for d in m.devices),
            "model.devices", "must list 1 to 16 OpenVINO devices, e.g. [\"CPU\"]")
     m.devices = [d.strip().upper() for d in m.devices]
-    _check(not any(d.startswith(("AUTO", "MULTI", "HETERO")) for d in m.devices),
-           "model.devices", "list real devices; AUTO/MULTI/HETERO hide fallbacks")
+    _check(not any(d.startswith(VIRTUAL_DEVICES) for d in m.devices),
+           "model.devices", "list real devices; AUTO/MULTI/HETERO/BATCH hide fallbacks")
+    for d in m.devices:
+        _check(bool(DEVICE_NAME.match(d)), "model.devices",
+               f"{_short(d)} is not an OpenVINO device name (CPU, GPU, GPU.1, NPU, ...)")
     _check(m.inference_precision in PRECISIONS, "model.inference_precision",
            f"must be one of {PRECISIONS}, got {_short(m.inference_precision)}")
     _check(_is(m.bundle, "dir"), "model.bundle", f"no such directory: {_short(m.bundle)}")
@@ -591,6 +656,14 @@ def validate(cfg: Config) -> None:
            and not ha.discovery_prefix.startswith("/") and not ha.discovery_prefix.endswith("/"),
            "homeassistant.discovery_prefix", f"must be non-empty without wildcards, spaces or "
                                              f"edge '/', got {_short(ha.discovery_prefix)}")
+    if cfg.metrics.listen:
+        try:
+            metrics_address(cfg.metrics.listen)
+        except ValueError:
+            raise ConfigError(f"metrics.listen: must be HOST:PORT (e.g. 127.0.0.1:9108), got "
+                              f"{_short(cfg.metrics.listen)}") from None
+        _check(importlib.util.find_spec("prometheus_client") is not None, "metrics.listen",
+               "needs prometheus-client: pip install 'segedge[metrics]'")
     c = cfg.commands
     _check(not c.persist or bool(c.state_file or cfg.health_file), "commands.persist",
            "needs commands.state_file (or health_file, beside which commands.json goes)")
@@ -701,6 +774,7 @@ def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List
             if section in data:
                 _check(isinstance(data[section], dict), section, "must be a [table]")
                 _apply(getattr(cfg, section), cls, data[section], f"{section}.")
+        _resolve_paths(cfg, Path(os.path.abspath(path)).parent)
     ignored = _env_overrides(cfg, environ)
     _resolve_password(cfg.mqtt, environ)
     if "cameras" in data:
@@ -708,6 +782,9 @@ def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List
         _check(not uri_set, "source.uri", "set either [source] uri (one camera) or "
                                           "[[cameras]], not both")
         cfg.cameras = _cameras_from(cfg, data["cameras"])
+        base = Path(os.path.abspath(str(path))).parent
+        for camera in cfg.cameras:  # the file's own uri values (its [source] one is done)
+            camera.source.uri = _file_relative(camera.source.uri, base)
     else:
         cfg.cameras = [CameraConfig.from_sections(cfg.device_id, cfg.source, cfg.output)]
     validate(cfg)

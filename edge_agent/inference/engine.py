@@ -153,8 +153,14 @@ class Engine:
                      self.info.version, self.info.precision, device, time.monotonic() - t0,
                      self.num_requests, self.inference_precision)
             return
-        raise InferenceError("no device could run the model: " + "; ".join(
+        error = InferenceError("no device could run the model: " + "; ".join(
             f"{d}: {r}" for d, r in self.failures.items()))
+        # none of the listed devices is on this machine: a configuration error (exit 78)
+        error.none_present = not any(d.split(".")[0] in {p.split(".")[0] for p in present}
+                                     for d in self.failures)
+        error.short = (f"none of {', '.join(self.failures)} is on this machine (present: "
+                       f"{', '.join(present) or 'none'})")
+        raise error
 
     def _with_steps(self, frame_hw: Optional[Tuple[int, int]], decide: bool) -> Any:
         """The read model + our graph steps: preprocessing (resize from ``frame_hw``) and,

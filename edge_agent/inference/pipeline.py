@@ -132,6 +132,7 @@ class Pipeline:
         self._last_bad_log = 0.0
         self._masks_sent = 0
         self.times = StageTimes()  # per-stage CPU for the benchmark; off by default
+        self.observe_inference: Optional[Callable[[str, float], None]] = None  # [metrics]
         # decision state (the watchdog's stall check), kept apart from the stats counters
         self._progress_lock = threading.Lock()
         self.submitted = 0
@@ -206,6 +207,8 @@ class Pipeline:
             camera.count("inferred")
         if self.times.enabled:
             self.times.span("submit_to_result", time.monotonic() - meta.submitted_mono)
+        if self.observe_inference is not None:  # [metrics]: the histogram
+            self.observe_inference(meta.camera_id, time.monotonic() - meta.submitted_mono)
         self.reorder.put(meta.seq, (meta, output))
 
     def _infer_loop(self) -> None:

@@ -52,6 +52,57 @@ def test_every_default_is_specified_and_documented(role):
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_role_readme_in_galaxy_style_lists_every_default(role):
+    """README.md per role (issue 21): Galaxy's sections; every variable of defaults/main.yml
+    with its default (the section made by scripts/role_readme.py, kept current); an
+    example playbook that parses and uses the role; the dependencies meta/main.yml says."""
+    text = (role / "README.md").read_text()
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    assert headings[:4] == ["Requirements", "Role Variables", "Dependencies",
+                            "Example Playbook"] and "License" in headings, headings
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    missing = [name for name in defaults if f"- `{name}`" not in text]
+    assert missing == [], f"variables not in {role.name}/README.md: {missing}"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts/role_readme.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + " (run scripts/role_readme.py)"
+    example = re.search(r"## Example Playbook\n\n```yaml\n(.+?)```", text, re.S)
+    play = yaml.safe_load(example.group(1))
+    assert play[0]["roles"][0]["role"] == role.name
+    assert set(play[0]["roles"][0].get("vars", {})) <= set(defaults)
+    deps = yaml.safe_load((role / "meta/main.yml").read_text())["dependencies"]
+    assert deps == [] and "None (`meta/main.yml`: `dependencies: []`)" in text
+
+
+def _placeholders(node, found, key=""):
+    """Names of the variables whose values are documentation-only (TEST-NET, example.*)."""
+    if isinstance(node, dict):
+        for k, v in node.items():  # a key inside a variable's value (a camera's uri) is its
+            variable = str(k).startswith(("segedge_", "ansible_")) or not key
+            _placeholders(v, found, str(k) if variable else key)
+    elif isinstance(node, list):
+        for v in node:
+            _placeholders(v, found, key)
+    elif isinstance(node, str) and re.search(r"192\.0\.2\.|\.example\b|example\.", node):
+        found.add(key)
+    return found
+
+
+def test_readme_says_what_to_edit_in_the_example_inventory():
+    """Every value in the example inventory that reaches nothing (a TEST-NET address, an
+    example.* name) is a variable the README's provisioning steps tell the reader to edit."""
+    inventory = REPO / "deploy/inventory"
+    found = _placeholders(yaml.safe_load((inventory / "example.yml").read_text()), set())
+    for path in sorted((inventory / "group_vars").glob("*.yml")):
+        _placeholders(yaml.safe_load(path.read_text()), found)
+    readme = (REPO / "README.md").read_text()
+    steps = readme[readme.index("To provision devices"):readme.index("| command | what |")]
+    assert {"ansible_host", "segedge_broker_server_names", "segedge_agent_mqtt_host"} <= found
+    assert [name for name in sorted(found) if f"`{name}`" not in steps] == [], steps
+    assert "-i inventory/fleet.yml" in steps and "-i inventory/example.yml" not in steps
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
 def test_templates_carry_ansible_managed(role):
     ROLE = role
     for tpl in (ROLE / "templates").glob("*.j2"):
@@ -216,6 +267,13 @@ def test_agent_toml_renders_cameras_and_frames_in(tmp_path):
     # an inference service with no camera of its own
     assert service["cameras"] == [] and "uri" not in service["source"]
     assert service["frames_in"]["senders"] == ["svc-1"]
+
+
+def test_agent_toml_renders_metrics_only_when_asked(tmp_path):
+    texts = _render_agent_toml(tmp_path, {
+        "off": {}, "on": {"segedge_agent_metrics_listen": "0.0.0.0:9108"}})
+    assert "metrics" not in _toml(texts["off"])
+    assert _toml(texts["on"])["metrics"] == {"listen": "0.0.0.0:9108"}
 
 
 def test_rendered_multi_camera_config_passes_the_agents_check(tmp_path, tiny_bundle):
