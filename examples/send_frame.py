@@ -32,7 +32,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's edge_agent
-from edge_agent import __version__, connect  # noqa: E402
+from edge_agent import __version__  # noqa: E402
+from edge_agent.protocol import connect  # noqa: E402
 
 EX_NOINPUT = 66
 

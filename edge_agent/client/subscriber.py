@@ -346,8 +346,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                          args.protocol, args.username, args.password, args.tls_ca, args.quiet,
                          args.save_every, args.tls_cert, args.tls_key)
     except (OSError, ValueError) as exc:  # tls_set: a missing or unusable CA file
-        print(f"segedge-subscribe: TLS files ({args.tls_ca or '-'}, {args.tls_cert or '-'}): "
-              f"{connect.describe_error(exc)}",
+        which = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                         (("tls_ca", args.tls_ca), ("tls_cert", args.tls_cert),
+                          ("tls_key", args.tls_key)) if v)
+        print(f"segedge-subscribe: {which}: {connect.describe_error(exc)}",
               file=sys.stderr)
         return connect.EX_UNAVAILABLE
     try:

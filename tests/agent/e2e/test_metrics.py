@@ -112,7 +112,8 @@ def test_prometheus_scrapes_the_agent(prometheus, broker, tiny_bundle, clip, uni
 
 
 def test_metrics_off_by_default_imports_nothing(tmp_path):
-    code = ("import sys\nfrom edge_agent import app, metrics, __main__\n"
+    code = ("import sys\nfrom edge_agent import app, __main__\n"
+            "from edge_agent.health import metrics\n"
             "assert 'prometheus_client' not in sys.modules, 'imported'\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True,
                          text=True, timeout=60)
