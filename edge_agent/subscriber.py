@@ -34,7 +34,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from . import overlay
-from .encoding import MAX_PIXELS, MaskError, decode, image_size
+from .encoding import MAX_PIXELS, MaskError, decode, image_budget_problem, image_size
 
 BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
 MAX_PAYLOAD_BYTES = 16 << 20  # larger messages are refused before JSON parsing
@@ -224,6 +224,9 @@ class Subscriber:
         width, height = image_size(raw)  # from the header: bound pixels before decoding
         if not 0 < width * height <= MAX_PIXELS:
             raise ValueError(f"frame of {width}x{height} is outside 1..{MAX_PIXELS} pixels")
+        problem = image_budget_problem(raw, width, height)
+        if problem:
+            raise ValueError(problem)
         if not self.out:  # frames only serve the overlays written under --out
             return
         image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
