@@ -1,10 +1,11 @@
 """Issue 17, the agent's side: what a sender or a commander could do through the MQTT 5
 request/response path and the input bounds, on a real Mosquitto and a real agent.
 
-One agent (a file camera, frames in from one sender, commands, a health file) takes, in
-order: frames whose response topic is a wildcard or someone else's topic (findings 1, 2),
-a command with such a response topic (3), a tiny image claiming a huge frame (7), lenient
-and flooded commands (9), requests near the MQTT 5 packet cap (10). It must stay up,
+One agent for the module (a file camera, frames in from one sender, commands, a health
+file), one test per finding, in this order: a tiny image claiming a huge frame (7),
+requests near the MQTT 5 packet cap (10), a command with a wildcard or foreign response
+topic (3), lenient and flooded commands (9), frames whose response topic is a wildcard
+or someone else's topic (1, 2: last, as it killed the agent before). It must stay up,
 publish nothing where it was not asked by the topic's owner, count and answer what it
 refuses, and keep its status and health file truthful. Then the broker outage (5) with
 its own broker, and a bundle whose declared file size is over the cap (6).
