@@ -41,6 +41,10 @@ log = logging.getLogger("segedge.agent")
 WAITING_FOR_FRAME = "source: waiting for first frame"
 FINISHED = "source: finished (the file ended and loop = false)"
 TICK_S = 0.2
+# the agent's stats ``requests``: frames and commands refused whole for a response topic
+# outside the asker's reply tree; commands dropped by the token bucket (answered when
+# they asked) or by a full commands queue (not answered)
+REQUEST_COUNTERS = ("reply_topic_refused", "commands_rate_limited", "commands_queue_full")
 
 
 class Agent:
@@ -53,6 +57,7 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.session = uuid.uuid4().hex[:12]
         self.totals = Counters()  # the whole agent (in the single-camera form: the camera's)
+        self.requests = Counters(REQUEST_COUNTERS)
         self.latency = LatencyWindow()
         self.usage = ProcessUsage()
         self.slots = FrameSlots()
@@ -73,6 +78,7 @@ class Agent:
         self.control: Optional[Control] = None
         self.frames_in: Optional[FramesIn] = None
         self._republish = threading.Event()  # set by reload, taken by the main loop
+        self._max_packet = 0  # MQTT 5: the largest packet the broker may send us (status)
         self.metrics: Optional[Metrics] = None
         if cfg.metrics.listen:  # prometheus-client is imported only when it starts
             self.metrics = Metrics(self, cfg.metrics.listen)
@@ -142,7 +148,8 @@ class Agent:
                       device_errors=dict(self.engine.failures),
                       runtime=ovcompat.runtime_version(), pid=os.getpid(),
                       session=self.session, agent_id=None if own else self.agent_id,
-                      cameras=cameras)
+                      cameras=cameras,
+                      max_packet_bytes=self._max_packet if own and self._max_packet else None)
 
     def _will(self, connection: int) -> Status:
         return self._status("offline", "connection lost")
@@ -198,9 +205,11 @@ class Agent:
             incoming = max(incoming, 2 * cfg.frames_in.max_bytes + 65536)
         self.comms = MqttComms(cfg.mqtt, self.agent_id, self._will,
                                on_connected=self.wake.set, max_incoming_bytes=incoming)
+        if cfg.mqtt.protocol == "5":  # announced in the status: larger never reach us
+            self._max_packet = incoming
         self.health.set("mqtt", self.comms.problem())  # not delivering before connected
         self.control = Control(cfg, self.comms, self.stop, self._camera_infos, self.reload,
-                               self._on_paused)
+                               self._on_paused, count=self.requests.add)
         for cam_cfg in cfg.cameras:
             camera = self._add_camera(cam_cfg, counted=True)
             self.control.snapshot_targets[cam_cfg.id] = camera
@@ -215,7 +224,10 @@ class Agent:
                                           state=lambda s, r: self.health.set("source", r,
                                                                              camera=s),
                                           refused=lambda: self.totals.add("refused"),
-                                          reply=self.comms.publish_reply), self.stop)
+                                          reply=self.comms.publish_reply,
+                                          reply_refused=lambda: self.requests.add(
+                                              "reply_topic_refused")),
+                                      self.stop, prefix=cfg.mqtt.prefix)
             self.comms.subscribe(frames_in_topic(cfg), 0, handler=self.frames_in.incoming)
             self.frames_in.start()
             log.info("frames in: %s (%s)", frames_in_topic(cfg),
@@ -338,6 +350,7 @@ class Agent:
         frames = counters.snapshot()
         frames["mqtt_dropped"] = self.comms.dropped
         frames["spool_dropped"] = self.comms.spool.dropped
+        frames["publish_failed"] = self.comms.publish_failed
         return Stats(
             device_id=device_id, ts=round(time.time(), 3),
             uptime_s=round(time.monotonic() - self.started_mono, 1),
@@ -375,7 +388,8 @@ class Agent:
             seq = self._stats_seq
         stats = self._stats(self.agent_id, self.totals, self.latency, self.slots.depth(),
                             self.health.state, seq, process, interval,
-                            cameras=per_camera if self.multi else None)
+                            cameras=per_camera if self.multi else None,
+                            requests=self.requests.snapshot())
         self.comms.publish_stats(stats.to_json())
         self.health.refresh()
         log.debug("stats %s", stats.fps)

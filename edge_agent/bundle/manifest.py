@@ -26,6 +26,12 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KB; refuse before parsing
 MAX_DEPTH = 32  # JSON nesting a manifest may have (real ones: 5)
+# Any file a manifest lists: checked from the manifest's declared size and the file's
+# stat before a byte is read (the agent holds a model and its weights in memory once to
+# compile them; real edge models are 5-100 MB)
+MAX_FILE_BYTES = 1 << 30  # 1 GiB
+MAX_IR_XML_BYTES = 16 << 20  # an IR's .xml is parsed whole at --check-config (real: < 5 MB)
+HASH_BUFFER = 1 << 20  # files are hashed through one buffer of this size, never read whole
 TARGETS = ("cpu", "gpu", "npu", "myriad")
 # The OpenVINO device each bundle target is meant for.
 TARGET_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "myriad": "MYRIAD"}
@@ -95,11 +101,50 @@ class Manifest:
         return data
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk_size: int = HASH_BUFFER) -> str:
+    """The file's sha256, read through one ``chunk_size`` buffer (memory stays bounded)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _hash_checked(path: Path, expected: int, limit: int = MAX_FILE_BYTES) -> str:
+    """Open once (no symlink at the last step), check from ``fstat`` that it is a regular
+    file of ``expected`` bytes within ``limit`` before reading, then stream it through
+    sha256 with one bounded buffer. BundleError names the problem."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise BundleError(f"{path}: {info.st_size} bytes, over the {limit} bytes a bundle "
+                              f"file may have")
+        if info.st_size != expected:
+            raise BundleError(f"{path}: size {info.st_size} != {expected} in manifest")
+        digest, total = hashlib.sha256(), 0
+        buffer = bytearray(HASH_BUFFER)
+        view = memoryview(buffer)
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            total += n
+            if total > expected:
+                raise BundleError(f"{path}: changed while being read")
+            digest.update(view[:n])
+    if total != expected:
+        raise BundleError(f"{path}: changed while being read")
     return digest.hexdigest()
 
 
@@ -197,8 +242,11 @@ def _files(items: List[Dict[str, Any]], where: str) -> List[FileEntry]:
         if not _safe_path(path):
             raise BundleError(f"{loc}: path {path!r:.80} must be relative and stay inside "
                               f"the bundle")
-        out.append(FileEntry(path=path, sha256=item["sha256"], size=_int(item["size"],
-                                                                           f"{loc}.size")))
+        size = _int(item["size"], f"{loc}.size")
+        if size > MAX_FILE_BYTES:
+            raise BundleError(f"{loc}.size: {path!r:.80} declares {size} bytes, over the "
+                              f"{MAX_FILE_BYTES} bytes a bundle file may have")
+        out.append(FileEntry(path=path, sha256=item["sha256"], size=size))
     return out
 
 
@@ -290,10 +338,7 @@ def check_files(bundle_dir: Path, entries: Iterable[FileEntry]) -> List[str]:
             real = inside(root, entry.path)
             if not real.is_file():
                 problems.append(f"{path}: missing")
-            elif real.stat().st_size != entry.size:
-                problems.append(f"{path}: size {real.stat().st_size} != {entry.size} in "
-                                f"manifest")
-            elif sha256_file(real) != entry.sha256:
+            elif _hash_checked(real, entry.size) != entry.sha256:
                 problems.append(f"{path}: sha256 mismatch (file altered or corrupt)")
         except BundleError as exc:
             problems.append(str(exc))
@@ -311,12 +356,19 @@ class ModelBytes:
     weights: Optional[bytes]  # the IR's .bin; None for ONNX
 
 
-def _read_verified(root: Path, bundle_dir: Path, entry: FileEntry) -> bytes:
+def _read_verified(root: Path, bundle_dir: Path, entry: FileEntry,
+                   limit: int = MAX_FILE_BYTES) -> bytes:
     path = Path(bundle_dir) / entry.path
     real = inside(root, entry.path)
     if not real.exists():
         raise BundleError(f"bundle refused: {path}: missing")
-    data = _read_exact(real, max(entry.size, 0), entry.size)
+    if entry.size > limit:
+        raise BundleError(f"bundle refused: {path}: declares {entry.size} bytes, over the "
+                          f"{limit} allowed")
+    try:
+        data = _read_exact(real, max(entry.size, 0), entry.size)
+    except BundleError as exc:
+        raise BundleError(f"bundle refused: {exc}") from None
     if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise BundleError(f"bundle refused: {path}: sha256 mismatch (file altered or corrupt)")
     return data
@@ -342,7 +394,8 @@ def read_model(bundle_dir: Path, entry: TargetEntry) -> ModelBytes:
     """
     root = _root(bundle_dir)
     by_path = {f.path: f for f in entry.files}
-    model = _read_verified(root, bundle_dir, by_path[entry.model])
+    model = _read_verified(root, bundle_dir, by_path[entry.model],
+                           MAX_IR_XML_BYTES if entry.format == "openvino_ir" else MAX_FILE_BYTES)
     weights = None
     if entry.format == "openvino_ir":
         _check_ir(Path(bundle_dir) / entry.model, model)
@@ -365,10 +418,15 @@ def open_target(bundle_dir: Path, target: str) -> Tuple[Manifest, TargetEntry, P
         raise BundleError(f"{Path(bundle_dir) / MANIFEST_NAME}: bundle has no target "
                           f"{target!r:.40} (built: {built})")
     entry = manifest.targets[target]
-    problems = check_files(bundle_dir, entry.files)
+    problems = check_files(bundle_dir, entry.files)  # streamed: memory stays bounded
     if problems:
         raise BundleError("bundle refused: " + "; ".join(problems))
-    read_model(bundle_dir, entry)  # the IR parses (cheap; OpenVINO is not loaded here)
+    if entry.format == "openvino_ir":  # the IR parses (OpenVINO is not loaded here); the
+        # weights were hashed above and are not read again until the agent compiles them
+        root = _root(bundle_dir)
+        by_path = {f.path: f for f in entry.files}
+        xml = _read_verified(root, bundle_dir, by_path[entry.model], MAX_IR_XML_BYTES)
+        _check_ir(Path(bundle_dir) / entry.model, xml)
     return manifest, entry, inside(_root(bundle_dir), entry.model)
 
 

@@ -34,7 +34,13 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.client.connection import add_connection_args, make_client
 from edge_agent.protocol import connect, overlay
-from edge_agent.protocol.encoding import MAX_PIXELS, MaskError, decode, image_size
+from edge_agent.protocol.encoding import (
+    MAX_PIXELS,
+    MaskError,
+    decode,
+    image_budget_problem,
+    image_size,
+)
 
 BAD_LOG_EVERY = 100  # log the 1st, then every Nth bad message
 MAX_PAYLOAD_BYTES = 16 << 20  # larger messages are refused before JSON parsing
@@ -219,6 +225,9 @@ class Subscriber:
         width, height = image_size(raw)  # from the header: bound pixels before decoding
         if not 0 < width * height <= MAX_PIXELS:
             raise ValueError(f"frame of {width}x{height} is outside 1..{MAX_PIXELS} pixels")
+        problem = image_budget_problem(raw, width, height)
+        if problem:
+            raise ValueError(problem)
         if not self.out:  # frames only serve the overlays written under --out
             return
         image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)

@@ -173,6 +173,11 @@ class FramesInConfig:
                         1024, 64 << 20)
     max_side: int = _f(4096, "largest image width or height accepted (read from the image "
                              "header, before decoding)", 16, 16384)
+    max_pixels: int = _f(4096 * 4096, "largest image accepted in pixels (width x height, "
+                                      "read from the image header, before decoding); an "
+                                      "image that also claims more pixels per byte than a "
+                                      "real one can (JPEG 1024, PNG 4096) is refused",
+                         256, 16384 * 16384)
     stall_timeout_s: float = _f(30.0, "a sender silent this long: its camera turns "
                                       "`degraded` (0 = never)", 0, 86400)
     forget_after_s: float = _f(600.0, "a sender silent this long is forgotten: its status "

@@ -23,7 +23,7 @@ says otherwise (``CommandState.to_dict`` / ``from_dict`` are the file format).
 from __future__ import annotations
 
 import json
-import math
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
@@ -50,9 +50,26 @@ FPS_RANGE = (0.0, 120.0)
 FRAME_EVERY_RANGE = (0, 10000)
 ENCODINGS = MASK_ENCODINGS
 
-_TRUE = {"on", "true", "1", "yes", "pause", "paused"}
-_FALSE = {"off", "false", "0", "no", "resume", "resumed"}
-_PRESS = {"", "press", "on", "1", "true"}
+FPS_MIN_POSITIVE = 0.01  # a commanded rate is 0 (unlimited) or at least one mask per 100 s
+
+# Exact tokens, as docs/integrations.md lists them (case matters; no spaces or newlines)
+_TRUE = {"ON", "true", "1", "pause"}
+_FALSE = {"OFF", "false", "0", "resume"}
+_PRESS = {"", "PRESS"}
+_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")  # JSON's number, less sign and exponent
+_INTEGER = re.compile(r"0|[1-9][0-9]*")
+
+
+class _Number(str):
+    """A JSON number as it was written (kept as text so the exact form can be checked)."""
+
+
+class _Word(str):
+    """A payload that is not JSON, as sent (``ON``, ``rle``, ``1e3``, ``1_0``)."""
+
+
+_NUMBERISH = re.compile(r"[-+]?[0-9_.]*[0-9][0-9_.]*([eE][-+]?[0-9_]+)?|[-+]?(nan|inf|infinity)",
+                        re.IGNORECASE)
 
 
 def set_topic(prefix: str, target_id: str, feature: str) -> str:
@@ -109,49 +126,73 @@ def one_line(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _json(text: str) -> Any:
+    """JSON with every number kept as its text (``_Number``); ValueError when not JSON."""
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+    return json.loads(text, parse_int=_Number, parse_float=_Number, parse_constant=refuse)
+
+
 def _unwrap(feature: str, text: str) -> Union[Tuple[Any], Refusal]:
-    """Payload text -> (value,). JSON forms: a scalar or {"value": x}; else the bare word."""
-    stripped = text.strip()
-    if stripped[:1] in ("{", "[", '"'):
+    """Payload text -> (value,). JSON forms: a scalar or {"value": x}; else the bare word,
+    exactly as sent (no whitespace is trimmed: ``ON\n`` is not ``ON``)."""
+    if text != text.strip():
+        return Refusal(feature, f"{feature}: payload has leading or trailing whitespace")
+    if text[:1] in ("{", "[", '"'):
         try:
-            data = json.loads(stripped)
-        except ValueError:
+            data = _json(text)
+        except (ValueError, RecursionError):
             return Refusal(feature, f"{feature}: payload is not valid JSON")
         if isinstance(data, dict):
             extra = sorted(set(data) - {"value"})
             if extra:
-                return Refusal(feature, f"{feature}: unknown key(s) {', '.join(extra)} "
+                return Refusal(feature, f"{feature}: unknown key(s) {one_line(', '.join(extra))} "
                                         "(expected {\"value\": ...})")
             return (data.get("value"),)
         if isinstance(data, list):
             return Refusal(feature, f"{feature}: a JSON list is not a command value")
         return (data,)
-    try:  # bare JSON numbers/booleans also come this way
-        return (json.loads(stripped),)
-    except ValueError:
-        return (stripped,)
+    if _DECIMAL.fullmatch(text):
+        return (_Number(text),)
+    if text in ("true", "false", "null"):
+        return ({"true": True, "false": False, "null": None}[text],)
+    return (_Word(text),)  # a bare word: ON, OFF, PRESS, rle, ... or a number misspelt
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, _Number):
+        return str(value)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, _Word):
+        return f"'{one_line(value)}'"
+    if isinstance(value, str):
+        return f"the JSON string {json.dumps(one_line(value))}"
+    return f"'{one_line(str(value))}'"
 
 
 def _number(feature: str, value: Any, lo: float, hi: float,
             integer: bool) -> Union[Command, Refusal]:
-    if isinstance(value, bool) or value is None:
-        return Refusal(feature, f"{feature}: expected a number, got {json.dumps(value)}")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return Refusal(feature, f"{feature}: expected a number, got '{one_line(value)}'")
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return Refusal(feature, f"{feature}: expected a finite number")
-    if integer:
-        if value != int(value):
-            return Refusal(feature, f"{feature}: expected an integer, got {value}")
-        value = int(value)
-    else:
-        value = float(value)
-    if not lo <= value <= hi:
-        return Refusal(feature, f"{feature}: {value} out of range [{lo:g}, {hi:g}]")
-    return Command(feature, value)
+    """A JSON number written plainly (``5``, ``2.5``; no sign, exponent, ``_``, quotes or
+    spaces), in ``lo..hi``; an integer for ``integer``."""
+    if isinstance(value, _Word) and _NUMBERISH.fullmatch(value):
+        value = _Number(value)  # a number in a form refused below (sign, exponent, _)
+    if not isinstance(value, _Number):
+        return Refusal(feature, f"{feature}: expected a number, got {_shown(value)}")
+    text = str(value)
+    if integer and not _INTEGER.fullmatch(text):
+        return Refusal(feature, f"{feature}: expected an integer (digits only), got "
+                                f"'{one_line(text)}'")
+    if not integer and not _DECIMAL.fullmatch(text):
+        return Refusal(feature, f"{feature}: expected a decimal number (digits, an optional "
+                                f"fraction; no sign or exponent), got '{one_line(text)}'")
+    number: Union[int, float] = int(text) if integer else float(text)
+    if not lo <= number <= hi:
+        return Refusal(feature, f"{feature}: {number} out of range [{lo:g}, {hi:g}]")
+    if feature == MAX_PUBLISH_FPS and 0 < number < FPS_MIN_POSITIVE:
+        return Refusal(feature, f"{feature}: {number} is below {FPS_MIN_POSITIVE:g} "
+                                "(0 = unlimited)")
+    return Command(feature, number)
 
 
 def features_for(target_id: str, agent_id: str, camera_ids: Sequence[str]) -> Tuple[str, ...]:
@@ -166,12 +207,14 @@ def features_for(target_id: str, agent_id: str, camera_ids: Sequence[str]) -> Tu
 
 
 def parse_command(topic_suffix: str, payload: bytes, retained: bool = False,
-                  allowed: Sequence[str] = FEATURES) -> Union[Command, Refusal]:
+                  allowed: Sequence[str] = FEATURES,
+                  size: Optional[int] = None) -> Union[Command, Refusal]:
     """``"<feature>/set"`` + payload -> Command, or a Refusal saying why. Never raises.
 
     Accepts plain values (``ON``/``OFF``, ``5``, ``rle``, ``PRESS``) and JSON (a scalar
     or ``{"value": ...}``). Retained messages are refused: a retained command would be
-    replayed on every reconnect and outlive a restart.
+    replayed on every reconnect and outlive a restart. ``size``: the payload's size as
+    sent, when ``payload`` is only its start (the queue keeps 512 bytes).
     """
     parts = topic_suffix.split("/")
     feature = parts[0] if parts else ""
@@ -188,8 +231,9 @@ def parse_command(topic_suffix: str, payload: bytes, retained: bool = False,
                                 "(publish commands with retain=false)")
     if not isinstance(payload, (bytes, bytearray)):
         return Refusal(feature, f"{feature}: payload must be bytes")
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return Refusal(feature, f"{feature}: payload of {len(payload)} bytes exceeds "
+    size = max(size or 0, len(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        return Refusal(feature, f"{feature}: payload of {size} bytes exceeds "
                                 f"{MAX_PAYLOAD_BYTES}")
     try:
         text = bytes(payload).decode("utf-8")
@@ -202,25 +246,25 @@ def parse_command(topic_suffix: str, payload: bytes, retained: bool = False,
     if feature == PAUSED:
         if isinstance(value, bool):
             return Command(feature, value)
-        word = str(value).strip().lower() if value is not None else ""
+        word = str(value) if isinstance(value, str) else None
         if word in _TRUE:
             return Command(feature, True)
         if word in _FALSE:
             return Command(feature, False)
-        return Refusal(feature, f"{feature}: expected ON or OFF, got '{one_line(str(value))}'")
+        return Refusal(feature, f"{feature}: expected ON or OFF (or true/false, 1/0, "
+                                f"pause/resume), got {_shown(value)}")
     if feature == MAX_PUBLISH_FPS:
         return _number(feature, value, FPS_RANGE[0], FPS_RANGE[1], integer=False)
     if feature == FRAME_EVERY:
         return _number(feature, value, FRAME_EVERY_RANGE[0], FRAME_EVERY_RANGE[1], integer=True)
     if feature == MASK_ENCODING:
-        word = value.strip().lower() if isinstance(value, str) else None
-        if word in ENCODINGS:
-            return Command(feature, word)
+        if isinstance(value, str) and not isinstance(value, _Number) and value in ENCODINGS:
+            return Command(feature, str(value))
         return Refusal(feature, f"{feature}: expected one of {', '.join(ENCODINGS)}, "
-                                f"got '{one_line(str(value))}'")
-    # actions: an empty payload, PRESS (Home Assistant's button), ON/1/true, {} or null
-    if value is None or value is True or (type(value) is int and value == 1) or (
-            isinstance(value, str) and value.strip().lower() in _PRESS):
+                                f"got {_shown(value)}")
+    # actions: an empty payload, PRESS (Home Assistant's button), {} or null
+    if value is None or (isinstance(value, str) and not isinstance(value, _Number)
+                         and value in _PRESS):
         return Command(feature)
     return Refusal(feature, f"{feature}: expected an empty payload or PRESS, "
                             f"got '{one_line(text)}'")

@@ -5,8 +5,13 @@ feeds it and carries out what it decides:
 
 - paho's network thread only queues incoming messages (``incoming``: a bounded queue,
   overflow dropped and counted), so a flood never holds the connection up;
-- the ``commands`` thread runs the router, publishes the retained states and MQTT 5
-  replies, writes the state file when ``commands.persist`` is on, and starts actions;
+- the ``commands`` thread runs the router and carries out each command as one step:
+  everything is checked first (the value, the MQTT 5 response topic: only the addressed
+  id's reply tree ``<prefix>/<id>/reply/...``), then the state file is written when
+  ``commands.persist`` is on (a failed write refuses the command), then the state is
+  applied, health told, the retained state and the reply published; a command refused
+  for its response topic or dropped by the token bucket is counted (``requests`` in
+  the agent's stats) and, when rate limited, answered;
 - actions run on their own short-lived thread, one of each kind at a time: a snapshot
   waits (bounded) for the pipeline to publish the next frame, mask and overlay; a
   reload runs the agent's hook (open + verify + compile + swap), never on the MQTT or
@@ -16,6 +21,7 @@ feeds it and carries out what it decides:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +36,13 @@ from edge_agent import __version__
 from edge_agent.cameras import Snapshot
 from edge_agent.config import Config, state_file
 from edge_agent.control import homeassistant
-from edge_agent.control.router import CommandRouter, Handled, Outgoing, PendingAction
+from edge_agent.control.router import (
+    RATE_LIMITED,
+    CommandRouter,
+    Handled,
+    Outgoing,
+    PendingAction,
+)
 from edge_agent.control.rules import PAUSED, RELOAD, SNAPSHOT, CommandState, Refusal, TokenBucket
 from edge_agent.mqtt.connection import MqttComms
 
@@ -39,7 +51,10 @@ INBOX_MAX = 100  # commands waiting for the commands thread; beyond it they are 
 SNAPSHOT_TIMEOUT_S = 5.0
 PAUSED_REASON = "paused by command"
 
-Incoming = Tuple[str, bytes, bool, Optional[str], Optional[bytes]]
+# topic, payload (its first INBOX_PAYLOAD bytes), retained, response topic, correlation, size
+Incoming = Tuple[str, bytes, bool, Optional[str], Optional[bytes], int]
+INBOX_PAYLOAD = 512  # a command is at most 256 bytes: more is refused, its size said
+COUNTS = {RATE_LIMITED: "commands_rate_limited", "reply_topic_refused": "reply_topic_refused"}
 
 
 class _SnapshotTarget(Protocol):
@@ -74,17 +89,23 @@ def load_states(path: str, base: Dict[str, CommandState]) -> Dict[str, CommandSt
     return states
 
 
-def save_states(path: str, states: Dict[str, CommandState]) -> None:
-    """Atomically, mode 0600 (mkstemp's); a failure is logged, never raised."""
+def save_states(path: str, states: Dict[str, CommandState]) -> Optional[str]:
+    """Atomically, mode 0600 (mkstemp's). None, or why not (logged, never raised)."""
     target = Path(path)
+    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".commands-", dir=str(target.parent))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({cid: s.to_dict() for cid, s in states.items()}, handle, sort_keys=True)
         os.replace(tmp, target)
+        return None
     except OSError as exc:
         log.warning("commands: cannot write %s: %s", path, exc)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return f"{path}: {exc.strerror or exc}"
 
 
 class Control:
@@ -93,10 +114,14 @@ class Control:
     def __init__(self, cfg: Config, comms: MqttComms, stop: threading.Event,
                  cameras: Callable[[], Sequence[homeassistant.CameraInfo]],
                  reload: Callable[[], Optional[str]],
-                 on_paused: Callable[[str, bool], None]) -> None:
+                 on_paused: Callable[[str, bool], None],
+                 count: Callable[[str], None] = lambda name: None) -> None:
         """``cameras()``: what discovery says about each camera (model, classes);
         ``reload()``: swap in the configured bundle, None or why not; ``on_paused``:
-        tell health a camera's pause changed."""
+        tell health a camera's pause changed; ``count(name)``: one more of the agent's
+        ``requests`` counters (``commands_rate_limited``, ``commands_queue_full``,
+        ``reply_topic_refused``)."""
+        self.count = count
         self.cfg, self.comms, self.stop = cfg, comms, stop
         self.cameras, self._reload, self.on_paused = cameras, reload, on_paused
         self.state_file = state_file(cfg)
@@ -138,10 +163,11 @@ class Control:
     def incoming(self, topic: str, payload: bytes, retained: bool,
                  response_topic: Optional[str], correlation_data: Optional[bytes]) -> None:
         try:
-            self._inbox.put_nowait((topic, payload[:512], retained, response_topic,
-                                    correlation_data))
+            self._inbox.put_nowait((topic, payload[:INBOX_PAYLOAD], retained, response_topic,
+                                    correlation_data, len(payload)))
         except queue.Full:
-            self.inbox_dropped += 1
+            self.inbox_dropped += 1  # not answered: the queue sheds a flood's load
+            self.count("commands_queue_full")
 
     # --- the commands thread -------------------------------------------------------------
     def _run(self) -> None:
@@ -158,13 +184,33 @@ class Control:
             self._note_drops()
 
     def _handle(self, topic: str, payload: bytes, retained: bool,
-                response_topic: Optional[str], correlation: Optional[bytes]) -> None:
-        handled = self.router.handle(topic, payload, retained=retained,
+                response_topic: Optional[str], correlation: Optional[bytes],
+                size: int = 0) -> None:
+        """One command, as one step: decided (every check, the response topic included,
+        before anything changes), persisted, applied, told to health, then published."""
+        handled = self.router.decide(topic, payload, retained=retained,
                                      response_topic=response_topic,
-                                     correlation_data=correlation, ts=round(time.time(), 3))
+                                     correlation_data=correlation, ts=round(time.time(), 3),
+                                     size=size)
+        if handled.count:
+            self.count(COUNTS.get(handled.count, handled.count))
+        reply = handled.reply
+        if handled.commit is not None and reply is not None and reply.changed:
+            target = handled.commit[0]
+            error = None
+            if self.state_file:
+                states = {cid: self.router.state(cid) for cid in self.router.camera_ids}
+                states[target] = handled.commit[1]
+                error = save_states(self.state_file, states)
+            if error is not None:  # not applied at all: the state stays, the reply says why
+                handled = self.router.unsaved(handled, error, response_topic, correlation)
+            else:
+                self.router.commit(handled)
+                if reply.feature == PAUSED:
+                    self.on_paused(target, self.router.state(target).paused)
+        else:
+            self.router.commit(handled)  # unchanged: nothing to persist or report
         self._carry_out(handled, log_accepted=handled.action is None)
-        if handled.reply is not None and handled.reply.changed:
-            self._changed(handled.reply.target_id, handled.reply.feature)
         if handled.action is not None:
             self._start_action(handled.action)
 
@@ -188,13 +234,6 @@ class Control:
             self.comms.publish_retained(out.topic, out.payload)
         else:
             self.comms.publish_reply(out.topic, out.payload, out.correlation_data)
-
-    def _changed(self, camera_id: str, feature: Optional[str]) -> None:
-        if feature == PAUSED:
-            self.on_paused(camera_id, self.router.state(camera_id).paused)
-        if self.state_file:
-            save_states(self.state_file, {cid: self.router.state(cid)
-                                          for cid in self.router.camera_ids})
 
     # --- actions --------------------------------------------------------------------------
     def _start_action(self, action: PendingAction) -> None:

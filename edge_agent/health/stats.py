@@ -7,7 +7,7 @@ import resource
 import threading
 import time
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, List, Optional, Tuple
 
 
 def percentile(values: List[float], q: float) -> Optional[float]:
@@ -27,7 +27,9 @@ class Counters:
     NAMES = ("captured", "inferred", "dropped", "stale", "published", "skipped_rate", "errors",
              "refused", "replied")
 
-    def __init__(self) -> None:
+    def __init__(self, names: Optional[Tuple[str, ...]] = None) -> None:
+        if names is not None:
+            self.NAMES = names
         self._lock = threading.Lock()
         self._values: Dict[str, int] = dict.fromkeys(self.NAMES, 0)
         self._last: Dict[str, int] = dict(self._values)

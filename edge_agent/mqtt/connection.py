@@ -1,7 +1,10 @@
 """MQTT out: retained status with an ``offline`` last will, masks, stats, frames.
 
-paho-mqtt 2.x with ``connect_async`` + ``loop_start`` reconnects by itself with
-backoff. This module owns the connection's truth: why it is down (refused, TLS,
+paho-mqtt 2.x with ``connect_async`` + ``loop_start`` reconnects by itself: every
+``RECONNECT_S`` (1 s) while the broker cannot be reached, so the agent is back within
+about a second of the broker's return whatever the outage length, at one TCP connect
+attempt a second; a broker that answers but refuses (TLS, login) is retried 1 s doubling
+to ``REFUSED_MAX_S``. This module owns the connection's truth: why it is down (refused, TLS,
 login, unreachable), logged once per change, and ``problem()`` for the agent's
 health after a short grace. Nothing is lost while disconnected within bounds:
 
@@ -14,6 +17,11 @@ health after a short grace. Nothing is lost while disconnected within bounds:
 - frames and overlay JPEGs are best effort (QoS 0, dropped while disconnected);
 - command states and discovery configs (retained) go through the spool like status;
   command replies (MQTT 5 response topics) are sent at once or dropped.
+
+Every publish goes through ``_publish``: the topic is checked (``topics.
+publish_topic_problem``) and paho's errors are caught, so a bad topic or a client error
+is one counted (``publish_failed``), logged refusal, never an exception in the thread
+that published.
 
 Messages on subscribed topics are handed to ``on_message`` on paho's network thread,
 which must only queue them (edge_agent.control.service does the work on its own thread).
@@ -42,6 +50,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
 from edge_agent.protocol.messages import Status
+from edge_agent.protocol.topics import publish_topic_problem
 
 log = logging.getLogger("segedge.mqtt")
 Payload = Union[str, Callable[[int], str]]  # text, or rendered with the connection number
@@ -52,7 +61,9 @@ GRACE_S = 3.0  # not connected for longer than this: the agent is degraded
 SPOOL_MAX = 1000  # status + stats messages kept while disconnected (~1.2 MB)
 MASK_QUEUE = 50  # masks kept while disconnected
 WINDOW = 100  # QoS>0 messages handed to paho and not yet acknowledged
-RECONNECT_MAX_S = 5  # paho's reconnect delay: 1 s doubling to this (a TCP connect: cheap)
+RECONNECT_S = 1  # broker unreachable: one connect attempt a second (a TCP connect: cheap)
+REFUSED_MAX_S = 5  # broker refusing (TLS, login): 1 s doubling to this
+FAILED_LOG_EVERY_S = 60.0  # failed publishes: one log line a minute
 MAX_INCOMING_BYTES = 1 << 20  # MQTT 5 Maximum Packet Size we accept (commands are tiny)
 
 
@@ -174,7 +185,11 @@ class MqttComms:
         self.client = _Client(callback_api_version=CallbackAPIVersion.VERSION2,
                               client_id=self.client_id, protocol=protocol)
         self.client.max_queued_messages_set(0)  # bounded here: WINDOW, spool and queue
-        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
+        self.client.reconnect_delay_set(min_delay=RECONNECT_S, max_delay=RECONNECT_S)
+        self._refused = False  # the broker answers but refuses: back off (REFUSED_MAX_S)
+        self.attempts = 0  # connect attempts made (a broker that stays down: ~1 a second)
+        self.publish_failed = 0  # publishes refused by the topic check or the client
+        self._failed_logged = 0.0
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password or None)
         if self.tls:
@@ -215,6 +230,7 @@ class MqttComms:
         self._thread = self.client._thread  # paho clears its own reference when it dies
 
     def _on_attempt(self) -> None:
+        self.attempts += 1
         # the will of the connection about to be made carries its number and the seq of
         # the last status sent before it
         k = self.connects + 1
@@ -227,7 +243,18 @@ class MqttComms:
             self._fatal = exc
             log.error("mqtt network thread failed: %s: %s", type(exc).__name__, exc)
             return
+        # unreachable: retry every RECONNECT_S; a TLS refusal: back off
+        self._backoff(isinstance(exc, ssl.SSLError))
         self._note(describe_error(exc, self.cfg.host, self.cfg.port))
+
+    def _backoff(self, refused: bool) -> None:
+        """Retry every RECONNECT_S while the broker is unreachable (it is back within a
+        second of its return); 1 s doubling to REFUSED_MAX_S while it answers but
+        refuses. paho restarts its delay at each change, so only changes are set."""
+        if refused != self._refused:
+            self._refused = refused
+            self.client.reconnect_delay_set(
+                min_delay=RECONNECT_S, max_delay=REFUSED_MAX_S if refused else RECONNECT_S)
 
     def _note(self, error: str) -> None:
         """Remember why we are not connected; log it once per change, not per retry."""
@@ -276,8 +303,10 @@ class MqttComms:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._backoff(True)
             self._note(describe_refusal(reason_code, self.cfg.host, self.cfg.port))
             return
+        self._backoff(False)
         with self._lock:
             self._connected = True
             self.connects += 1
@@ -323,28 +352,57 @@ class MqttComms:
         self._acked.append(mid)
 
     # --- sending --------------------------------------------------------------------
-    def _send(self, item: Message) -> bool:
-        """Hand one message to paho; False when it cannot take it now (kept by the caller)."""
+    def _publish(self, topic: str, payload: Union[str, bytes], qos: int, retain: bool,
+                 properties: Optional[Properties] = None) -> Optional[mqtt.MQTTMessageInfo]:
+        """The one place the agent hands a message to paho. None: refused for good (an
+        invalid topic, a client error), logged and counted; never raises."""
+        problem = publish_topic_problem(topic)
+        if problem is None:
+            try:
+                if properties is None:
+                    return self.client.publish(topic, payload, qos=qos, retain=retain)
+                return self.client.publish(topic, payload, qos=qos, retain=retain,
+                                           properties=properties)
+            except Exception as exc:  # noqa: BLE001 - a publish must never end a thread
+                problem = f"{type(exc).__name__}: {exc}"
+        self.publish_failed += 1
+        now = time.monotonic()
+        if now - self._failed_logged >= FAILED_LOG_EVERY_S or self.publish_failed == 1:
+            self._failed_logged = now
+            shown = " ".join(str(topic).split())[:120]
+            log.warning("mqtt: publish to '%s' refused: %s (%d refused in all)", shown,
+                        " ".join(problem.split())[:200], self.publish_failed)
+        return None
+
+    def _send(self, item: Message) -> Optional[bool]:
+        """Hand one message to paho: True sent, False not now (kept by the caller),
+        None refused for good (counted in ``publish_failed``: drop it)."""
         if not self._connected:
             return False
         topic, payload, qos, retain = item
         if qos and len(self._unacked) >= WINDOW:
             return False
         text = payload(self.connects) if callable(payload) else payload
-        info = self.client.publish(topic, text, qos=qos, retain=retain)
+        info = self._publish(topic, text, qos, retain)
+        if info is None:
+            return None
         if info.rc == mqtt.MQTT_ERR_SUCCESS or (qos and info.rc == mqtt.MQTT_ERR_NO_CONN):
             if qos:  # paho keeps QoS>0 messages until acknowledged, across reconnects
                 self._unacked.add(info.mid)
             return True
         return False
 
+    def _consumed(self, item: Message) -> bool:
+        """For a queue's drain: sent, or refused for good (it must not block the rest)."""
+        return self._send(item) is not False
+
     def _pump(self) -> None:
         while self._acked:
             self._unacked.discard(self._acked.popleft())
         if self._connected:
-            self.spool.drain(self._send)
+            self.spool.drain(self._consumed)
             if not len(self.spool):
-                self.queue.drain(self._send)
+                self.queue.drain(self._consumed)
 
     def pump(self) -> None:
         """Deliver what waits (spool first, then masks); called from the main loop."""
@@ -380,7 +438,7 @@ class MqttComms:
     def publish_frame(self, payload: str, camera_id: Optional[str] = None) -> bool:
         """Source frames are best effort: sent at QoS 0 when connected, else dropped."""
         with self._lock:
-            return self._send((self.topic("frame", camera_id), payload, 0, False))
+            return bool(self._send((self.topic("frame", camera_id), payload, 0, False)))
 
     def publish_retained(self, topic: str, payload: str) -> None:
         """A retained QoS 1 message (command state, discovery config): spooled in order."""
@@ -390,7 +448,8 @@ class MqttComms:
 
     def publish_reply(self, topic: str, payload: str,
                       correlation_data: Optional[bytes] = None) -> bool:
-        """A command reply to an MQTT 5 response topic: QoS 1, not retained, now or never."""
+        """A reply to an MQTT 5 response topic: QoS 1, not retained, now or never. The
+        caller has checked the topic is the asker's (``topics.reply_topic_problem``)."""
         props = None
         if self.cfg.protocol == "5" and correlation_data:
             props = Properties(PacketTypes.PUBLISH)
@@ -398,8 +457,8 @@ class MqttComms:
         with self._lock:
             if not self._connected or len(self._unacked) >= WINDOW:
                 return False
-            info = self.client.publish(topic, payload, qos=1, retain=False, properties=props)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            info = self._publish(topic, payload, 1, False, props)
+            if info is not None and info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self._unacked.add(info.mid)
                 return True
             return False
@@ -407,7 +466,7 @@ class MqttComms:
     def publish_overlay(self, jpeg: bytes, camera_id: Optional[str] = None) -> bool:
         """Overlay JPEG bytes: QoS 0, not retained, dropped while disconnected."""
         with self._lock:
-            return self._send((self.topic("overlay", camera_id), jpeg, 0, False))
+            return bool(self._send((self.topic("overlay", camera_id), jpeg, 0, False)))
 
     def publish_mask(self, payload: str, camera_id: Optional[str] = None) -> bool:
         """True when handed to paho; False when queued (not connected) or dropped.
@@ -423,7 +482,7 @@ class MqttComms:
                 return False
             if self._send(item):
                 return True
-            self.queue.dropped += 1
+            self.queue.dropped += 1  # counted in publish_failed too when refused for good
             return False
 
     @property
@@ -441,13 +500,12 @@ class MqttComms:
             self._stopping = True
             self._pump()
         if connected:
-            infos = [self.client.publish(self.topic("status", status.device_id),
-                                         self._stamp(status, self.connects).to_json(),
-                                         qos=1, retain=True)
+            infos = [self._publish(self.topic("status", status.device_id),
+                                   self._stamp(status, self.connects).to_json(), 1, True)
                      for status in (*cameras, offline)]
             deadline = time.monotonic() + timeout
             try:
-                for info in infos:
+                for info in filter(None, infos):
                     info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("offline status not confirmed: %s", exc)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -103,6 +103,30 @@ def image_size(raw: bytes) -> Tuple[int, int]:
         width, height, _, _ = png_header(raw)
         return width, height
     return jpeg_size(raw)
+
+
+# A photo cannot be smaller than this many bytes for its pixel count: libjpeg's best on
+# a blank frame is ~170 pixels a byte (optimised Huffman tables), deflate's on a blank
+# 8-bit grey PNG ~1030. A header claiming more is a truncated or forged image that the
+# decoder would fill in (a 631-byte JPEG claiming 4096x4096 becomes a 50 MB frame).
+MAX_JPEG_PIXELS_PER_BYTE = 1024
+MAX_PNG_PIXELS_PER_BYTE = 4096
+
+
+def image_budget_problem(raw: bytes, width: int, height: int,
+                         max_pixels: int = MAX_PIXELS) -> Optional[str]:
+    """Why an encoded photo's header size is not believable or too large (one line), or
+    None: at most ``max_pixels`` and at most ``MAX_*_PIXELS_PER_BYTE`` of its bytes.
+    Call it with the header's size before decoding an untrusted image."""
+    pixels = width * height
+    if pixels > max_pixels:
+        return f"image of {width}x{height} ({pixels} pixels) is over {max_pixels} pixels"
+    png = raw[:8] == PNG_SIGNATURE
+    per_byte = MAX_PNG_PIXELS_PER_BYTE if png else MAX_JPEG_PIXELS_PER_BYTE
+    if pixels > per_byte * len(raw):
+        return (f"image claims {width}x{height} in {len(raw)} bytes: over {per_byte} pixels "
+                f"per byte for {'PNG' if png else 'JPEG'} (truncated or forged)")
+    return None
 
 
 def decode_png(data: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:

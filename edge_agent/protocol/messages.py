@@ -27,6 +27,7 @@ def _json(obj: Any, omit_if_none: tuple = ()) -> str:
 
 
 MULTI_CAMERA_FIELDS = ("agent_id", "cameras")
+OPTIONAL_FIELDS = MULTI_CAMERA_FIELDS + ("max_packet_bytes", "requests")
 
 
 @dataclass
@@ -48,10 +49,14 @@ class Status:
     # will); the agent's status maps each camera to its state
     agent_id: Optional[str] = None
     cameras: Optional[Dict[str, str]] = None
+    # the agent's own status, MQTT 5: the largest MQTT packet the broker may send the
+    # agent (its CONNECT's Maximum Packet Size); a larger frame or command is dropped by
+    # the broker unseen, so never answered
+    max_packet_bytes: Optional[int] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return _json(self, MULTI_CAMERA_FIELDS)
+        return _json(self, OPTIONAL_FIELDS)
 
 
 @dataclass
@@ -100,10 +105,12 @@ class Stats:
     # camera, its state and rates
     agent_id: Optional[str] = None
     cameras: Optional[Dict[str, Dict[str, Any]]] = None
+    # the agent's own stats: requests refused or dropped whole (app.REQUEST_COUNTERS)
+    requests: Optional[Dict[str, int]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return _json(self, MULTI_CAMERA_FIELDS)
+        return _json(self, OPTIONAL_FIELDS)
 
 
 @dataclass

@@ -8,11 +8,17 @@ stats and status go to ``<prefix>/<sender>/...`` as for any camera, latest frame
 per sender. A frame that carries an MQTT 5 response topic also gets its mask sent
 there, with the request's correlation data: a client can call the service like an RPC
 (a frame refused or replaced before inference gets a ``frame_error`` reply instead).
+The response topic must lie in the sender's own reply tree, ``<prefix>/<sender>/reply/
+...`` (``topics.reply_topic_problem``): a frame naming any other is refused whole (not
+inferred, nothing published, counted in ``frames.refused`` and the agent's
+``requests.reply_topic_refused``), so a sender cannot make the device publish where the
+sender may not.
 
 Bounded and safe: paho's network thread only checks the size and the sender and keeps
 the newest raw frame per sender (at most ``max_senders`` senders, each at most
-``max_bytes``); the ``frames_in`` thread validates the header (format, width and
-height within ``max_side``) before decoding, and hands the image to the shared
+``max_bytes``) and checks the response topic; the ``frames_in`` thread validates the
+header (format, width and height within ``max_side``, pixels within ``max_pixels`` and
+believable for the bytes that carry them) before decoding, and hands the image to the shared
 inference. Refusals are counted (the sender camera's ``frames.refused``, or the
 agent's for senders that are not served) and logged once per sender per minute.
 A silent sender turns ``degraded`` after ``stall_timeout_s`` and is forgotten after
@@ -37,8 +43,14 @@ import numpy as np
 
 from edge_agent.cameras import Camera
 from edge_agent.config import FramesInConfig, valid_id
-from edge_agent.protocol.encoding import PNG_SIGNATURE, MaskError, image_size
+from edge_agent.protocol.encoding import (
+    PNG_SIGNATURE,
+    MaskError,
+    image_budget_problem,
+    image_size,
+)
 from edge_agent.protocol.messages import FrameError
+from edge_agent.protocol.topics import reply_topic_problem
 from edge_agent.sources.slots import Frame, FrameSlots
 
 log = logging.getLogger("segedge.frames_in")
@@ -99,7 +111,8 @@ def _json_frame(payload: bytes) -> Tuple[bytes, Optional[int], Optional[float]]:
     return raw, frame_id, None if captured_at is None else float(captured_at)
 
 
-def parse_frame(payload: bytes, max_bytes: int, max_side: int) -> IncomingFrame:
+def parse_frame(payload: bytes, max_bytes: int, max_side: int,
+                max_pixels: int = 4096 * 4096) -> IncomingFrame:
     """Check a frame message without decoding pixels; FrameRefused says why not."""
     if len(payload) > max_bytes:
         raise FrameRefused(f"frame of {len(payload)} bytes is over frames_in.max_bytes "
@@ -119,6 +132,10 @@ def parse_frame(payload: bytes, max_bytes: int, max_side: int) -> IncomingFrame:
     if not (0 < width <= max_side and 0 < height <= max_side):
         raise FrameRefused(f"image of {width}x{height} is outside 1..{max_side} per side "
                            f"(frames_in.max_side)")
+    problem = image_budget_problem(raw, width, height, max_pixels)
+    if problem:
+        raise FrameRefused(f"{problem} (frames_in.max_pixels)" if width * height > max_pixels
+                           else problem)
     return IncomingFrame(raw, width, height, frame_id, captured_at)
 
 
@@ -149,8 +166,10 @@ class _Notice:
     sender: Optional[str]  # a served sender, or None (the refusal is the agent's)
     dropped: bool  # True: replaced by a newer frame of its sender; False: refused
     error: str
-    response_topic: Optional[str]
+    response_topic: Optional[str]  # None: not answered (none asked, or not the asker's)
     correlation: Optional[bytes]
+    reply_refused: bool = False  # refused for its response topic: counted apart, no reply
+    asker: Optional[str] = None  # the topic's sender level, for the once-a-minute log
 
 
 @dataclass
@@ -162,14 +181,18 @@ class SenderHooks:
     state: Callable[[str, Optional[str]], None]  # sender, health reason (None: fine)
     refused: Callable[[], None]  # a refusal that belongs to no camera: the agent's count
     reply: Callable[[str, str, Optional[bytes]], bool]  # topic, text, correlation data
+    reply_refused: Callable[[], None] = lambda: None  # a response topic not the sender's
 
 
 class FramesIn(threading.Thread):
     def __init__(self, cfg: FramesInConfig, topic_filter: str, reserved: Set[str],
-                 slots: FrameSlots, hooks: SenderHooks, stop: threading.Event) -> None:
-        """``reserved``: ids a sender may not take (configured cameras, the agent)."""
+                 slots: FrameSlots, hooks: SenderHooks, stop: threading.Event,
+                 prefix: str = "segedge") -> None:
+        """``reserved``: ids a sender may not take (configured cameras, the agent);
+        ``prefix``: the MQTT prefix of reply trees (``<prefix>/<sender>/reply/...``)."""
         super().__init__(name="frames_in", daemon=True)
         self.cfg, self.topic_filter, self.reserved = cfg, topic_filter, set(reserved)
+        self.prefix = prefix
         self.allowed = set(cfg.senders)
         self.slots, self.hooks, self.stop = slots, hooks, stop
         self._cond = threading.Condition()
@@ -186,6 +209,14 @@ class FramesIn(threading.Thread):
     def incoming(self, topic: str, payload: bytes, retained: bool,
                  response_topic: Optional[str], correlation: Optional[bytes]) -> None:
         sender = sender_of(self.topic_filter, topic)
+        if response_topic is not None:  # answers go only under the sender's reply tree
+            problem = reply_topic_problem(self.prefix, sender or "", response_topic)
+            if problem is not None:
+                with self._cond:
+                    self._notice(_Notice(sender if sender in self._known else None, False,
+                                         f"{sender!r}: {problem}", None, None, True, sender))
+                    self._cond.notify()
+                return
         error = self._sender_problem(sender)
         if error is None and retained:
             error = "retained frames are ignored (publish frames with retain=false)"
@@ -248,8 +279,10 @@ class FramesIn(threading.Thread):
             self._dropped(camera, notice.sender, notice.error, notice.response_topic,
                           notice.correlation, None)
         else:
+            if notice.reply_refused:
+                self.hooks.reply_refused()
             self._refuse(camera, notice.sender, notice.error, notice.response_topic,
-                         notice.correlation)
+                         notice.correlation, notice.asker)
 
     def _dropped(self, camera: Optional[Camera], sender: Optional[str], why: str,
                  topic: Optional[str], correlation: Optional[bytes],
@@ -260,13 +293,14 @@ class FramesIn(threading.Thread):
         self._reply_error(sender, why, topic, correlation, frame_id)
 
     def _refuse(self, camera: Optional[Camera], sender: Optional[str], error: str,
-                topic: Optional[str], correlation: Optional[bytes]) -> None:
+                topic: Optional[str], correlation: Optional[bytes],
+                asker: Optional[str] = None) -> None:
         """A frame refused: counted (by its camera, else the agent), logged, answered."""
         if camera is not None:
             camera.count("refused")
         else:
             self.hooks.refused()
-        self._log_refusal(sender, error)
+        self._log_refusal(asker or sender, error)
         self._reply_error(sender, error, topic, correlation, None)
 
     def _log_refusal(self, sender: Optional[str], error: str) -> None:
@@ -302,7 +336,8 @@ class FramesIn(threading.Thread):
             self._stalled.discard(sender)
             self.hooks.state(sender, None)
         try:
-            frame = parse_frame(item.payload, self.cfg.max_bytes, self.cfg.max_side)
+            frame = parse_frame(item.payload, self.cfg.max_bytes, self.cfg.max_side,
+                                self.cfg.max_pixels)
             image = decode_frame(frame)
         except FrameRefused as exc:
             self._refuse(camera, sender, str(exc), item.response_topic, item.correlation)

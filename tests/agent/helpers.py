@@ -222,3 +222,19 @@ def validator(kind: str):
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
+
+
+def forged_jpeg(width: int = 4096, height: int = 4096) -> bytes:
+    """An 8x8 JPEG (~630 bytes) whose frame header claims ``width`` x ``height``: libjpeg
+    fills in the missing data, a 50 MB frame for 4096x4096 (issue 17, finding 7)."""
+    import struct
+
+    raw = bytearray(cv2.imencode(".jpg", np.full((8, 8, 3), 120, np.uint8))[1].tobytes())
+    pos = 2
+    while pos + 4 <= len(raw):
+        marker, length = raw[pos + 1], struct.unpack(">H", raw[pos + 2:pos + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            raw[pos + 5:pos + 9] = struct.pack(">HH", height, width)
+            return bytes(raw)
+        pos += 2 + length
+    raise AssertionError("no SOF marker")

@@ -282,3 +282,71 @@ def test_found_by_fuzzing_a_newline_in_a_key_stays_on_one_line(bundle):
     with pytest.raises(mf.BundleError) as err:
         mf.parse_manifest_bytes(json.dumps(data).encode())
     assert "\n" not in str(err.value) and r"targets.'\n'" in str(err.value)
+
+
+# --- issue 17 (6): file sizes are capped before any read, hashes are streamed ---------
+
+def _declare(bundle, rel, size, sha256="0" * 64):
+    data = _data(bundle)
+    for entries in [data["files"]] + [t["files"] for t in data["targets"].values()]:
+        for entry in entries:
+            if entry["path"] == rel:
+                entry.update(sha256=sha256, size=size)
+    _write(bundle, data)
+
+
+def test_a_declared_size_over_the_cap_is_refused_from_the_manifest(bundle):
+    """Refused from the manifest alone (one line, exit 78 at --check-config): no file of
+    that size is ever opened."""
+    _declare(bundle, "cpu/model.bin", mf.MAX_FILE_BYTES + 1)
+    with pytest.raises(mf.BundleError) as err:
+        mf.open_target(bundle, "cpu")
+    assert f"over the {mf.MAX_FILE_BYTES} bytes a bundle file may have" in str(err.value)
+    assert "cpu/model.bin" in str(err.value) and "\n" not in str(err.value)
+    assert mf.MAX_FILE_BYTES == 1 << 30  # the documented cap (docs/bundle.md)
+
+
+def test_a_huge_sparse_file_is_refused_by_its_stat_without_reading_it(tmp_path):
+    big = tmp_path / "model.bin"
+    with open(big, "wb") as handle:
+        handle.truncate(8 << 30)  # 8 GiB, sparse: costs nothing, reading it would
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(mf.BundleError, match="over the 1073741824 bytes"):
+        mf._hash_checked(big, 8 << 30)
+    assert time.monotonic() - t0 < 1.0  # refused from fstat, not after hashing 8 GiB
+
+
+def test_hashing_streams_through_a_bounded_buffer(bundle, tmp_path):
+    """--check-config of a bundle whose weights are 384 MiB (sparse, declared with their
+    real sha256): passes with the process' peak RSS far below the file's size."""
+    import hashlib
+    import subprocess
+    import sys
+
+    size = 384 << 20
+    weights = bundle / "cpu" / "model.bin"
+    with open(weights, "wb") as handle:
+        handle.truncate(size)
+    digest = hashlib.sha256()
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        digest.update(zeros)
+    _declare(bundle, "cpu/model.bin", size, digest.hexdigest())
+    # VmHWM: this process' own peak (ru_maxrss would carry the forking parent's over exec)
+    probe = ("import sys\n"
+             "from pathlib import Path\n"
+             "from edge_agent.bundle import manifest\n"
+             "manifest.open_target(Path(sys.argv[1]), 'cpu')\n"
+             "print(manifest.verify_bundle(Path(sys.argv[1]), ['cpu']))\n"
+             "print([line.split()[1] for line in open('/proc/self/status')\n"
+             "       if line.startswith('VmHWM:')][0])\n")
+    from tests.agent.helpers import ROOT
+
+    res = subprocess.run([sys.executable, "-c", probe, str(bundle)], capture_output=True,
+                         text=True, timeout=120, cwd=str(ROOT))
+    assert res.returncode == 0, res.stderr
+    problems, peak_kib = res.stdout.split("\n")[:2]
+    assert problems == "[]"
+    assert int(peak_kib) < 128 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -54,21 +55,22 @@ def test_refusal_republishes_the_unchanged_state_and_logs():
 
 def test_mqtt5_reply_carries_the_correlation_data():
     r = router()
-    h = r.handle("segedge/cam-01/paused/set", b"ON", response_topic="me/reply",
+    h = r.handle("segedge/cam-01/paused/set", b"ON", response_topic="segedge/cam-01/reply/me",
                  correlation_data=b"\x01\x02")
-    reply = [o for o in h.outgoing if o.topic == "me/reply"]
+    reply = [o for o in h.outgoing if o.topic == "segedge/cam-01/reply/me"]
     assert len(reply) == 1 and not reply[0].retain and reply[0].correlation_data == b"\x01\x02"
     assert json.loads(reply[0].payload)["result"] == "accepted"
 
 
 def test_actions_are_pending_until_their_hook_ran():
     r = router()
-    h = r.handle("segedge/cam-01/reload/set", b"PRESS", response_topic="me/r",
+    h = r.handle("segedge/cam-01/reload/set", b"PRESS", response_topic="segedge/cam-01/reply/r",
                  correlation_data=b"7")
     assert h.action is not None and h.action.feature == "reload" and h.outgoing == ()
     done = r.finish(h.action, "bundle refused: manifest.json missing", ts=3.0)
     assert done.reply.result == "refused" and "manifest.json missing" in done.log
-    assert done.outgoing[0].topic == "me/r" and done.outgoing[0].correlation_data == b"7"
+    assert done.outgoing[0].topic == "segedge/cam-01/reply/r"
+    assert done.outgoing[0].correlation_data == b"7"
     ok = r.finish(r.handle("segedge/cam-01/snapshot/set", b"").action, None)
     assert ok.reply.accepted and ok.outgoing == () and ok.log is None
 
@@ -101,6 +103,68 @@ def test_a_flood_is_bounded_and_logged_rarely():
     for _ in range(50):
         r.handle("segedge/cam-01/paused/set", b"ON")
     assert r.bucket.dropped > 9990
+
+
+@pytest.mark.parametrize("response_topic", [
+    "a/+/b", "#", "segedge/cam-01/mask", "segedge/cam-01/status",
+    "homeassistant/switch/segedge_cam-01/paused/config", "segedge/cam-01/paused/set",
+    "segedge/other/reply/x", "segedge/cam-01/reply", "segedge/cam-01/reply/",
+    "segedge/cam-01/reply//x", "segedge/cam-01/reply/+", "segedge/cam-01/reply/x\x00",
+    "segedge/cam-01/reply/" + "x" * 300])
+def test_a_response_topic_outside_the_ids_reply_tree_refuses_the_command_whole(response_topic):
+    """Issue 17 (2, 3): the command is not applied, nothing is published, it is counted,
+    and the refusal is logged once per id per minute."""
+    now = [0.0]
+    r = router(now)
+    h = r.handle("segedge/cam-01/paused/set", b"ON", response_topic=response_topic,
+                 correlation_data=b"1")
+    assert h.outgoing == () and h.reply is None and h.commit is None and h.action is None
+    assert h.count == "reply_topic_refused" and "not applied" in h.log
+    assert r.state("cam-01") == CommandState()  # not paused
+    again = r.handle("segedge/cam-01/paused/set", b"ON", response_topic=response_topic)
+    assert again.log is None and again.count == "reply_topic_refused"  # logged once
+    now[0] += 61.0
+    assert r.handle("segedge/cam-01/paused/set", b"ON", response_topic=response_topic).log
+    assert r.handle("segedge/cam-01/reload/set", b"", response_topic=response_topic
+                    ).action is None
+
+
+def test_decide_changes_nothing_until_commit():
+    """Issue 17 (3): the caller persists between decide and commit."""
+    r = router()
+    h = r.decide("segedge/cam-01/paused/set", b"ON", response_topic="segedge/cam-01/reply/a")
+    assert h.reply.accepted and h.reply.changed and h.commit == ("cam-01", CommandState(True))
+    assert r.state("cam-01") == CommandState()
+    r.commit(h)
+    assert r.state("cam-01").paused
+    un = r.unsaved(r.decide("segedge/cam-01/max_publish_fps/set", b"3"), "disk full",
+                   "segedge/cam-01/reply/a", b"9")
+    assert un.reply.result == "refused" and "disk full" in un.reply.reason and un.commit is None
+    assert ("segedge/cam-01/max_publish_fps/state", "10.0", True) in topics(un)
+    assert un.outgoing[-1].topic == "segedge/cam-01/reply/a"
+    assert r.state("cam-01").max_publish_fps == 10.0
+
+
+def test_a_rate_limited_command_is_counted_and_answered_when_asked():
+    """Issue 17 (9): a command dropped by the token bucket is counted and, with a
+    response topic in its id's reply tree, answered (never applied)."""
+    now = [0.0]
+    r = router(now)
+    for _ in range(10):
+        r.handle("segedge/cam-01/max_publish_fps/set", b"3")
+    h = r.handle("segedge/cam-01/paused/set", b"ON", response_topic="segedge/cam-01/reply/op",
+                 correlation_data=b"c")
+    assert h.count == "rate_limited" and h.commit is None and not r.state("cam-01").paused
+    (out,) = h.outgoing
+    assert out.topic == "segedge/cam-01/reply/op" and out.correlation_data == b"c"
+    body = json.loads(out.payload)
+    assert body["result"] == "refused" and body["reason"].startswith("rate_limited:")
+    assert body["feature"] == "paused" and body["device_id"] == "cam-01"
+    jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "command_reply.schema.json").read_text())).validate(body)
+    bad = r.handle("segedge/cam-01/paused/set", b"ON", response_topic="segedge/cam-01/status")
+    assert bad.count == "rate_limited" and bad.outgoing == ()  # never a foreign topic
+    assert r.handle("segedge/cam-01/paused/set", b"ON").outgoing == ()
 
 
 def test_state_messages_on_connect_match_schema():
@@ -183,7 +247,8 @@ def test_request_response_and_state_on_mosquitto(broker, unique_id):
     responder = Responder(broker, CommandRouter(unique_id, "cam-01",
                                                 {"cam-01": CommandState()}))
     try:
-        v5, replies = listener(broker, unique_id + "v5", f"{unique_id}/replies/#", mqtt.MQTTv5)
+        v5, replies = listener(broker, unique_id + "v5", f"{unique_id}/cam-01/reply/#",
+                               mqtt.MQTTv5)
         v3, states = listener(broker, unique_id + "v3", f"{unique_id}/cam-01/+/state",
                               mqtt.MQTTv311)
         initial = {}
@@ -194,7 +259,7 @@ def test_request_response_and_state_on_mosquitto(broker, unique_id):
 
         def ask(feature, payload, corr):
             props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = f"{unique_id}/replies/{corr}"
+            props.ResponseTopic = f"{unique_id}/cam-01/reply/{corr}"
             props.CorrelationData = corr.encode()
             v5.publish(f"{unique_id}/cam-01/{feature}/set", payload, qos=1, properties=props)
             m = replies.get(timeout=10)

@@ -116,3 +116,72 @@ def test_commands_disabled_means_no_subscription_but_states(tmp_path, config_dat
     finally:
         stop.set()
         control.join(2)
+
+
+class _ReplyComms(_Comms):
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: list = []
+
+    def publish_reply(self, topic, payload, correlation_data=None) -> bool:
+        self.replies.append((topic, json.loads(payload)))
+        return True
+
+
+def _control(tmp_path, config_data, extra=""):
+    import threading
+
+    from edge_agent.control.service import Control
+
+    cfg = _load(tmp_path, config_data, extra)
+    comms, paused, counts = _ReplyComms(), [], []
+    control = Control(cfg, comms, threading.Event(), lambda: [CameraInfo("cam-01")],
+                      lambda: None, lambda cid, p: paused.append((cid, p)), count=counts.append)
+    return control, comms, paused, counts
+
+
+@pytest.mark.parametrize("response_topic", ["a/+/b", "#", "segedge/cam-01/status",
+                                            "segedge/other/reply/x"])
+def test_a_command_with_a_foreign_response_topic_is_not_applied_at_all(tmp_path, config_data,
+                                                                       response_topic):
+    """Issue 17 (3): paused=ON with a wildcard response topic used to pause the camera and
+    publish the retained state, then raise before health heard of it. Now nothing of it
+    happens: not applied, not persisted, not reported, nothing published; counted."""
+    state = tmp_path / "state" / "commands.json"
+    control, comms, paused, counts = _control(
+        tmp_path, config_data, f'[commands]\npersist = true\nstate_file = "{state}"\n')
+    control._handle("segedge/cam-01/paused/set", b"ON", False, response_topic, b"c", 2)
+    assert not control.state("cam-01").paused and paused == [] and not state.exists()
+    assert comms.retained == [] and comms.replies == []
+    assert counts == ["reply_topic_refused"]
+    control._handle("segedge/cam-01/paused/set", b"ON", False, "segedge/cam-01/reply/op", b"c",
+                    2)
+    assert control.state("cam-01").paused and paused == [("cam-01", True)]
+    assert json.loads(state.read_text())["cam-01"]["paused"] is True
+    assert ("segedge/cam-01/paused/state", "ON") in comms.retained
+    assert comms.replies[-1] == ("segedge/cam-01/reply/op", comms.replies[-1][1])
+    assert comms.replies[-1][1]["result"] == "accepted"
+
+
+def test_a_command_whose_state_cannot_be_persisted_is_refused_whole(tmp_path, config_data):
+    """Persist first: a write that fails refuses the command (state, health unchanged)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the state directory should be
+    control, comms, paused, counts = _control(
+        tmp_path, config_data, f'[commands]\npersist = true\nstate_file = "{blocker / "c.json"}"\n')
+    control._handle("segedge/cam-01/paused/set", b"ON", False, "segedge/cam-01/reply/op", b"c",
+                    2)
+    assert not control.state("cam-01").paused and paused == []
+    assert ("segedge/cam-01/paused/state", "OFF") in comms.retained
+    reply = comms.replies[-1][1]
+    assert reply["result"] == "refused" and "state file cannot be written" in reply["reason"]
+
+
+def test_a_rate_limited_command_is_counted_and_answered(tmp_path, config_data):
+    control, comms, paused, counts = _control(tmp_path, config_data, "[commands]\nburst = 1\n"
+                                                                     "rate_per_s = 0.001\n")
+    control._handle("segedge/cam-01/max_publish_fps/set", b"3", False, None, None, 1)
+    control._handle("segedge/cam-01/paused/set", b"ON", False, "segedge/cam-01/reply/op", b"c",
+                    2)
+    assert counts == ["commands_rate_limited"] and not control.state("cam-01").paused
+    assert comms.replies[-1][1]["reason"].startswith("rate_limited:")

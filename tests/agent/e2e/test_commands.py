@@ -42,7 +42,9 @@ class Client:
         self.messages: List[Tuple[str, bytes, bool, float]] = []
         self.replies: Dict[bytes, Dict[str, Any]] = {}
         self.lock = threading.Lock()
-        self.reply_topic = f"test/reply/{uuid.uuid4().hex[:8]}"
+        # replies come only under the addressed id's reply tree (issue 17)
+        self.token = uuid.uuid4().hex[:8]
+        self.reply_topic = f"segedge/+/reply/{self.token}"
         self.subscribed = threading.Event()
         self.protocol = protocol
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -58,7 +60,7 @@ class Client:
 
     def _on_message(self, client, userdata, msg) -> None:
         with self.lock:
-            if msg.topic == self.reply_topic:
+            if msg.topic.endswith(f"/reply/{self.token}"):
                 corr = getattr(msg.properties, "CorrelationData", b"")
                 self.replies[bytes(corr)] = json.loads(msg.payload)
             else:
@@ -72,7 +74,7 @@ class Client:
         """MQTT 5 request/response: the reply with our correlation data."""
         corr = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.reply_topic
+        props.ResponseTopic = "/".join(topic.split("/")[:2] + ["reply", self.token])
         props.CorrelationData = corr
         self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
         got = wait_until(lambda: self.replies.get(corr), timeout)

@@ -244,8 +244,13 @@ def test_frames_in_request_response_and_refusals(broker, tiny_bundle, unique_id,
             k: everything.of(sender, "stats")[-1]["frames"][k] for k in counted} == counted,
             10), everything.of(sender, "stats")[-1:]
         assert len(everything.of(sender, "mask")) == 3  # also on the camera's mask topic
-        # a sender id that is the agent's own is refused and counted by the agent
-        error = rpc.call(f"segedge/{agent_id}/frames_in/{agent_id}", jpg)
+        # a sender id that is the agent's own is refused and counted by the agent (its
+        # answer goes to that id's reply tree, the only one a frame on that topic may name)
+        own = Rpc(broker.host, broker.port, f"segedge/{agent_id}/reply/test")
+        try:
+            error = own.call(f"segedge/{agent_id}/frames_in/{agent_id}", jpg)
+        finally:
+            own.close()
         assert "not usable" in error["error"]
         assert wait_until(lambda: everything.of(agent_id, "stats")[-1]["frames"]["refused"] >= 1,
                           10)

@@ -16,7 +16,14 @@ from edge_agent.config import CameraConfig, ConfigError, FramesInConfig, SourceC
 from edge_agent.config import OutputConfig as Out
 from edge_agent.health.sdnotify import Notifier
 from edge_agent.health.state import Health
-from edge_agent.sources.frames_in import FrameRefused, FramesIn, SenderHooks, parse_frame, sender_of
+from edge_agent.sources.frames_in import (
+    FrameRefused,
+    FramesIn,
+    SenderHooks,
+    decode_frame,
+    parse_frame,
+    sender_of,
+)
 from edge_agent.sources.slots import FrameSlots
 from tests.agent.helpers import to_toml
 
@@ -150,6 +157,52 @@ def test_parse_frame_takes_jpeg_png_and_json_and_refuses_the_rest():
         assert needle in str(err.value), (payload[:20], str(err.value))
 
 
+def test_a_tiny_image_claiming_a_huge_frame_is_refused_before_decoding():
+    """Issue 17 (7): 630 bytes claiming 4096x4096 (libjpeg would fill in a 50 MB frame)."""
+    from tests.agent.helpers import forged_jpeg
+
+    forged = forged_jpeg()
+    assert len(forged) < 700
+    with pytest.raises(FrameRefused, match="claims 4096x4096 in .* bytes: over 1024 pixels"):
+        parse_frame(forged, 1 << 22, 4096)
+    b64 = json.dumps({"image": base64.b64encode(forged).decode()}).encode()
+    with pytest.raises(FrameRefused, match="pixels per byte"):
+        parse_frame(b64, 1 << 22, 4096)
+    # max_pixels: a real image over it is refused from its header too
+    big = cv2.imencode(".jpg", np.random.default_rng(1).integers(
+        0, 255, (600, 800, 3), np.uint8))[1].tobytes()
+    assert parse_frame(big, 1 << 22, 4096).width == 800
+    with pytest.raises(FrameRefused, match=r"over 100000 pixels \(frames_in.max_pixels\)"):
+        parse_frame(big, 1 << 22, 4096, max_pixels=100_000)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "jpeg-optimized", "png-grey-9", "png-colour-9"])
+def test_real_blank_frames_pass_the_pixels_per_byte_bound(kind):
+    """The most compressible real frames (one colour): libjpeg ~170 pixels a byte, deflate
+    on 8-bit grey ~1030: under the bounds (JPEG 1024, PNG 4096)."""
+    blank = np.zeros((1080, 1920, 3), np.uint8)
+    if kind == "jpeg":
+        raw = cv2.imencode(".jpg", blank)[1].tobytes()
+    elif kind == "jpeg-optimized":
+        raw = cv2.imencode(".jpg", blank, [cv2.IMWRITE_JPEG_OPTIMIZE, 1,
+                                           cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    elif kind == "png-grey-9":
+        raw = cv2.imencode(".png", blank[:, :, 0], [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+    else:
+        raw = cv2.imencode(".png", blank, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+    frame = parse_frame(raw, 1 << 22, 4096)
+    assert (frame.width, frame.height) == (1920, 1080)
+    assert decode_frame(frame).shape == (1080, 1920, 3)
+
+
+def test_the_subscriber_refuses_a_forged_frame_before_decoding():
+    from edge_agent.protocol.encoding import image_budget_problem
+    from tests.agent.helpers import forged_jpeg
+
+    assert "pixels per byte" in image_budget_problem(forged_jpeg(), 4096, 4096)
+    assert image_budget_problem(_jpeg(), 64, 48) is None
+
+
 def test_sender_of_reads_the_plus_level():
     assert sender_of("segedge/edge/frames_in/+", "segedge/edge/frames_in/esp32") == "esp32"
     assert sender_of("in/+/jpeg", "in/cam9/jpeg") == "cam9"
@@ -163,7 +216,7 @@ class _Service:
     def __init__(self, **cfg):
         self.slots, self.stop = FrameSlots(), threading.Event()
         self.cameras, self.closed, self.states, self.replies = {}, [], [], []
-        self.refused = 0
+        self.refused = self.reply_refused = 0
 
         def open_(sender):
             cam = Camera(CameraConfig.from_sections(sender, SourceConfig(uri="mqtt:x"), Out(),
@@ -175,12 +228,15 @@ class _Service:
         def refuse():
             self.refused += 1
 
+        def reply_refused():
+            self.reply_refused += 1
+
         hooks = SenderHooks(open=open_, close=lambda s, r: self.closed.append((s, r)),
                             state=lambda s, r: self.states.append((s, r)), refused=refuse,
                             reply=lambda t, text, c: self.replies.append((t, json.loads(text), c))
-                            or True)
+                            or True, reply_refused=reply_refused)
         self.service = FramesIn(FramesInConfig(enabled=True, **cfg), "p/edge/frames_in/+",
-                                {"edge", "cam-a"}, self.slots, hooks, self.stop)
+                                {"edge", "cam-a"}, self.slots, hooks, self.stop, prefix="p")
         self.service.start()
 
     def send(self, sender, payload, reply=None, corr=None, retained=False):
@@ -201,18 +257,18 @@ def _wait(pred, timeout=3.0):
 def test_frames_in_serves_senders_and_refuses_bad_frames_with_replies():
     svc = _Service(max_senders=2, max_bytes=50_000, stall_timeout_s=0.3, forget_after_s=0.8)
     try:
-        svc.send("esp1", _jpeg(), reply="p/esp1/reply", corr=b"c1")
+        svc.send("esp1", _jpeg(), reply="p/esp1/reply/a", corr=b"c1")
         assert _wait(lambda: svc.slots.depth("esp1") == 1)
         cid, frame = svc.slots.take(0.1)
         assert (cid, frame.frame_id, frame.reply_to, frame.correlation) == (
-            "esp1", 1, "p/esp1/reply", b"c1")
-        svc.send("esp1", b"garbage", reply="p/esp1/reply", corr=b"c2")
+            "esp1", 1, "p/esp1/reply/a", b"c1")
+        svc.send("esp1", b"garbage", reply="p/esp1/reply/a", corr=b"c2")
         svc.send("esp1", b"\x00" * 60_000)  # over max_bytes: refused on paho's thread
         assert _wait(lambda: svc.cameras["esp1"].counters.snapshot()["refused"] == 2)
         svc.send("edge", _jpeg())  # the agent's own id: refused, the agent counts it
         svc.send("esp2", _jpeg())
         assert _wait(lambda: "esp2" in svc.cameras)
-        svc.send("esp3", _jpeg(), reply="p/esp3/reply", corr=b"c3")  # a third sender: over 2
+        svc.send("esp3", _jpeg(), reply="p/esp3/reply/b", corr=b"c3")  # a third sender: over 2
         svc.send("esp2", _jpeg(), retained=True)
         assert _wait(lambda: len(svc.replies) == 2 and svc.refused == 2
                      and svc.cameras["esp2"].counters.snapshot()["refused"] == 1)
@@ -232,13 +288,41 @@ def test_frames_in_serves_senders_and_refuses_bad_frames_with_replies():
 def test_latest_frame_wins_per_sender_and_a_replaced_request_is_answered():
     svc = _Service()
     try:
-        svc.send("esp1", _jpeg(), reply="p/esp1/r", corr=b"old")
+        svc.send("esp1", _jpeg(), reply="p/esp1/reply/r", corr=b"old")
         assert _wait(lambda: svc.slots.depth("esp1") == 1)
-        svc.send("esp1", _jpeg(), reply="p/esp1/r", corr=b"new")  # inference took nothing
+        svc.send("esp1", _jpeg(), reply="p/esp1/reply/r", corr=b"new")  # inference took nothing
         assert _wait(lambda: len(svc.replies) == 1)
         assert svc.replies[0][2] == b"old" and svc.replies[0][1]["error"].startswith("dropped:")
         assert svc.cameras["esp1"].counters.snapshot()["dropped"] == 1
         assert svc.slots.take(0.1)[1].correlation == b"new"
+    finally:
+        svc.close()
+
+
+def test_a_frame_asking_for_a_reply_outside_its_senders_tree_is_refused_unanswered(caplog):
+    """Issue 17 (1, 2): a wildcard or another's topic as the response topic: the frame is
+    not inferred, nothing is sent anywhere, it is counted and logged once a minute."""
+    svc = _Service()
+    try:
+        svc.send("esp1", _jpeg())  # a known sender
+        assert _wait(lambda: svc.slots.depth("esp1") == 1)
+        svc.slots.take(0.1)
+        bad = ["a/+/b", "#", "p/esp1/mask", "p/edge/status", "p/cam-a/reply/x", "p/esp1/reply",
+               "homeassistant/switch/segedge_edge/paused/config", "p/cam-a/paused/set"]
+        for i, topic in enumerate(bad):
+            svc.send("esp1", _jpeg(), reply=topic, corr=b"%d" % i)
+        svc.send("esp9", _jpeg(), reply="p/esp1/reply/x")  # a new sender, another's tree
+        assert _wait(lambda: svc.reply_refused == len(bad) + 1)
+        assert _wait(lambda: svc.cameras["esp1"].counters.snapshot()["refused"] == len(bad)
+                     and svc.refused == 1)
+        time.sleep(0.2)
+        assert svc.replies == [] and svc.slots.depth("esp1") == 0  # nothing inferred
+        assert "esp9" not in svc.cameras
+        lines = [r for r in caplog.records if "frame refused from esp1" in r.getMessage()]
+        assert len(lines) == 1 and "p/esp1/reply/" in lines[0].getMessage()
+        svc.send("esp1", _jpeg(), reply="p/esp1/reply/ok", corr=b"ok")  # still served
+        assert _wait(lambda: svc.slots.depth("esp1") == 1)
+        assert svc.slots.take(0.1)[1].reply_to == "p/esp1/reply/ok"
     finally:
         svc.close()
 
