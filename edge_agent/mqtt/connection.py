@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Callable, Deque, Dict, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Optional, Sequence, Set, Tuple, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -132,10 +132,17 @@ def describe_refusal(reason_code: object, host: str, port: int) -> str:
 
 
 class _Client(mqtt.Client):
-    """paho's client, telling us why a connect attempt failed (paho keeps it to itself)."""
+    """paho's client, telling us why a connect attempt failed (paho keeps it to itself)
+    and which thread runs its network loop (``loop_start`` runs ``loop_forever`` on it),
+    through public methods only."""
 
     on_attempt: Optional[Callable[[], None]] = None
     on_attempt_error: Optional[Callable[[BaseException], None]] = None
+    network_thread: Optional[threading.Thread] = None
+
+    def loop_forever(self, *args: Any, **kwargs: Any) -> Any:
+        self.network_thread = threading.current_thread()
+        return super().loop_forever(*args, **kwargs)
 
     def reconnect(self):  # noqa: ANN201 - paho's signature
         if self.on_attempt:
@@ -164,7 +171,6 @@ class MqttComms:
         self._connected = False
         self._stopping = False
         self._started = False
-        self._status: Optional[Status] = None
         self._status_sent: Dict[str, int] = {}  # per status topic id: the last seq sent
         self.max_incoming_bytes = max_incoming_bytes
         self._announce = False
@@ -177,7 +183,6 @@ class MqttComms:
         self._error: Optional[str] = None
         self._logged_error: Optional[str] = None
         self._fatal: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = None
         self._subs: Dict[str, int] = {}
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         self.client_id = cfg.client_id or f"segedge-{device_id}"
@@ -207,10 +212,6 @@ class MqttComms:
         """``<prefix>/<id>/<kind>``: the agent's own id, or a camera's."""
         return f"{self.cfg.prefix}/{camera_id or self.device_id}/{kind}"
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
     # --- connection state -----------------------------------------------------------
     def start(self) -> None:
         log.info("connecting to mqtt%s://%s as %s (MQTT %s)", "s" if self.tls else "",
@@ -227,7 +228,6 @@ class MqttComms:
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
                                   properties=props)
         self.client.loop_start()
-        self._thread = self.client._thread  # paho clears its own reference when it dies
 
     def _on_attempt(self) -> None:
         self.attempts += 1
@@ -284,8 +284,9 @@ class MqttComms:
         """Why the network thread is gone, or None while it runs (or before start/after stop)."""
         if not self._started or self._stopping:
             return None
-        if self._thread is not None and self._thread.is_alive():
-            return None
+        thread = self.client.network_thread
+        if thread is None or thread.is_alive():
+            return None  # not yet in its loop (it records itself at once), or running
         exc = self._fatal
         return f"mqtt network thread died ({type(exc).__name__}: {exc})" if exc else \
             "mqtt network thread died"
@@ -424,8 +425,6 @@ class MqttComms:
         """Spooled in order; before the first connection only once an attempt has failed
         (a normal start does not replay its first milliseconds of 'connecting')."""
         with self._lock:
-            if status.device_id == self.device_id:
-                self._status = status
             if self.connects or self._error:
                 self.spool.append(self._status_item(status))
                 self._pump()
@@ -496,7 +495,6 @@ class MqttComms:
         disconnect, stop the network thread."""
         with self._lock:
             connected = self._connected
-            self._status = offline
             self._stopping = True
             self._pump()
         if connected:

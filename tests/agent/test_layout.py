@@ -113,3 +113,16 @@ def test_cycle_detection_sees_a_cycle():
     """The checker itself: a two-module cycle is found (so a pass above means something)."""
     edges = {"a": {"b"}, "b": {"a"}, "c": {"a"}}
     assert "a" in reachable("a", edges) and "c" not in reachable("c", edges)
+
+
+def test_no_private_attribute_of_paho_is_used():
+    """paho's private state (``client._thread``, ``_sock``, ...) changes between releases:
+    the agent reaches paho through public methods only."""
+    import re
+
+    for path in PKG.rglob("*.py"):
+        text = path.read_text()
+        if "paho" not in text:
+            continue
+        hits = re.findall(r"\bclient\._[a-z]\w*", text)
+        assert hits == [], f"{path.relative_to(ROOT)}: {sorted(set(hits))}"
