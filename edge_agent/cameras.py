@@ -16,8 +16,8 @@ import numpy as np
 
 from edge_agent.config import CameraConfig
 from edge_agent.control.rules import CommandState
+from edge_agent.health.pacing import RateLimiter
 from edge_agent.health.stats import Counters, LatencyWindow
-from edge_agent.sources.resilience import RateLimiter
 
 
 class Snapshot:

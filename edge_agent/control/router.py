@@ -18,7 +18,6 @@ from edge_agent.control.rules import (
     Command,
     CommandState,
     Reply,
-    TokenBucket,
     features_for,
     finish_action,
     one_line,
@@ -28,6 +27,7 @@ from edge_agent.control.rules import (
     state_topic,
     subscription,
 )
+from edge_agent.health.pacing import LogThrottle, TokenBucket
 from edge_agent.protocol.topics import reply_topic_problem
 
 
@@ -89,10 +89,9 @@ class CommandRouter:
         self._states = dict(states)
         self.bucket = bucket or TokenBucket(clock=clock)
         self._clock = clock
-        self._log_every_s = log_every_s
-        self._last_flood_log: Optional[float] = None
+        self._flood_note = LogThrottle(log_every_s, clock=clock)
         self._dropped_logged = 0
-        self._reply_logged: Dict[str, float] = {}  # id -> when its last refusal was logged
+        self._refusal_note = LogThrottle(log_every_s, clock=clock)  # per addressed id
 
     @property
     def camera_ids(self) -> Tuple[str, ...]:
@@ -119,10 +118,8 @@ class CommandRouter:
         return tuple(m for cid in self._states for m in self.state_messages(cid))
 
     def _flood_log(self) -> Optional[str]:
-        now = self._clock()
-        if self._last_flood_log is not None and now - self._last_flood_log < self._log_every_s:
+        if not self._flood_note.allow():
             return None
-        self._last_flood_log = now
         new = self.bucket.dropped - self._dropped_logged
         self._dropped_logged = self.bucket.dropped
         return (f"commands: over {self.bucket.rate:g}/s (burst {self.bucket.burst:g}): "
@@ -130,13 +127,8 @@ class CommandRouter:
 
     def _reply_refused_log(self, target: str, problem: str) -> Optional[str]:
         """One line per addressed id per ``log_every_s``."""
-        now = self._clock()
-        last = self._reply_logged.get(target)
-        if last is not None and now - last < self._log_every_s:
+        if not self._refusal_note.allow(target):
             return None
-        if len(self._reply_logged) > 256:
-            self._reply_logged.clear()  # bounded, whatever ids a caller uses
-        self._reply_logged[target] = now
         return f"commands: a command to {one_line(target, 60)} refused, not applied: {problem}"
 
     def _reply_out(self, reply: Reply, response_topic: Optional[str],

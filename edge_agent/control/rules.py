@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from edge_agent.protocol.messages import MASK_ENCODINGS
 
@@ -386,35 +385,3 @@ class CommandState:
         new = replace(self, **{command.feature: command.value})
         return new, Reply(target_id, command.feature, "accepted", value=command.value,
                           changed=new != self, ts=ts)
-
-
-class TokenBucket:
-    """At most ``rate`` commands a second on average, ``burst`` at once.
-
-    A flood beyond it is dropped (and counted) before parsing, so the MQTT thread does
-    bounded work per second and inference never waits on commands. The clock is
-    injectable (monotonic seconds) for tests. Not thread-safe: one owner (the MQTT
-    client's network thread).
-    """
-
-    def __init__(self, rate: float = 5.0, burst: int = 10,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("token bucket needs rate > 0 and burst >= 1")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self._clock = clock
-        self._tokens = float(burst)
-        self._last = clock()
-        self.dropped = 0
-
-    def allow(self) -> bool:
-        now = self._clock()
-        elapsed = max(0.0, now - self._last)
-        self._last = now
-        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        self.dropped += 1
-        return False

@@ -43,7 +43,8 @@ from edge_agent.control.router import (
     Outgoing,
     PendingAction,
 )
-from edge_agent.control.rules import PAUSED, RELOAD, SNAPSHOT, CommandState, Refusal, TokenBucket
+from edge_agent.control.rules import PAUSED, RELOAD, SNAPSHOT, CommandState, Refusal
+from edge_agent.health.pacing import TokenBucket
 from edge_agent.mqtt.connection import MqttComms
 
 log = logging.getLogger("segedge.control")

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from edge_agent.cameras import Camera
+from edge_agent.health.pacing import LogThrottle
 from edge_agent.health.stats import Counters
 from edge_agent.inference import postprocess
 from edge_agent.inference.engine import Engine
@@ -129,7 +130,7 @@ class Pipeline:
         self.reorder = Reorder()
         self.slots_free = threading.BoundedSemaphore(engine.num_requests + 2)
         self.infer_done = threading.Event()
-        self._last_bad_log = 0.0
+        self._bad_note = LogThrottle(10.0)  # skipped frames: a line per 10 s at most
         self._masks_sent = 0
         self.times = StageTimes()  # per-stage CPU for the benchmark; off by default
         self.observe_inference: Optional[Callable[[str, float], None]] = None  # [metrics]
@@ -257,9 +258,7 @@ class Pipeline:
 
     def _bad_frame(self, camera: Camera, frame_id: int, exc: Exception) -> None:
         camera.count("errors")
-        now = time.monotonic()
-        if now - self._last_bad_log > 10:
-            self._last_bad_log = now
+        if self._bad_note.allow():
             log.warning("%s: frame %d skipped: %s", camera.id, frame_id, exc)
 
     def _publish_loop(self) -> None:

@@ -49,6 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
+from edge_agent.health.pacing import LogThrottle
 from edge_agent.protocol.messages import Status
 from edge_agent.protocol.topics import publish_topic_problem
 
@@ -194,7 +195,7 @@ class MqttComms:
         self._refused = False  # the broker answers but refuses: back off (REFUSED_MAX_S)
         self.attempts = 0  # connect attempts made (a broker that stays down: ~1 a second)
         self.publish_failed = 0  # publishes refused by the topic check or the client
-        self._failed_logged = 0.0
+        self._failed_note = LogThrottle(FAILED_LOG_EVERY_S)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password or None)
         if self.tls:
@@ -367,9 +368,7 @@ class MqttComms:
             except Exception as exc:  # noqa: BLE001 - a publish must never end a thread
                 problem = f"{type(exc).__name__}: {exc}"
         self.publish_failed += 1
-        now = time.monotonic()
-        if now - self._failed_logged >= FAILED_LOG_EVERY_S or self.publish_failed == 1:
-            self._failed_logged = now
+        if self._failed_note.allow():
             shown = " ".join(str(topic).split())[:120]
             log.warning("mqtt: publish to '%s' refused: %s (%d refused in all)", shown,
                         " ".join(problem.split())[:200], self.publish_failed)

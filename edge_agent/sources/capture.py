@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from edge_agent.config import SourceConfig, source_kind
+from edge_agent.health.pacing import Backoff
 from edge_agent.sources.freshness import Liveness, probe, redact
-from edge_agent.sources.resilience import Backoff
 from edge_agent.sources.slots import Frame
 
 PROBE_INTERVAL_S = 1.0  # camera away: cheap probe this often

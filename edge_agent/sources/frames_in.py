@@ -43,6 +43,7 @@ import numpy as np
 
 from edge_agent.cameras import Camera
 from edge_agent.config import FramesInConfig, valid_id
+from edge_agent.health.pacing import LogThrottle
 from edge_agent.protocol.encoding import (
     PNG_SIGNATURE,
     MaskError,
@@ -203,7 +204,7 @@ class FramesIn(threading.Thread):
         self._cameras: Dict[str, Camera] = {}
         self._last_seen: Dict[str, float] = {}
         self._stalled: Set[str] = set()
-        self._last_log: Dict[Optional[str], float] = {}
+        self._refusal_note = LogThrottle(LOG_EVERY_S, max_keys=4 * cfg.max_senders)
 
     # --- paho's network thread: check cheaply, keep the newest, return ------------------
     def incoming(self, topic: str, payload: bytes, retained: bool,
@@ -304,12 +305,7 @@ class FramesIn(threading.Thread):
         self._reply_error(sender, error, topic, correlation, None)
 
     def _log_refusal(self, sender: Optional[str], error: str) -> None:
-        now = time.monotonic()
-        last = self._last_log.get(sender)
-        if last is None or now - last >= LOG_EVERY_S:
-            if len(self._last_log) > 4 * self.cfg.max_senders:
-                self._last_log.clear()  # bounded, whatever ids strangers use
-            self._last_log[sender] = now
+        if self._refusal_note.allow(sender):
             log.warning("frames_in: frame refused%s: %s",
                         f" from {sender}" if sender else "", error[:300])
 

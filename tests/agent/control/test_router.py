@@ -18,7 +18,8 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.control import rules as c
 from edge_agent.control.router import CommandRouter, Outgoing
-from edge_agent.control.rules import CommandState, TokenBucket
+from edge_agent.control.rules import CommandState
+from edge_agent.health.pacing import TokenBucket
 
 SCHEMAS = Path(c.__file__).parents[1] / "protocol" / "schemas"
 

@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 
 from edge_agent.control import rules as c
-from edge_agent.control.rules import Command, CommandState, Refusal, TokenBucket, parse_command
+from edge_agent.control.rules import Command, CommandState, Refusal, parse_command
+from edge_agent.health.pacing import TokenBucket
 
 SCHEMAS = Path(c.__file__).parents[1] / "protocol" / "schemas"
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from edge_agent.health.pacing import Backoff, RateLimiter
 from edge_agent.health.sdnotify import Notifier
 from edge_agent.health.state import write_health
 from edge_agent.health.stats import Counters, LatencyWindow, ProcessUsage, percentile
@@ -17,7 +18,6 @@ from edge_agent.inference.pipeline import Reorder
 from edge_agent.mqtt.connection import OutboundQueue
 from edge_agent.protocol.messages import Frame as FrameMsg
 from edge_agent.protocol.messages import Mask, ModelInfo, Stats, Status
-from edge_agent.sources.resilience import Backoff, RateLimiter
 from edge_agent.sources.slots import Frame, FrameSlots, next_ready
 from tests.agent.helpers import validator
 
