@@ -19,14 +19,14 @@ from typing import Any, Dict, List, Optional
 
 from edge_agent import __version__
 from edge_agent.bundle.manifest import OpenedBundle
-from edge_agent.cameras import Camera, Outputs
+from edge_agent.cameras import Camera, CameraRegistry, Outputs
 from edge_agent.config import CameraConfig, Config, ConfigError, SourceConfig, frames_in_topic
 from edge_agent.control.homeassistant import CameraInfo
 from edge_agent.control.service import PAUSED_REASON, Control
 from edge_agent.health.metrics import Metrics
 from edge_agent.health.sdnotify import Notifier
 from edge_agent.health.state import Health
-from edge_agent.health.stats import Counters, LatencyWindow, ProcessUsage
+from edge_agent.health.stats import Counters, LatencyWindow, ProcessUsage, stats_message
 from edge_agent.health.watchdog import Watchdog
 from edge_agent.inference import ovcompat
 from edge_agent.inference.engine import Engine
@@ -69,8 +69,7 @@ class Agent:
         self.wake = threading.Event()  # a health change or a new connection: publish now
         self.health = Health(cfg.health_file, self.notifier, facts=self._facts, wake=self.wake,
                              agent_id=self.agent_id)
-        self._cameras: Dict[str, Camera] = {}  # replaced whole (readers take no lock)
-        self._cameras_lock = threading.Lock()
+        self.cameras = CameraRegistry()
         self.captures: Dict[str, Capture] = {}
         self._finished: set = set()
         self.comms: Optional[MqttComms] = None
@@ -92,7 +91,7 @@ class Agent:
 
     # --- cameras ----------------------------------------------------------------------
     def camera(self, camera_id: str) -> Optional[Camera]:
-        return self._cameras.get(camera_id)
+        return self.cameras.get(camera_id)
 
     def _add_camera(self, cam_cfg: CameraConfig, counted: bool) -> Camera:
         cid, comms = cam_cfg.id, self.comms
@@ -110,13 +109,11 @@ class Agent:
             camera.observe_latency = self.metrics.latency_observer(cid)
         self.slots.add(cid)
         self.health.add_camera(cid, counted=counted)
-        with self._cameras_lock:
-            self._cameras = {**self._cameras, cid: camera}
+        self.cameras.add(camera)
         return camera
 
     def _remove_camera(self, camera_id: str, reason: str) -> None:
-        with self._cameras_lock:
-            self._cameras = {k: v for k, v in self._cameras.items() if k != camera_id}
+        self.cameras.remove(camera_id)
         self.slots.remove(camera_id)
         self.health.remove_camera(camera_id)
         self.comms.publish_status(self._status("offline", reason, camera_id=camera_id))
@@ -140,7 +137,7 @@ class Agent:
         cameras = None
         if own and self.multi:
             cameras = {cid: ("offline" if state == "offline" else self.health.view(cid).state)
-                       for cid in self._cameras}
+                       for cid in self.cameras}
         return Status(device_id=camera_id or self.agent_id, state=state,
                       ts=round(ts or time.time(), 3),
                       agent_version=__version__, model=self.engine.info,
@@ -165,10 +162,10 @@ class Agent:
             self._republish.clear()  # a reload after this is seen next tick
         if announce or republish:  # a new connection hears the current states
             view = self.health.view()
-            camera_views = {cid: self.health.view(cid) for cid in self._cameras
+            camera_views = {cid: self.health.view(cid) for cid in self.cameras
                             if cid != self.agent_id}
         for cid, cview in camera_views.items():
-            if cid in self._cameras:
+            if cid in self.cameras:
                 self.comms.publish_status(self._status(cview.state, cview.reason, cview.since,
                                                        camera_id=cid))
         if view is None and camera_views and self.multi:
@@ -182,7 +179,7 @@ class Agent:
         """The health file's facts (called under Health's lock: no Health calls here)."""
         info = self.engine.info
         comms = self.comms
-        cameras = self._cameras
+        cameras = self.cameras.snapshot()
         return {"model": {"name": info.name, "version": info.version,
                           "precision": info.precision},
                 "device": self.engine.device or None,
@@ -247,7 +244,7 @@ class Agent:
                                   f"{exc.strerror or exc}") from None
             log.info("Prometheus metrics on http://%s/metrics", cfg.metrics.listen)
         for cam_cfg in cfg.cameras:
-            self.captures[cam_cfg.id] = self._capture(self._cameras[cam_cfg.id])
+            self.captures[cam_cfg.id] = self._capture(self.cameras.get(cam_cfg.id))
         for capture in self.captures.values():
             capture.start()
         watchdog = Watchdog(self.notifier, self.pipeline, list(self.captures.values()),
@@ -346,33 +343,26 @@ class Agent:
     def _stats(self, device_id: str, counters: Counters, latency: LatencyWindow,
                capture_depth: int, state: str, seq: int, process: Dict[str, float],
                interval: float, **extra: Any) -> Stats:
-        rates = counters.rates()
-        frames = counters.snapshot()
-        frames["mqtt_dropped"] = self.comms.dropped
-        frames["spool_dropped"] = self.comms.spool.dropped
-        frames["publish_failed"] = self.comms.publish_failed
-        return Stats(
-            device_id=device_id, ts=round(time.time(), 3),
-            uptime_s=round(time.monotonic() - self.started_mono, 1),
+        engine, comms, pipeline = self.engine, self.comms, self.pipeline
+        return stats_message(
+            device_id, counters, latency, uptime_s=time.monotonic() - self.started_mono,
             interval_s=interval,
-            fps={"capture": round(rates["captured"], 2), "inference": round(rates["inferred"], 2),
-                 "publish": round(rates["published"], 2)},
-            latency_ms=latency.take(), frames=frames,
-            queues={"capture": capture_depth, "inflight": self.pipeline.inflight(),
-                    "reorder": len(self.pipeline.reorder), "mqtt_outbound": len(self.comms.queue),
-                    "mqtt_spool": len(self.comms.spool)},
-            device=self.engine.device, precision=self.engine.info.precision,
-            inference_precision=self.engine.inference_precision,
-            num_requests=self.engine.num_requests, model=self.engine.info,
-            process=process,
-            state=state, session=self.session, seq=seq, **extra)
+            queues={"capture": capture_depth, "inflight": pipeline.inflight(),
+                    "reorder": len(pipeline.reorder), "mqtt_outbound": len(comms.queue),
+                    "mqtt_spool": len(comms.spool)},
+            connection_drops={"mqtt_dropped": comms.dropped,
+                              "spool_dropped": comms.spool.dropped,
+                              "publish_failed": comms.publish_failed},
+            model=engine.info, device=engine.device,
+            inference_precision=engine.inference_precision, num_requests=engine.num_requests,
+            process=process, state=state, session=self.session, seq=seq, **extra)
 
     def publish_stats(self, interval: float) -> Stats:
         """Each camera's stats under its id, then the agent's (in the single-camera form
         the two are one message)."""
         per_camera: Dict[str, Dict[str, Any]] = {}
         process = self.usage.sample()  # the one process, in every camera's stats too
-        for cid, camera in list(self._cameras.items()):
+        for cid, camera in self.cameras.snapshot().items():
             if cid == self.agent_id:
                 continue
             camera.stats_seq += 1
@@ -419,7 +409,7 @@ class Agent:
             self._final_stats()
         if self.comms:
             cameras = [self._status("offline", "shutdown", camera_id=cid)
-                       for cid in self._cameras if cid != self.agent_id]
+                       for cid in self.cameras if cid != self.agent_id]
             self.comms.stop(self._status("offline", "shutdown"), cameras=cameras)
         self.health.stop("shutdown")
         if self.metrics is not None:

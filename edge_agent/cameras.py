@@ -1,4 +1,4 @@
-"""The camera registry's entries: each camera's settings, counters and outputs.
+"""The camera registry and its entries: each camera's settings, counters and outputs.
 
 Every camera (a configured source, or a sender of frames over MQTT) owns one
 ``Camera``: its settings, counters, latency window, publish-rate limiter, snapshot
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
 
@@ -113,3 +113,41 @@ class Camera:
     def pending_snapshot(self) -> Optional[Snapshot]:
         snap = self._snapshot
         return snap if snap is not None and not snap.done.is_set() else None
+
+
+class CameraRegistry:
+    """The agent's cameras by id: configured cameras and frames-in senders.
+
+    Readers (the publish, main, metrics and frames-in threads) take the current map
+    without a lock; the writers (main and frames-in threads) replace it whole under one
+    lock, so a reader never sees a map being changed."""
+
+    def __init__(self) -> None:
+        self._by_id: Dict[str, Camera] = {}
+        self._lock = threading.Lock()
+
+    def get(self, camera_id: str) -> Optional[Camera]:
+        return self._by_id.get(camera_id)
+
+    def snapshot(self) -> Dict[str, Camera]:
+        """The current map (never changed in place: safe to iterate)."""
+        return self._by_id
+
+    def add(self, camera: Camera) -> None:
+        with self._lock:
+            self._by_id = {**self._by_id, camera.id: camera}
+
+    def remove(self, camera_id: str) -> Optional[Camera]:
+        with self._lock:
+            camera = self._by_id.get(camera_id)
+            self._by_id = {k: v for k, v in self._by_id.items() if k != camera_id}
+            return camera
+
+    def __contains__(self, camera_id: object) -> bool:
+        return camera_id in self._by_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)

@@ -93,7 +93,7 @@ class Metrics:
 
     def _cameras(self) -> Dict[str, Any]:
         agent = self.agent
-        return {cid: cam for cid, cam in dict(agent._cameras).items()
+        return {cid: cam for cid, cam in agent.cameras.snapshot().items()
                 if not (agent.multi and cid == agent.agent_id)}
 
     def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol

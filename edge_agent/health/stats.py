@@ -1,4 +1,4 @@
-"""Counters, rates, latency percentiles and process usage for the stats topic."""
+"""Counters, rates, latency percentiles, process usage, and the stats message made of them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import resource
 import threading
 import time
 from collections import deque
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
+
+from edge_agent.protocol.messages import ModelInfo, Stats
 
 
 def percentile(values: List[float], q: float) -> Optional[float]:
@@ -101,3 +103,23 @@ class ProcessUsage:
         self._t, self._cpu = now, cpu
         return {"rss_bytes": self.rss_bytes(), "cpu_percent": round(pct, 1),
                 "threads": threading.active_count()}
+
+
+def stats_message(device_id: str, counters: Counters, latency: LatencyWindow, *,
+                  uptime_s: float, interval_s: float, queues: Mapping[str, int],
+                  connection_drops: Mapping[str, int], model: ModelInfo, device: str,
+                  inference_precision: str, num_requests: int, process: Dict[str, float],
+                  state: str, session: str, seq: int, **extra: Any) -> Stats:
+    """One stats message from a camera's (or the agent's) counters and the agent's
+    shared facts; takes the latency window's samples (one message per interval)."""
+    rates = counters.rates()
+    frames = {**counters.snapshot(), **connection_drops}
+    return Stats(
+        device_id=device_id, ts=round(time.time(), 3), uptime_s=round(uptime_s, 1),
+        interval_s=interval_s,
+        fps={"capture": round(rates["captured"], 2), "inference": round(rates["inferred"], 2),
+             "publish": round(rates["published"], 2)},
+        latency_ms=latency.take(), frames=frames, queues=dict(queues),
+        device=device, precision=model.precision, inference_precision=inference_precision,
+        num_requests=num_requests, model=model, process=process,
+        state=state, session=session, seq=seq, **extra)

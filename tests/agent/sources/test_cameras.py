@@ -359,3 +359,18 @@ def test_a_camera_shows_offline_while_its_agent_is_offline():
     assert effective_state(camera, {"state": "offline", "reason": "connection lost"}) == "offline"
     assert effective_state(camera, None) == "online"  # the agent's status not seen yet
     assert effective_state({"state": "degraded"}, {"state": "offline"}) == "degraded"  # single
+
+
+def test_the_registry_hands_out_maps_that_never_change_under_a_reader(base, tmp_path):
+    """Readers iterate a snapshot while a sender appears or goes: copy on write."""
+    from edge_agent.cameras import CameraRegistry
+
+    cfg, _ = load(_write(tmp_path, base), {})
+    registry = CameraRegistry()
+    a, b = (Camera(c, Outputs(mask=lambda text: True)) for c in cfg.cameras)
+    registry.add(a)
+    before = registry.snapshot()
+    registry.add(b)
+    assert list(before) == ["a"] and list(registry) == ["a", "b"] and len(registry) == 2
+    assert registry.remove("a") is a and "a" not in registry and registry.get("b") is b
+    assert list(before) == ["a"] and registry.remove("nobody") is None
