@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Tuple
 from urllib.parse import urlparse
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on the Python 3.9 lane
-    pass
 from edge_agent.bundle.manifest import TARGETS
 from edge_agent.config.settings import (
     CAMERA_OUTPUT_KEYS,

@@ -4,14 +4,9 @@ the two equal)."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import fields
 from typing import Any, List, Tuple
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on the Python 3.9 lane
-    pass
 from edge_agent.config.settings import (
     CAMERA_OUTPUT_KEYS,
     CAMERA_SOURCE_KEYS,

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import re
 import reprlib
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, List, Optional, Tuple
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on the Python 3.9 lane
-    pass
-
 
 DEFAULT_PATH = "/etc/segedge/agent.toml"
 
