@@ -56,10 +56,10 @@ class RateLimiter:
 class TokenBucket:
     """At most ``rate`` commands a second on average, ``burst`` at once.
 
-    A flood beyond it is dropped (and counted) before parsing, so the MQTT thread does
-    bounded work per second and inference never waits on commands. The clock is
-    injectable (monotonic seconds) for tests. Not thread-safe: one owner (the MQTT
-    client's network thread).
+    A flood beyond it is dropped (and counted) before parsing, so the commands thread
+    does bounded work per second and inference never waits on commands. The clock is
+    injectable (monotonic seconds) for tests. Not thread-safe: one owner (the router, on
+    the commands thread).
     """
 
     def __init__(self, rate: float = 5.0, burst: int = 10,
