@@ -75,3 +75,27 @@ def test_the_agents_module_table_is_the_tree():
             if p.name != "__init__.py" or p.parent.name == "config"}
     tree.discard("__init__.py")
     assert listed == tree, (sorted(tree - listed), sorted(listed - tree))
+
+
+def test_the_readmes_model_figures_are_the_committed_bundles():
+    """The demo model's accuracy in the README is what the committed bundle's manifest
+    records (rounded as printed): a re-trained bundle with a stale README fails here."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    bullet = readme[readme.index("- **Demo model**"):readme.index("- **Agent end to end**")]
+    name, version = re.search(r"`([a-z0-9-]+)` (\d+\.\d+\.\d+)", bullet).groups()
+    manifest = json.loads((ROOT / "demo" / "models" / name / version / "manifest.json")
+                          .read_text())
+    got = manifest["evaluation"]["metrics"]
+    fp32, int8 = got["FP32"], got["INT8"]
+    figures = re.search(r"pet IoU (\d\.\d+) / (\d\.\d+), pet Dice (\d\.\d+) /\s+(\d\.\d+)\*\*, "
+                        r"pixel accuracy (\d\.\d+) / (\d\.\d+)", bullet)
+    assert figures, "the demo bullet's figures are not where this test reads them"
+    printed = [float(x) for x in figures.groups()]
+    expected = [fp32["fg_iou"], int8["fg_iou"], fp32["fg_dice"], int8["fg_dice"],
+                fp32["dice"], int8["dice"]]
+    for shown, true in zip(printed, expected):
+        digits = len(str(shown).split(".")[1])
+        assert round(true, digits) == shown, (printed, expected)
+    assert manifest["evaluation"]["images"] == 97 and "97\n  test images" in bullet
