@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 from urllib.parse import urlsplit
 
 from tools.broker import free_port
@@ -206,11 +206,3 @@ class Chromium:
                 self.proc.wait(10)
         shutil.rmtree(self.profile, ignore_errors=True)
 
-
-def until(pred: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(step)
