@@ -140,10 +140,6 @@ class LocalBroker:
         values.update(self.overrides)
         for name in ("passwd", "acl"):
             (etc / name).write_text(env.get_template(f"{name}.j2").render(values))
-        if self.uplink:
-            (etc / "bridge.d").mkdir(exist_ok=True)
-            (etc / "bridge.d/segedge-bridge.conf").write_text(
-                env.get_template("bridge.conf.j2").render(values))
         conf = env.get_template("mosquitto.conf.j2").render(values)
         conf = re.sub(r"^pid_file .*$", "", conf, flags=re.M)
         conf = re.sub(r"^persistence_location .*$", f"persistence_location {self.workdir}/data/",

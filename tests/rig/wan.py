@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 import threading
 import time
 from typing import List, Tuple
@@ -29,7 +30,7 @@ class Wan:
         self._listener = None
         self._stop = False
 
-    def start(self) -> "Wan":
+    def start(self) -> Wan:
         self._listen()
         threading.Thread(target=self._pump, daemon=True).start()
         return self
@@ -93,7 +94,8 @@ class Wan:
                 self._pairs.remove(pair)
         for sock in pair:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                # linger 0: the close is a reset, as a NAT that lost the connection
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.close()
             except OSError:
                 pass
