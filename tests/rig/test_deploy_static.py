@@ -572,3 +572,36 @@ def test_broker_preflight_plans_sites_and_refuses_bridge_misconfigurations(tmp_p
         assert f"{host}: bridged sites refused" in msg, msg
         assert "device host d-z: segedge_site 'site-z' is an unknown site" in msg, msg
         assert "site broker b-x (site 'site-x'): no central broker" in msg, msg
+
+
+def test_sites_example_inventory_passes_the_broker_preflight(tmp_path):
+    """deploy/inventory/sites-example.yml: two site brokers bridged to a central one; the
+    devices find their site's broker through their site group, with no host var."""
+    play = [{"hosts": "segedge_broker", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "segedge_broker", "tasks_from": "preflight",
+                                          "public": True}},
+        {"ansible.builtin.copy": {
+            "content": "{{ {'fleet': segedge_broker__fleet | map(attribute='id') | list,"
+                       " 'identities': segedge_broker__identities,"
+                       " 'mqtt_host': hostvars[(segedge_broker__fleet + [{'host': ''}])[0].host]"
+                       ".segedge_agent_mqtt_host | default('')} | to_json }}",
+            "dest": "{{ playbook_dir }}/{{ inventory_hostname }}.json", "mode": "0600"}}]}]
+    (tmp_path / "vars.yml").write_text(yaml.safe_dump(
+        {"ansible_python_interpreter": sys.executable}))
+    require(PLAYBOOK.exists(), "ansible-playbook (the deploy extra)")
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run([str(PLAYBOOK), "-i", str(REPO / "deploy/inventory/sites-example.yml"),
+                           "-c", "local", "-e", "@vars.yml", "play.yml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(ANSIBLE_ENV, ANSIBLE_ROLES_PATH=str(REPO / "deploy/roles")))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    facts = {h: json.loads((tmp_path / f"{h}.json").read_text())
+             for h in ("central-01", "broker-north", "broker-south")}
+    assert facts["central-01"]["fleet"] == []
+    assert facts["central-01"]["identities"] == ["dashboard", "homeassistant", "operator",
+                                                 "bridge-north", "bridge-south"]
+    assert facts["broker-north"]["fleet"] == ["cam-n1", "cam-n2"]
+    assert facts["broker-north"]["identities"][-1] == "bridge-north"
+    assert facts["broker-north"]["mqtt_host"] == "broker-north.example.net"
+    assert facts["broker-south"]["fleet"] == ["cam-s1"]
+    assert facts["broker-south"]["mqtt_host"] == "broker-south.example.net"
