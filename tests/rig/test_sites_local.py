@@ -337,3 +337,47 @@ def test_a_site_bridge_at_the_centre_carries_only_its_own_sites_topics(sites):
     spy.close()
     op.close()
     assert sites.bridge_up("site-a", before, 30)  # the real bridge is back
+
+
+def test_a_bridge_in_password_mode(tmp_path):
+    """segedge_broker_auth: password: the bridge logs in as bridge-<site> with its password
+    (remote_username/remote_password; the role writes mosquitto.conf 0640 then); a wrong
+    one is refused by the central broker and nothing crosses."""
+    require(shutil.which("mosquitto") is not None, "mosquitto (apt-get install mosquitto)")
+    fleet = [{"host": "dev-a1", "id": "dev-a1", "cameras": [], "senders": []}]
+    brokers = BROKERS[:2]
+    plan_c = site_plan(fleet, {"dev-a1": "site-a"}, brokers, "central")
+    plan_a = site_plan(fleet, {"dev-a1": "site-a"}, brokers, "broker-a")
+    pki = tmp_path / "pki"
+    passwords = {"dash": "pw-dash-1", "dev-a1": "pw-dev-a1", "bridge-site-a": "pw-bridge-a"}
+    central = LocalBroker(tmp_path / "central", free_port(), "password", [], ["dash"], [],
+                          passwords=dict(passwords), bridges=plan_c["bridges"], pki_dir=pki,
+                          name="central").start()
+    sites = []
+    try:
+        for wrong in (False, True):
+            pw = dict(passwords, **({"bridge-site-a": "not-it"} if wrong else {}))
+            site = LocalBroker(tmp_path / f"a-{wrong}", free_port(), "password", ["dev-a1"], [],
+                               [], passwords=pw, pki_dir=pki, name="broker-a",
+                               uplink=dict(plan_a["uplink"],
+                                           address=f"127.0.0.1:{central.port}")).start()
+            sites.append(site)
+            assert "remote_username bridge-site-a" in site.conf.read_text()
+            dash = Probe(Identity("127.0.0.1", central.port, client_id="dash",
+                                  **central.identity_files("dash")))
+            assert dash.connect() == 0
+            dash.subscribe("segedge/#")
+            dev = Probe(Identity("127.0.0.1", site.port, client_id="dev-a1",
+                                 **site.identity_files("dev-a1")))
+            assert dev.connect() == 0
+            time.sleep(3)  # the bridge's first connection
+            dev.publish("segedge/dev-a1/stats", b'{"seq":1}')
+            arrived = _wait(lambda d=dash: "segedge/dev-a1/stats" in _topics(d), 5)
+            assert arrived is (not wrong), (wrong, central.log.read_text()[-1500:])
+            dev.close()
+            dash.close()
+            site.stop()
+    finally:
+        for site in sites:
+            site.stop()
+        central.stop()
