@@ -14,12 +14,26 @@ persistence settings, to measure what they cost). Subscribers
 subscriber's count is compared with what the broker acknowledged (PUBACK) per device:
 a QoS-1 message acknowledged but not delivered to a subscriber counts as lost. The
 broker's CPU time and RSS are sampled from /proc once a second. Writes JSON and a chart.
+
+Sites, bridged (``--sites N``): N site brokers, each with ``--devices`` devices, bridged to
+a central broker exactly as the role configures them (tests/rig/broker_config.py renders
+the bridge from the role's site plan; one kit CA); the subscribers are at the centre.
+
+    python benchmarks/bench_broker.py --sites 2 --devices 100 --mask-qos 0 --duration 60 \
+        --out docs/benchmarks/broker-sites-2x100.json
+
+Loss is then what the site broker acknowledged (QoS 1: status, stats) and the central
+subscriber never got; masks cross the bridge at QoS 0 (the role's topic map), so their
+delivered share is reported, not counted as loss. Every message carries its send time:
+the end-to-end latency (device publish -> subscriber, through site broker, bridge and
+central broker in sites mode) is reported per kind. CPU and RSS per broker, per tier.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import multiprocessing as mp
 import platform
@@ -33,7 +47,13 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.rig.broker_config import LocalBroker, cpu_seconds, free_port, rss_kb  # noqa: E402
+from tests.rig.broker_config import (  # noqa: E402
+    LocalBroker,
+    cpu_seconds,
+    free_port,
+    rss_kb,
+    site_plan,
+)
 from tests.rig.mqtt_probe import Identity  # noqa: E402
 
 
@@ -80,7 +100,16 @@ def _client(ident: Identity, on_message=None, clean: bool = True):
     return client
 
 
-def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: int,
+def stamped(body: bytes) -> bytes:
+    """The JSON object ``body`` with its send time first: ``{"sent_at":<epoch s>,...``."""
+    return b'{"sent_at":%.6f,' % time.time() + body[1:]
+
+
+def sent_at(payload: bytes) -> float:
+    return float(payload[11:payload.index(b",", 11)])
+
+
+def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port,
               start_at: float, out: mp.Queue) -> None:
     """One process drives several devices (paho client each) on a shared 10 Hz clock."""
     sent = {n: {"mask": 0, "stats": 0, "status": 0, "retained": 0} for n in names}
@@ -91,13 +120,14 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
     kinds: Dict[str, Dict[int, str]] = {n: {} for n in names}
     acks: Dict[str, Dict[int, int]] = {n: {} for n in names}
     for name in names:
-        client = _client(Identity("127.0.0.1", port, client_id=name, **files[name]))
+        dev_port = port[name] if isinstance(port, dict) else port
+        client = _client(Identity("127.0.0.1", dev_port, client_id=name, **files[name]))
 
         def on_publish(c, userdata, mid, reason, props, name=name):
             with lock:
                 acks[name][mid] = reason.value
         client.on_publish = on_publish
-        client.connect("127.0.0.1", port, keepalive=30)
+        client.connect("127.0.0.1", dev_port, keepalive=30)
         client.loop_start()
         clients[name] = client
     payload_sizes = {"mask": len(mask_payload("x", 1)), "stats": len(stats_payload("x", 1))}
@@ -106,6 +136,7 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
     def publish(name, kind, topic, body, retain=False):
         nonlocal bytes_sent
         qos = args.mask_qos if kind == "mask" else 1
+        body = stamped(body)
         info = clients[name].publish(topic, body, qos=qos, retain=retain)
         kinds[name][info.mid] = kind  # mids do not wrap: < 65535 messages per client
         sent[name][kind] += 1
@@ -157,12 +188,17 @@ def publisher(args, names: List[str], files: Dict[str, Dict[str, str]], port: in
              "payload_bytes": payload_sizes, "behind_s": behind})
 
 
-def subscriber(name: str, files: Dict[str, str], port: int, counts: Dict, lock) -> object:
+def subscriber(name: str, files: Dict[str, str], port: int, counts: Dict, lock,
+               latencies: Dict[str, List[float]] = None) -> object:
     def on_message(client, userdata, msg):
+        now = time.time()
         parts = msg.topic.split("/")
         with lock:
             counts.setdefault(parts[1], {}).setdefault(parts[2], 0)
             counts[parts[1]][parts[2]] += 1
+            if latencies is not None and parts[2] in ("mask", "stats"):
+                with contextlib.suppress(ValueError):
+                    latencies.setdefault(parts[2], []).append(now - sent_at(msg.payload))
     client = _client(Identity("127.0.0.1", port, client_id=name, **files), on_message)
     client.on_connect = lambda c, u, f, r, p: c.subscribe("segedge/#", qos=1)
     client.connect("127.0.0.1", port, keepalive=30)
@@ -172,7 +208,9 @@ def subscriber(name: str, files: Dict[str, str], port: int, counts: Dict, lock) 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--devices", type=int, default=50, help="devices (per site with --sites)")
+    parser.add_argument("--sites", type=int, default=0,
+                        help="site brokers bridged to a central one (0: one broker)")
     parser.add_argument("--subscribers", type=int, default=2)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=10.0, help="masks per second per device")
@@ -197,23 +235,29 @@ def main(argv=None) -> dict:
     for item in args.set:
         name, _, value = item.partition("=")
         overrides[name] = yaml.safe_load(value)
-    devices = [f"cam-{i:03d}" for i in range(args.devices)]
     subs = [f"dash-{i}" for i in range(args.subscribers)]
     work = Path(tempfile.mkdtemp(prefix="segedge-bench-broker-"))
-    broker = LocalBroker(work, free_port(), "certificate", devices, subs, [],
-                         overrides=overrides).start()
+    if args.sites:
+        broker, tiers, devices, port_of = start_sites(args, work, subs, overrides)
+    else:
+        devices = [f"cam-{i:03d}" for i in range(args.devices)]
+        broker = LocalBroker(work, free_port(), "certificate", devices, subs, [],
+                             overrides=overrides).start()
+        tiers, port_of = {"broker": broker}, broker.port
     persistence = [line for line in broker.conf.read_text().splitlines()
                    if line.startswith(("persistence ", "autosave"))]
     files = {n: {k: v for k, v in broker.identity_files(n).items()} for n in devices + subs}
     lock = threading.Lock()
     sub_counts = [dict() for _ in subs]
-    sub_clients = [subscriber(s, files[s], broker.port, sub_counts[i], lock)
+    latencies: Dict[str, List[float]] = {}
+    sub_clients = [subscriber(s, files[s], broker.port, sub_counts[i], lock,
+                              latencies if i == 0 else None)
                    for i, s in enumerate(subs)]
     time.sleep(1.0)
-    start_at = time.time() + 3.0 + args.devices * 0.02
+    start_at = time.time() + 3.0 + len(devices) * 0.02
     queue: mp.Queue = mp.Queue()
     chunks = [devices[i::args.processes] for i in range(args.processes)]
-    procs = [mp.Process(target=publisher, args=(args, c, files, broker.port, start_at, queue))
+    procs = [mp.Process(target=publisher, args=(args, c, files, port_of, start_at, queue))
              for c in chunks]
     for p in procs:
         p.start()
@@ -227,7 +271,9 @@ def main(argv=None) -> dict:
         with lock:
             received = sum(sum(v.values()) for c in sub_counts for v in c.values())
         samples.append({"t": now - start_at, "cpu_s": cpu, "rss_kb": rss_kb(broker.proc.pid),
-                        "received": received})
+                        "received": received,
+                        "tiers": {n: [cpu_seconds(b.proc.pid), rss_kb(b.proc.pid)]
+                                  for n, b in tiers.items()}})
         time.sleep(1.0)
     results = [queue.get(timeout=60) for _ in procs]
     for p in procs:
@@ -236,11 +282,14 @@ def main(argv=None) -> dict:
     for c in sub_clients:
         c.disconnect()
         c.loop_stop()
-    broker.stop()
+    for b in tiers.values():
+        b.stop()
     acked = {k: v for r in results for k, v in r["acked"].items()}
     sent = {k: v for r in results for k, v in r["sent"].items()}
     lost = {}
-    qos1 = ("mask", "stats", "status") if args.mask_qos else ("stats", "status")
+    # masks cross a bridge at QoS 0 (the role's topic map): never counted as QoS 1 there
+    qos1 = ("mask", "stats", "status") if args.mask_qos and not args.sites \
+        else ("stats", "status")
     for i, s in enumerate(subs):
         lost[s] = sum(max(0, acked[d][k] - sub_counts[i].get(d, {}).get(k, 0))
                       for d in devices for k in qos1)
@@ -276,6 +325,16 @@ def main(argv=None) -> dict:
         "broker_rss_mb_peak": round(max(s["rss_kb"] for s in samples) / 1024, 1),
         "publishers_behind_schedule_s": max(r["behind_s"] for r in results),
         "retained_per_device": args.retained,
+        "sites": args.sites,
+        "masks_delivered_share_per_subscriber": {
+            s: round(sum(sub_counts[i].get(d, {}).get("mask", 0) for d in devices)
+                     / max(1, sum(acked[d]["mask"] for d in devices)), 4)
+            for i, s in enumerate(subs)},
+        "latency_ms_first_subscriber": {
+            kind: {"n": len(v), **{f"p{q}": round(1000 * percentile(v, q), 1)
+                                   for q in (50, 90, 99)}, "max": round(1000 * max(v), 1)}
+            for kind, v in latencies.items() if v},
+        "tiers": tier_figures(samples, args.duration),
         "retained_burst_s": None if not args.retained or any(
             r["burst_s"] is None for r in results) else max(r["burst_s"] for r in results),
         "samples": samples,
@@ -286,6 +345,55 @@ def main(argv=None) -> dict:
     summary = {k: v for k, v in report.items() if k != "samples"}
     print(json.dumps(summary, indent=1))
     return report
+
+
+def percentile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def tier_figures(samples: List[dict], duration: float) -> Dict[str, dict]:
+    """CPU (% of one core over the publishing window) and peak RSS of each broker."""
+    window = [s for s in samples if 0 <= s["t"] <= duration]
+    out = {}
+    for name in samples[0]["tiers"] if samples else []:
+        cpu = None
+        if len(window) > 1:
+            cpu = round(100 * (window[-1]["tiers"][name][0] - window[0]["tiers"][name][0])
+                        / max(1e-9, window[-1]["t"] - window[0]["t"]), 1)
+        out[name] = {"cpu_percent_of_one_core": cpu,
+                     "rss_mb_peak": round(max(s["tiers"][name][1] for s in samples) / 1024, 1)}
+    return out
+
+
+def start_sites(args, work: Path, subs: List[str], overrides: dict):
+    """A central broker (the subscribers' identities, the bridges) and ``args.sites`` site
+    brokers of ``args.devices`` devices each, bridged as the role plans it."""
+    sites = [f"site-{chr(97 + k)}" for k in range(args.sites)]
+    site_devices = {s: [f"{s[-1]}-cam-{i:03d}" for i in range(args.devices)] for s in sites}
+    devices = [d for s in sites for d in site_devices[s]]
+    fleet = [{"host": d, "id": d, "cameras": [], "senders": []} for d in devices]
+    site_of = {d: s for s in sites for d in site_devices[s]}
+    inventory = [{"host": "central", "site": "", "central": ""}] + [
+        {"host": f"broker-{s}", "site": s, "central": ""} for s in sites]
+    pki = work / "pki"
+    plan = site_plan(fleet, site_of, inventory, "central")
+    central = LocalBroker(work / "central", free_port(), "certificate", [], subs, [],
+                          overrides=overrides, bridges=plan["bridges"], pki_dir=pki,
+                          name="central").start()
+    tiers = {"central": central}
+    for s in sites:
+        uplink = site_plan(fleet, site_of, inventory, f"broker-{s}")["uplink"]
+        tiers[f"broker-{s}"] = LocalBroker(
+            work / s, free_port(), "certificate", site_devices[s], [], [], overrides=overrides,
+            uplink=dict(uplink, address=f"127.0.0.1:{central.port}"), pki_dir=pki,
+            name=f"broker-{s}").start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+            f" as bridge-{s} (" in central.log.read_text() for s in sites):
+        time.sleep(0.2)
+    port_of = {d: tiers[f"broker-{site_of[d]}"].port for d in devices}
+    return central, tiers, devices, port_of
 
 
 def chart(report: dict, path: Path) -> None:
@@ -306,7 +414,8 @@ def chart(report: dict, path: Path) -> None:
     ax3.plot([x["t"] for x in s], [x["rss_kb"] / 1024 for x in s], color="tab:green")
     ax3.set_ylabel("broker RSS MB")
     ax3.set_xlabel("s since the devices started")
-    fig.suptitle(f"{report['devices']} devices x {report['mask_rate_hz']:g} masks/s + stats + "
+    fig.suptitle(f"{report.get('sites') or 1} x {report['devices']} devices x"
+                 f" {report['mask_rate_hz']:g} masks/s + stats + "
                  f"status, QoS 1, {report['subscribers']} subscribers; lost: "
                  f"{sum(report['lost_qos1_per_subscriber'].values())}")
     fig.tight_layout()

@@ -61,11 +61,19 @@ class LocalBroker:
     # lines appended to the rendered mosquitto.conf (e.g. "log_type debug": Mosquitto logs
     # a denied PUBLISH only at debug level)
     extra_conf: List[str] = field(default_factory=list)
+    # Sites, bridged: a central broker's bridges (segedge_broker__bridges) or a site
+    # broker's uplink (segedge_broker__uplink, with "address" host:port of the central),
+    # as the filter plugin's segedge_sites plans them (site_plan below); brokers of one
+    # fleet share one kit CA (pki_dir).
+    bridges: List[Dict[str, object]] = field(default_factory=list)
+    uplink: Dict[str, object] = field(default_factory=dict)
+    pki_dir: Optional[Path] = None
+    name: str = "broker"
     proc: Optional[subprocess.Popen] = None
 
     @property
     def pki(self) -> Path:
-        return self.workdir / "pki"
+        return self.pki_dir or self.workdir / "pki"
 
     @property
     def conf(self) -> Path:
@@ -89,13 +97,21 @@ class LocalBroker:
         etc = self.workdir / "etc"
         etc.mkdir(parents=True, exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
-        identities = self.devices + self.subscribers + self.operators + self.sender_ids
+        bridge_names = [str(b["name"]) for b in self.bridges] + (
+            [str(self.uplink["name"])] if self.uplink else [])
+        identities = (self.devices + self.subscribers + self.operators + self.sender_ids
+                      + bridge_names)
         pki = pki_module()
-        pki.ensure(self.pki, "broker", ["IP:127.0.0.1", "DNS:localhost"],
+        pki.ensure(self.pki, self.name, ["IP:127.0.0.1", "DNS:localhost"],
                    identities if self.auth == "certificate" else [], 30, 1, False)
         shutil.copy(self.pki / "ca.crt", etc / "ca.crt")
-        shutil.copy(self.pki / "servers/broker.crt", etc / "server.crt")
-        shutil.copy(self.pki / "servers/broker.key", etc / "server.key")
+        shutil.copy(self.pki / f"servers/{self.name}.crt", etc / "server.crt")
+        shutil.copy(self.pki / f"servers/{self.name}.key", etc / "server.key")
+        if self.uplink:
+            shutil.copy(self.pki / "ca.crt", etc / "bridge-ca.crt")
+            if self.auth == "certificate":
+                shutil.copy(self.pki / f"clients/{self.uplink['name']}.crt", etc / "bridge.crt")
+                shutil.copy(self.pki / f"clients/{self.uplink['name']}.key", etc / "bridge.key")
         shutil.copy(self.pki / "crl.pem", etc / "crl.pem")
         defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE / "templates")),
@@ -114,7 +130,13 @@ class LocalBroker:
                        "segedge_broker_operators": self.operators,
                        "segedge_broker__devices": self.devices,
                        "segedge_broker__fleet": self.fleet,
-                       "segedge_broker__passwords": self.passwords})
+                       "segedge_broker__passwords": self.passwords,
+                       "segedge_broker__bridges": self.bridges,
+                       "segedge_broker__uplink": self.uplink, "hostvars": {}})
+        if self.uplink:
+            values["segedge_broker_bridge_address"], _, port = str(
+                self.uplink["address"]).rpartition(":")
+            values["segedge_broker_bridge_port"] = int(port)
         values.update(self.overrides)
         for name in ("passwd", "acl"):
             (etc / name).write_text(env.get_template(f"{name}.j2").render(values))
@@ -174,6 +196,12 @@ class LocalBroker:
                     "key": str(self.pki / f"clients/{name}.key")}
                    if self.auth == "certificate" else
                    {"user": name, "password": self.passwords.get(name, "")})}
+
+
+def site_plan(fleet: List[Dict[str, object]], site_of: Dict[str, str],
+              brokers: List[Dict[str, str]], me: str) -> Dict[str, object]:
+    """The role's own ``segedge_sites`` filter (what tasks/preflight.yml computes)."""
+    return filters_module().segedge_sites(fleet, site_of, brokers, me)
 
 
 def free_port() -> int:

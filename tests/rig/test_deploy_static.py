@@ -544,3 +544,122 @@ def test_agent_preflight_refuses_device_ids_the_agent_or_the_acl_would_not_take(
         assert any(f"{host}: segedge_agent_device_id" in m for m in failed[host]), failed[host]
     assert 'cam-nl: segedge_agent_cameras[0] (door\\n) has the id \\"door\\\\n\\"' in out, \
         out[-3000:]
+
+
+def test_broker_preflight_plans_sites_and_refuses_bridge_misconfigurations(tmp_path):
+    """Sites, bridged (real Ansible, the role's preflight and templates): each broker serves
+    its own site's devices, the central one lists the bridges, a site broker gets its
+    bridge; an unknown site, a site broker without a central broker or missing bridge
+    certificate files are refused with the host named."""
+    def inventory(brokers, devices):
+        return {"all": {"children": {"segedge_broker": {"hosts": brokers},
+                                     "segedge": {"hosts": devices}},
+                        "vars": {"ansible_connection": "local",
+                                 "ansible_python_interpreter": sys.executable,
+                                 "segedge_broker_subscribers": ["dashboard"],
+                                 "segedge_broker_operators": ["operator"]}}}
+    good = inventory(
+        {"central": {"ansible_host": "192.0.2.1"},
+         "broker-a": {"segedge_broker_site": "site-a"},
+         "broker-b": {"segedge_broker_site": "site-b", "segedge_broker_central": "central",
+                      "segedge_broker_bridge_address": "central.example.net"},
+         "broker-c": {"segedge_broker_site": "site-c",
+                      "segedge_broker_bridge_certfile": str(tmp_path / "none/bridge.crt"),
+                      "segedge_broker_bridge_keyfile": str(tmp_path / "none/bridge.key")}},
+        {"dev-a1": {"segedge_site": "site-a", "segedge_agent_cameras": CAMERAS},
+         "dev-b1": {"segedge_site": "site-b"}, "dev-c1": {"segedge_site": "site-c"},
+         "dev-0": {}})
+    bad = inventory({"b-x": {"segedge_broker_site": "site-x"},
+                     "b-y": {"segedge_broker_site": "site-y"}},
+                    {"d-x": {"segedge_site": "site-x"}, "d-y": {"segedge_site": "site-y"},
+                     "d-z": {"segedge_site": "site-z"}})
+    play = [{"hosts": "segedge_broker", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "segedge_broker", "tasks_from": "preflight",
+                                          "public": True}},
+        {"ansible.builtin.copy": {
+            "content": "{{ {'fleet': segedge_broker__fleet, 'identities': "
+                       "segedge_broker__identities, 'uplink': segedge_broker__uplink} | to_json }}",
+            "dest": "{{ playbook_dir }}/{{ inventory_hostname }}.json", "mode": "0600"}},
+        {"ansible.builtin.template": {"src": str(BROKER_ROLE / "templates/acl.j2"),
+                                      "dest": "{{ playbook_dir }}/{{ inventory_hostname }}.acl",
+                                      "mode": "0600"}},
+        {"ansible.builtin.template": {"src": str(BROKER_ROLE / "templates/bridge.conf.j2"),
+                                      "dest": "{{ playbook_dir }}/{{ inventory_hostname }}.bridge",
+                                      "mode": "0600"},
+         "when": "segedge_broker__uplink | length > 0"}]}]
+    outs = {}
+    for name, inv in (("good", good), ("bad", bad)):
+        (tmp_path / f"{name}.yml").write_text(yaml.safe_dump(inv))
+        outs[name] = _run_play(tmp_path, play, inventory=f"{name}.yml")
+    failed = _failures(outs["good"])
+    assert set(failed) == {"broker-c"}, outs["good"][-4000:]
+    assert any("broker-c: bridge to central refused: segedge_broker_bridge_certfile" in m
+               and "none/bridge.crt' is missing on the controller" in m
+               for m in failed["broker-c"]), failed
+    facts = {h: json.loads((tmp_path / f"{h}.json").read_text())
+             for h in ("central", "broker-a", "broker-b")}
+    assert [d["id"] for d in facts["central"]["fleet"]] == ["dev-0"]
+    assert facts["central"]["identities"] == ["dev-0", "dashboard", "operator",
+                                              "bridge-site-a", "bridge-site-b", "bridge-site-c"]
+    assert [d["id"] for d in facts["broker-a"]["fleet"]] == ["dev-a1"]
+    assert facts["broker-a"]["identities"] == ["dev-a1", "dashboard", "operator",
+                                               "bridge-site-a"]
+    assert facts["central"]["uplink"] == {}
+    central_acl = (tmp_path / "central.acl").read_text()
+    blocks = {b.split("\n", 1)[0]: b for b in re.split(r"^user ", central_acl, flags=re.M)[1:]}
+    assert set(blocks) == {"dev-0", "bridge-site-a", "bridge-site-b", "bridge-site-c",
+                           "dashboard", "operator"}, "the central lists bridges, not devices"
+    assert "topic write segedge/garden/status" in blocks["bridge-site-a"]  # dev-a1's camera
+    assert "topic read segedge/dev-a1/+/set" in blocks["bridge-site-a"]
+    assert "dev-b1" not in blocks["bridge-site-a"] and "dev-a1" not in blocks["bridge-site-b"]
+    site_acl = (tmp_path / "broker-a.acl").read_text()
+    assert "user dev-a1" in site_acl and "dev-b1" not in site_acl and "bridge" not in site_acl
+    bridge_a = (tmp_path / "broker-a.bridge").read_text()
+    assert "address 192.0.2.1:8883" in bridge_a  # the central's ansible_host by default
+    assert "address central.example.net:8883" in (tmp_path / "broker-b.bridge").read_text()
+    for line in ("remote_clientid bridge-site-a", "cleansession false",
+                 "bridge_protocol_version mqttv50", "bridge_insecure false",
+                 "topic segedge/dev-a1/stats out 1", "topic segedge/dev-a1/mask out 0",
+                 "topic segedge/garden/+/set in 1", "topic segedge/dev-a1/reply/# out 1"):
+        assert line in bridge_a, line
+    assert "dev-b1" not in bridge_a
+    failed = _failures(outs["bad"])
+    assert set(failed) == {"b-x", "b-y"}, outs["bad"][-4000:]
+    for host in ("b-x", "b-y"):
+        msg = " ".join(failed[host])
+        assert f"{host}: bridged sites refused" in msg, msg
+        assert "device host d-z: segedge_site 'site-z' is an unknown site" in msg, msg
+        assert "site broker b-x (site 'site-x'): no central broker" in msg, msg
+
+
+def test_sites_example_inventory_passes_the_broker_preflight(tmp_path):
+    """deploy/inventory/sites-example.yml: two site brokers bridged to a central one; the
+    devices find their site's broker through their site group, with no host var."""
+    play = [{"hosts": "segedge_broker", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "segedge_broker", "tasks_from": "preflight",
+                                          "public": True}},
+        {"ansible.builtin.copy": {
+            "content": "{{ {'fleet': segedge_broker__fleet | map(attribute='id') | list,"
+                       " 'identities': segedge_broker__identities,"
+                       " 'mqtt_host': hostvars[(segedge_broker__fleet + [{'host': ''}])[0].host]"
+                       ".segedge_agent_mqtt_host | default('')} | to_json }}",
+            "dest": "{{ playbook_dir }}/{{ inventory_hostname }}.json", "mode": "0600"}}]}]
+    (tmp_path / "vars.yml").write_text(yaml.safe_dump(
+        {"ansible_python_interpreter": sys.executable}))
+    require(PLAYBOOK.exists(), "ansible-playbook (the deploy extra)")
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run([str(PLAYBOOK), "-i", str(REPO / "deploy/inventory/sites-example.yml"),
+                           "-c", "local", "-e", "@vars.yml", "play.yml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(ANSIBLE_ENV, ANSIBLE_ROLES_PATH=str(REPO / "deploy/roles")))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    facts = {h: json.loads((tmp_path / f"{h}.json").read_text())
+             for h in ("central-01", "broker-north", "broker-south")}
+    assert facts["central-01"]["fleet"] == []
+    assert facts["central-01"]["identities"] == ["dashboard", "homeassistant", "operator",
+                                                 "bridge-north", "bridge-south"]
+    assert facts["broker-north"]["fleet"] == ["cam-n1", "cam-n2"]
+    assert facts["broker-north"]["identities"][-1] == "bridge-north"
+    assert facts["broker-north"]["mqtt_host"] == "broker-north.example.net"
+    assert facts["broker-south"]["fleet"] == ["cam-s1"]
+    assert facts["broker-south"]["mqtt_host"] == "broker-south.example.net"
