@@ -213,6 +213,11 @@ class MqttComms:
         """``<prefix>/<id>/<kind>``: the agent's own id, or a camera's."""
         return f"{self.cfg.prefix}/{camera_id or self.device_id}/{kind}"
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now (the metrics' gauge; health reads ``problem()``)."""
+        return self._connected
+
     # --- connection state -----------------------------------------------------------
     def start(self) -> None:
         log.info("connecting to mqtt%s://%s as %s (MQTT %s)", "s" if self.tls else "",

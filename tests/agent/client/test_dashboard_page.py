@@ -95,7 +95,7 @@ def test_dashboard_in_chromium(broker, tiny_bundle, clip, agents, collectors, un
 
         # the overlay image changes over time (a new one loaded, not just asked for)
         img = card(unique_id, " img.overlay")
-        assert page.wait_for(f"{img}.naturalWidth > 0 && !{img}.hidden", 20)
+        assert page.wait_for(f"{img}.naturalWidth > 0 && !{img}.hidden", 45)
         first = page.evaluate(f"{img}.currentSrc")
         assert page.wait_for(f"{img}.currentSrc !== {json.dumps(first)} && {img}.complete "
                              f"&& {img}.naturalWidth > 0", 10), first
