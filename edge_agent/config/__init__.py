@@ -39,7 +39,8 @@ VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # refused: they hide fal
 DEVICE_NAME = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)?\Z")  # CPU, GPU.0, NPU; no spaces
 # Keys holding a path: a relative one in the file is relative to the file's folder
 # (source.uri and cameras[].uri too, when they name a file or folder).
-PATH_KEYS = ("health_file", "model.bundle", "model.cache_dir", "mqtt.password_file",
+PATH_KEYS = ("health_file", "model.bundle", "model.cache_dir", "model.server_ca",
+             "mqtt.password_file",
              "mqtt.tls_ca", "mqtt.tls_cert", "mqtt.tls_key", "commands.state_file")
 
 
@@ -96,6 +97,14 @@ class ModelConfig:
                             "`StateDirectory=` path")
     inference_precision: str = _f("", "`\"\"` = device default (bf16 on CPUs with "
                                       "AMX/AVX512-BF16), or f32, bf16, f16")
+    server: str = _f("", "`\"\"` = run the model here; `http://host:port` or `https://…`: "
+                         "a KServe v2 / Open Inference Protocol server (OVMS, Triton) runs "
+                         "it (docs/agent.md, \"Inference on a server\")")
+    server_model: str = _f("", "model name on the server (`\"\"` = the bundle's name)")
+    server_timeout_s: float = _f(2.0, "seconds one request to the server may take", 0.05, 8.0,
+                                 above=True)
+    server_requests: int = _f(2, "requests to the server in flight at most", 1, 16)
+    server_ca: str = _f("", "CA file for an `https://` server (`\"\"` = the system's)")
 
 
 @dataclass
@@ -603,6 +612,30 @@ def _check_camera_values(cfg: Config) -> None:
             _check_value(_camera_key(cfg, camera, key), f, value)
 
 
+def _check_server(cfg: Config) -> None:
+    """``[model] server``: a KServe v2 REST endpoint (edge_agent.inference.remote)."""
+    from urllib.parse import urlsplit
+
+    m = cfg.model
+    url = urlsplit(m.server)
+    _check(url.scheme in ("http", "https"), "model.server",
+           f"must be http://host:port or https://host:port (the server's KServe v2 REST "
+           f"port; gRPC is not spoken by this agent), got {_short(m.server)}")
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    _check(bool(url.hostname) and port != -1 and not url.query and not url.fragment,
+           "model.server", f"must be http(s)://host[:port][/path], got {_short(m.server)}")
+    _check(not m.server_ca or url.scheme == "https", "model.server_ca",
+           "is for an https:// server")
+    _check(not m.server_ca or _is(m.server_ca, "file"), "model.server_ca",
+           f"no such file: {_short(m.server_ca)}")
+    _check(cfg.output.mask_resolution == "model", "output.mask_resolution",
+           "must be model with [model] server (the server returns the class map at model "
+           "size)")
+
+
 def validate(cfg: Config) -> None:
     _check_values(cfg)
     _check_camera_values(cfg)
@@ -627,6 +660,8 @@ def validate(cfg: Config) -> None:
     _check(m.inference_precision in PRECISIONS, "model.inference_precision",
            f"must be one of {PRECISIONS}, got {_short(m.inference_precision)}")
     _check(_is(m.bundle, "dir"), "model.bundle", f"no such directory: {_short(m.bundle)}")
+    if m.server:
+        _check_server(cfg)
     o = cfg.output
     _check(o.mask_encoding in MASK_ENCODINGS, "output.mask_encoding",
            f"must be {' or '.join(MASK_ENCODINGS)}, got {_short(o.mask_encoding)}")
