@@ -101,8 +101,8 @@ class ModelConfig:
                          "a KServe v2 / Open Inference Protocol server (OVMS, Triton) runs "
                          "it (docs/agent.md, \"Inference on a server\")")
     server_model: str = _f("", "model name on the server (`\"\"` = the bundle's name)")
-    server_timeout_s: float = _f(2.0, "seconds one request to the server may take", 0.05, 8.0,
-                                 above=True)
+    server_timeout_s: float = _f(2.0, "seconds one request to the server may take, connect "
+                                      "to last byte", 0.05, 6.0, above=True)
     server_requests: int = _f(2, "requests to the server in flight at most", 1, 16)
     server_ca: str = _f("", "CA file for an `https://` server (`\"\"` = the system's)")
 

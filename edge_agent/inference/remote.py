@@ -18,6 +18,7 @@ growing pause (up to ``MAX_BACKOFF_S``) before the next try, so frames are not b
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -106,32 +107,35 @@ class KServeClient:
         keep-alive connection the server had closed)."""
         for attempt in (0, 1):
             conn = self._connection()
+            expired = threading.Event()
+            # the socket timeout bounds each read; this bounds the whole exchange (a server
+            # trickling its answer byte by byte)
+            timer = threading.Timer(self.timeout, _expire, (conn, expired))
+            timer.daemon = True
+            timer.start()
             try:
                 conn.request(method, self.base + path, body=body, headers=headers or {})
                 resp = conn.getresponse()
                 data = resp.read()
+                if expired.is_set():
+                    raise TimeoutError
                 return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-            except (socket.timeout, TimeoutError):
-                self.close()
-                raise ServerProblem(f"inference server at {self.url} did not answer within "
-                                    f"{self.timeout:g} s") from None
-            except (http.client.RemoteDisconnected, BrokenPipeError,
-                    ConnectionResetError) as exc:
-                self.close()
-                if attempt == 0:
-                    continue  # a kept-alive connection closed by the server: once more
-                raise ServerProblem(f"inference server unreachable at {self.url} "
-                                    f"({_one_line(exc) or type(exc).__name__})",
-                                    down=True) from None
-            except ssl.SSLError as exc:
-                self.close()
-                raise ServerProblem(f"inference server at {self.url}: TLS: "
-                                    f"{_one_line(exc)}", down=True) from None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
+                if expired.is_set() or isinstance(exc, (socket.timeout, TimeoutError)):
+                    raise ServerProblem(f"inference server at {self.url} did not answer "
+                                        f"within {self.timeout:g} s") from None
+                if isinstance(exc, ssl.SSLError):
+                    raise ServerProblem(f"inference server at {self.url}: TLS: "
+                                        f"{_one_line(exc)}", down=True) from None
+                if attempt == 0 and isinstance(exc, (http.client.RemoteDisconnected,
+                                                     BrokenPipeError, ConnectionResetError)):
+                    continue  # a kept-alive connection closed by the server: once more
                 reason = getattr(exc, "strerror", None) or _one_line(exc) or type(exc).__name__
                 raise ServerProblem(f"inference server unreachable at {self.url} ({reason})",
                                     down=True) from None
+            finally:
+                timer.cancel()
         raise AssertionError("unreachable")
 
     def model_path(self, model: str, version: int) -> str:
@@ -189,6 +193,15 @@ class KServeClient:
             raise ServerProblem(f"inference server at {self.url} refused the request "
                                 f"(HTTP {status}: {text})")
         return parse_response(self.url, resp_headers, data)
+
+
+def _expire(conn: http.client.HTTPConnection, expired: threading.Event) -> None:
+    """The whole-exchange deadline passed: unblock the reader."""
+    expired.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _error_text(data: bytes) -> str:

@@ -106,6 +106,17 @@ def _handler(script: Script):
                  "parameters": {"binary_data_size": len(raw)}}]}).encode()
             headers = {"Inference-Header-Content-Length": str(len(head)),
                        "Content-Type": "application/octet-stream"}
+            if mode == "trickle":  # every read in time, the whole answer far too late
+                self.send_response(200)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(head) + len(raw)))
+                self.end_headers()
+                for i in range(12):
+                    self.wfile.write(head[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                return
             if mode == "hang":  # headers and half the answer, then nothing
                 self._send(200, (head + raw)[: len(head) // 2], headers,
                            length=len(head) + len(raw))
@@ -163,6 +174,7 @@ def test_bad_answers_each_one_line_then_recovery(tiny_bundle, server):
         "notready": "model not ready: tiny version 1 at " + server.url,
         "slow": f"inference server at {server.url} did not answer within 0.5 s",
         "hang": f"inference server at {server.url} did not answer within 0.5 s",
+        "trickle": f"inference server at {server.url} did not answer within 0.5 s",
     }
     n = 0
     for mode, reason in expect.items():
