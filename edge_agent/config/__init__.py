@@ -627,6 +627,8 @@ def _check_server(cfg: Config) -> None:
         port = -1
     _check(bool(url.hostname) and port != -1 and not url.query and not url.fragment,
            "model.server", f"must be http(s)://host[:port][/path], got {_short(m.server)}")
+    _check(url.username is None, "model.server",
+           "must not hold credentials (it is shown in status and stats)")
     _check(not m.server_ca or url.scheme == "https", "model.server_ca",
            "is for an https:// server")
     _check(not m.server_ca or _is(m.server_ca, "file"), "model.server_ca",

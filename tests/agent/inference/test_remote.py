@@ -263,6 +263,7 @@ def test_repository_version_and_refusals(tiny_bundle, tmp_path):
     for server, extra, key in (("grpc://127.0.0.1:9000", {}, "model.server"),
                                ("ftp://x", {}, "model.server"),
                                ("http://127.0.0.1:notaport", {}, "model.server"),
+                               ("http://user:secret@127.0.0.1:8000", {}, "model.server"),
                                ("http://127.0.0.1:8000", {"server_ca": "ca.pem"},
                                 "model.server_ca"),
                                ("http://127.0.0.1:8000", {"server_timeout_s": 0},
