@@ -227,6 +227,18 @@ def test_unreachable_then_back_and_bounded_inflight(tiny_bundle, server):
         httpd.server_close()
 
 
+def test_check_config_probe_asks_the_server(server, tiny_bundle, tmp_path):
+    from edge_agent.config import Config
+    from edge_agent.config.preflight import probe_server
+
+    cfg = Config()
+    cfg.model.server = server.url
+    assert probe_server(cfg, timeout=2.0) == ""
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    assert probe_server(cfg, timeout=2.0).startswith(f"unreachable at {server.url} (")
+
+
 def test_tls_with_the_configured_ca(tiny_bundle, tmp_path):
     require(shutil.which("openssl") is not None, "openssl")
     _pki(tmp_path)
