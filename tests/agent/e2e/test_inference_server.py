@@ -34,7 +34,7 @@ import pytest
 from build_models.repository import add_bundle
 from edge_agent.protocol.encoding import decode
 from tests.agent.e2e.test_commands import Client
-from tests.agent.helpers import ROOT, agent_config, wait_until
+from tests.agent.helpers import ROOT, agent_config, validator, wait_until
 from tests.conftest import require
 from tests.helpers.kserve import KServeServer, server_python
 from tests.helpers.tiny_bundle import make_tiny_bundle
@@ -136,6 +136,9 @@ def test_masks_equal_local_engine(served, broker, clip, agents, unique_id):
     assert stats and stats[-1]["device"] == f"server {served['server'].url}"
     assert stats[-1]["frames"]["published"] == 40
     assert {m["device"] for m in _masks(c, f"segedge/{unique_id}-local")} == {"CPU"}
+    for kind, message in (("mask", masks[-1]), ("stats", stats[-1]),
+                          ("status", c.json(f"segedge/{unique_id}-remote/status")[-1])):
+        validator(kind).validate(message)  # the same schemas as with a local model
     c.client.loop_stop()
 
 
