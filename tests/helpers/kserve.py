@@ -40,7 +40,23 @@ class KServeServer:
         self.url = f"http://127.0.0.1:{http_port}"
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, timeout: float = 90.0) -> KServeServer:
+    def start(self, timeout: float = 90.0, attempts: int = 3) -> KServeServer:
+        """Start and wait for every model's newest version; a start that fails (pytriton
+        gives up now and then on a loaded box, e.g. while the port's last connections
+        drain) is retried, its log kept in the same file."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError:
+                self.kill()
+                if attempt == attempts - 1:
+                    raise
+                with open(self.log, "a") as out:
+                    out.write(f"--- start attempt {attempt + 1} failed; retrying ---\n")
+                time.sleep(2.0)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> KServeServer:
         http, grpc, metrics = self.ports
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -81,6 +97,29 @@ class KServeServer:
         found = re.search(rf'^nv_inference_count{{model="{re.escape(model)}",'
                           rf'version="{version}"}} (\d+)', text, re.M)
         return int(found.group(1)) if found else 0
+
+    def ensure(self) -> KServeServer:
+        """Running and ready (a test before may have left it dead): restarted if not."""
+        if self.proc is None or self.proc.poll() is not None \
+                or self.get("/v2/health/ready") is None:
+            self.kill()
+            self.start()
+        return self
+
+    def triton_pid(self) -> int:
+        """The tritonserver process of the group (the one that speaks HTTP)."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            if name == "tritonserver" and int(stat.rsplit(")", 1)[1].split()[2]) == \
+                    self.proc.pid:
+                return int(entry)
+        raise RuntimeError("no tritonserver process in the server's group")
 
     def kill(self) -> None:
         """SIGKILL to the whole group (the Python parent, tritonserver, the model stubs)."""
