@@ -294,7 +294,11 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
         samples = overlay_samples(run, best, cfg.overlays)
     report = report_step(run, samples)
     final = finish(run, report)
-    report.update(bundle=str(final), seconds=round(time.monotonic() - started, 1))
+    from build_models import repository  # OVMS/Triton tree beside the bundles
+
+    served = repository.add_bundle(final, Path(cfg.out) / "repository")
+    report.update(bundle=str(final), repository=served,
+                  seconds=round(time.monotonic() - started, 1))
     return report
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "train a model on a Pet folder -> checkpoint",
     "export": "checkpoint -> bundle (all targets, INT8 gate, report, manifest, verified)",
     "verify": "check a bundle without torch (schema, checksums, runs on CPU)",
+    "repository": "bundle -> OVMS/Triton model repository (KServe v2 servers)",
     "all": "dataset folder -> trained checkpoint -> verified bundle, in one command",
 }
 
@@ -64,6 +65,8 @@ def dispatch(command: str, argv: List[str]) -> Dict[str, Any]:
         from build_models.bundle import main as step
     elif command == "verify":
         from build_models.verify import main as step
+    elif command == "repository":
+        from build_models.repository import main as step
     else:
         step = run_all
     return step(argv)
@@ -96,7 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{INSTALL_HINT}", file=sys.stderr)
         return 3
     if argv[0] != "verify" and not result.get("rank"):  # under torchrun: rank 0 speaks
-        keys = ("bundle", "checkpoint", "evaluation", "best_val_dice", "dest")
+        keys = ("bundle", "checkpoint", "evaluation", "best_val_dice", "dest", "repository",
+                "written", "version")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))
     return 0 if result.get("ok", True) else 1
 

@@ -31,6 +31,7 @@ from edge_agent.health.watchdog import Watchdog
 from edge_agent.inference import ovcompat
 from edge_agent.inference.engine import Engine
 from edge_agent.inference.pipeline import Pipeline
+from edge_agent.inference.remote import RemoteEngine
 from edge_agent.mqtt.connection import MAX_INCOMING_BYTES, MqttComms
 from edge_agent.protocol.messages import Stats, Status
 from edge_agent.sources.capture import Capture
@@ -65,10 +66,11 @@ class Agent:
         self._seq_lock = threading.Lock()
         self._stats_seq = 0
         opened = opened or OpenedBundle.open(cfg.model.bundle, cfg.model.target)  # BundleError
-        self._engine: Optional[Engine] = Engine(cfg.model, opened)  # until the pipeline owns it
+        self._engine: Optional[Engine] = None  # until the pipeline owns it
         self.wake = threading.Event()  # a health change or a new connection: publish now
         self.health = Health(cfg.health_file, self.notifier, facts=self._facts, wake=self.wake,
                              agent_id=self.agent_id)
+        self._engine = self._new_engine(opened)
         self.cameras = CameraRegistry()
         self.captures: Dict[str, Capture] = {}
         self._finished: set = set()
@@ -81,6 +83,19 @@ class Agent:
         self.metrics: Optional[Metrics] = None
         if cfg.metrics.listen:  # prometheus-client is imported only when it starts
             self.metrics = Metrics(self, cfg.metrics.listen)
+
+    def _new_engine(self, opened: OpenedBundle) -> Engine:
+        """The model here (Engine) or on a KServe v2 server (RemoteEngine)."""
+        if not self.cfg.model.server:
+            return Engine(self.cfg.model, opened)
+        return RemoteEngine(self.cfg.model, opened)  # type: ignore[return-value]
+
+    def _watch(self, engine: Engine) -> None:
+        """A server engine's problems are the ``inference`` component of the health (of
+        the engine in service only: a reload's candidate says nothing until swapped in)."""
+        if isinstance(engine, RemoteEngine):
+            engine.on_problem = lambda reason: self.health.set("inference", reason)
+            self.health.set("inference", engine.problem)
 
     @property
     def engine(self) -> Engine:
@@ -192,6 +207,7 @@ class Agent:
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
         engine, cfg = self.engine, self.cfg
+        self._watch(engine)
         engine.load()  # InferenceError when no device works
         engine.warmup()
         if engine.failures:
@@ -288,16 +304,23 @@ class Agent:
         t0 = time.monotonic()
         try:
             opened = OpenedBundle.open(self.cfg.model.bundle, self.cfg.model.target)
-            engine = Engine(self.cfg.model, opened)
+            engine = self._new_engine(opened)
             engine.load()
             engine.warmup()
+            problem = getattr(engine, "problem", None)  # a server that cannot serve it
+            if problem:
+                raise RuntimeError(problem)
         except Exception as exc:  # noqa: BLE001 - BundleError, InferenceError, OpenVINO's
             reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             log.warning("reload refused, %s %s keeps serving: %s", self.engine.info.name,
                         self.engine.info.version, reason)
             return reason
+        old = self.pipeline.engine
         if not self.pipeline.swap_engine(engine).wait(30.0):
             return "the inference thread did not take the new model within 30 s"
+        if hasattr(old, "close"):
+            old.close()  # the old server client's workers (drained by the swap)
+        self._watch(engine)  # the old engine's problem goes with it
         self._republish.set()
         self.wake.set()
         log.info("reloaded %s %s (%s) on %s in %.1fs", engine.info.name, engine.info.version,

@@ -159,6 +159,32 @@ def _check_camera_values(cfg: Config) -> None:
             _check_value(_camera_key(cfg, camera, key), f, value)
 
 
+def _check_server(cfg: Config) -> None:
+    """``[model] server``: a KServe v2 REST endpoint (edge_agent.inference.remote)."""
+    from urllib.parse import urlsplit
+
+    m = cfg.model
+    url = urlsplit(m.server)
+    _check(url.scheme in ("http", "https"), "model.server",
+           f"must be http://host:port or https://host:port (the server's KServe v2 REST "
+           f"port; gRPC is not spoken by this agent), got {_short(m.server)}")
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    _check(bool(url.hostname) and port != -1 and not url.query and not url.fragment,
+           "model.server", f"must be http(s)://host[:port][/path], got {_short(m.server)}")
+    _check(url.username is None, "model.server",
+           "must not hold credentials (it is shown in status and stats)")
+    _check(not m.server_ca or url.scheme == "https", "model.server_ca",
+           "is for an https:// server")
+    _check(not m.server_ca or _is(m.server_ca, "file"), "model.server_ca",
+           f"no such file: {_short(m.server_ca)}")
+    _check(cfg.output.mask_resolution == "model", "output.mask_resolution",
+           "must be model with [model] server (the server returns the class map at model "
+           "size)")
+
+
 def validate(cfg: Config) -> None:
     _check_values(cfg)
     _check_camera_values(cfg)
@@ -183,6 +209,8 @@ def validate(cfg: Config) -> None:
     _check(m.inference_precision in PRECISIONS, "model.inference_precision",
            f"must be one of {PRECISIONS}, got {_short(m.inference_precision)}")
     _check(_is(m.bundle, "dir"), "model.bundle", f"no such directory: {_short(m.bundle)}")
+    if m.server:
+        _check_server(cfg)
     o = cfg.output
     _check(o.mask_encoding in MASK_ENCODINGS, "output.mask_encoding",
            f"must be {' or '.join(MASK_ENCODINGS)}, got {_short(o.mask_encoding)}")

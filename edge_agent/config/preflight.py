@@ -8,7 +8,8 @@
   noted: configs are portable, and the agent falls back along the list at run time.
   ``GPUU`` is refused. Also run at start, so a misspelt name exits 78 there too.
 - ``probe`` (``--probe``): connect to the broker (TLS and credentials as configured, up
-  to the CONNACK) and open each configured camera; one line per failure.
+  to the CONNACK), ask ``[model] server`` (when set) whether it is ready, and open each
+  configured camera; one line per failure.
 """
 
 from __future__ import annotations
@@ -120,12 +121,39 @@ def probe_camera(uri: str, timeout: float = 5.0) -> str:
     return ""
 
 
+def probe_server(cfg: Config, timeout: float = 10.0) -> str:
+    """'' when ``[model] server`` answers KServe v2's ``/v2/health/ready`` with 200."""
+    import http.client
+    import ssl
+
+    m = cfg.model
+    url = urlparse(m.server)
+    try:
+        if url.scheme == "https":
+            conn: Any = http.client.HTTPSConnection(
+                url.hostname, url.port or 443, timeout=timeout,
+                context=ssl.create_default_context(cafile=m.server_ca or None))
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
+        conn.request("GET", url.path.rstrip("/") + "/v2/health/ready")
+        status = conn.getresponse().status
+        conn.close()
+    except (OSError, http.client.HTTPException) as exc:
+        return (f"unreachable at {m.server} "
+                f"({getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:200]})")
+    return "" if status == 200 else f"{m.server} is not ready (HTTP {status})"
+
+
 def probe(cfg: Config) -> List[str]:
     """One line per part that failed (the broker, each camera), [] when all answered."""
     failed = []
     why = probe_broker(cfg)
     if why:
         failed.append(f"mqtt: {why}")
+    if cfg.model.server:
+        why = probe_server(cfg)
+        if why:
+            failed.append(f"inference server: {why}")
     for camera in cfg.cameras:
         why = probe_camera(camera.source.uri)
         if why:

@@ -34,7 +34,8 @@ DEVICE_NAME = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)?\Z")  # CPU, GPU.0, NPU
 
 # Keys holding a path: a relative one in the file is relative to the file's folder
 # (source.uri and cameras[].uri too, when they name a file or folder).
-PATH_KEYS = ("health_file", "model.bundle", "model.cache_dir", "mqtt.password_file",
+PATH_KEYS = ("health_file", "model.bundle", "model.cache_dir", "model.server_ca",
+             "mqtt.password_file",
              "mqtt.tls_ca", "mqtt.tls_cert", "mqtt.tls_key", "commands.state_file")
 
 
@@ -91,6 +92,14 @@ class ModelConfig:
                             "`StateDirectory=` path")
     inference_precision: str = _f("", "`\"\"` = device default (bf16 on CPUs with "
                                       "AMX/AVX512-BF16), or f32, bf16, f16")
+    server: str = _f("", "`\"\"` = run the model here; `http://host:port` or `https://…`: "
+                         "a KServe v2 / Open Inference Protocol server (OVMS, Triton) runs "
+                         "it (docs/agent.md, \"Inference on a server\")")
+    server_model: str = _f("", "model name on the server (`\"\"` = the bundle's name)")
+    server_timeout_s: float = _f(2.0, "seconds one request to the server may take, connect "
+                                      "to last byte", 0.05, 6.0, above=True)
+    server_requests: int = _f(2, "requests to the server in flight at most", 1, 16)
+    server_ca: str = _f("", "CA file for an `https://` server (`\"\"` = the system's)")
 
 
 @dataclass

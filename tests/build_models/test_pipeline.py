@@ -233,3 +233,17 @@ def test_recipe_options_train_and_resume_with_ema(pets_dir, tmp_path):
     resumed = train.main([*args, "--resume", str(tmp_path / "last.pt")])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert checkpoint.load(tmp_path / "last.pt").ema_updates == resumed["steps"]
+
+
+def test_export_writes_the_model_repository(tiny_build):
+    """OUT/repository/<target>/: the IR targets (not myriad's ONNX), version 1 (0.0.1),
+    the served model's class map equal to the agent's local graph on the same frames."""
+    from tests.build_models.test_repository import assert_served_equals_local
+
+    repo = tiny_build["work"] / "models" / "repository"
+    assert sorted(p.name for p in repo.iterdir()) == ["cpu", "gpu", "npu"]
+    for target in ("cpu", "gpu", "npu"):
+        assert (repo / target / "tiny" / "1" / "model.xml").is_file()
+        assert json.loads((repo / target / "config.json").read_text())[
+            "model_config_list"][0]["config"]["target_device"] == target.upper()
+    assert_served_equals_local(tiny_build["bundle"], repo / "cpu" / "tiny" / "1", "cpu")
