@@ -13,12 +13,13 @@ profile="${1:-all}"
 # camera stand-ins (ffmpeg; GStreamer's RTSP server for tests/helpers/rtsp_server.py),
 # device roots and their boot (mmdebstrap, systemd-nspawn), network namespaces (iproute2),
 # Ansible transport (ssh), a headless browser for the dashboard's page test (chromium), a real
-# Prometheus scraping the agent (tests/agent/e2e/test_metrics.py).
+# Prometheus scraping the agent (tests/agent/e2e/test_metrics.py), Debian's python3 with venv for
+# the model-server test venv (scripts/setup_model_server.sh).
 APT_AGENT=()
 APT_ALL=(mosquitto mosquitto-clients ffmpeg mmdebstrap debootstrap systemd-container iproute2
          openssh-client openssh-server openssl procps python3-gi gir1.2-gst-rtsp-server-1.0
          gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium
-         prometheus)
+         prometheus python3-venv)
 
 case "$profile" in
   agent) apt_pkgs=("${APT_AGENT[@]}"); extras="agent" ;;
