@@ -15,7 +15,15 @@ INSTALL_HINT = "pip install -c constraints.txt -e '.[build]' in the segedge chec
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter,
                     argparse.ArgumentDefaultsHelpFormatter):
-    """Every segedge-build command's --help: its docstring as written, and the defaults."""
+    """Every segedge-build command's --help: its docstring as written, and the defaults
+    (not for an option whose help already says its default, nor a ``None`` that only
+    means "not given")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 class BuildError(Exception):
