@@ -43,6 +43,9 @@ log = logging.getLogger("segedge.inference")
 SERVED_OUTPUT = "classes"  # the served model's output: the u8 class map
 MAX_BACKOFF_S = 2.0
 HEADER_LEN = "Inference-Header-Content-Length"
+# An answer is a JSON header and a u8 class map (64 KiB at 256x256): anything far larger
+# is refused before it is read whole, whatever the server claims or sends.
+MAX_ANSWER_BYTES = 16 << 20
 ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
 
 
@@ -116,7 +119,11 @@ class KServeClient:
             try:
                 conn.request(method, self.base + path, body=body, headers=headers or {})
                 resp = conn.getresponse()
-                data = resp.read()
+                data = resp.read(MAX_ANSWER_BYTES + 1)
+                if len(data) > MAX_ANSWER_BYTES:
+                    self.close()  # the rest is not read: the connection cannot be reused
+                    raise ServerProblem(f"inference server at {self.url} answered over "
+                                        f"{MAX_ANSWER_BYTES >> 20} MiB")
                 if expired.is_set():
                     raise TimeoutError
                 return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data

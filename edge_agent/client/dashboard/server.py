@@ -227,6 +227,7 @@ class PageHandler(BaseHTTPRequestHandler):
     dash: Dashboard
     protocol_version = "HTTP/1.1"
     server_version = "segedge-dashboard"
+    timeout = 10.0  # a peer that stops mid-request (or idles on keep-alive) frees its thread
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
         if self.dash.args.log_requests:
@@ -295,7 +296,8 @@ class PageHandler(BaseHTTPRequestHandler):
                                     "(start it with --operator and an operator identity)"})
         if not secrets.compare_digest(self.headers.get("X-Segedge-Token", ""), self.dash.token):
             return self._json(403, {"result": "refused", "reason": "missing or wrong token"})
-        length = int(self.headers.get("Content-Length") or 0)
+        raw_length = self.headers.get("Content-Length") or "0"
+        length = int(raw_length) if raw_length.isdigit() else -1
         if not 0 < length <= 1024:
             return self._json(400, {"result": "refused", "reason": "bad request size"})
         try:

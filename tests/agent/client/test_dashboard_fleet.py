@@ -166,3 +166,24 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(capsys):
     assert server.main(["--port", str(port), "--listen", f"127.0.0.1:{free_port()}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot reach the broker at 127.0.0.1:{port}" in err[0], err
+
+
+def test_a_peer_that_stops_mid_request_is_dropped_and_a_bad_length_refused(page_server):
+    """The least trusted peer of the page: a Content-Length that is no number gets a 400,
+    and a request whose body never comes frees its thread (socket timeout), not hangs."""
+    import socket
+    import time
+
+    dash, url = page_server("--operator")
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /api/command HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Segedge-Token: "
+                     + dash.token.encode() + b"\r\nContent-Length: 1e3\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"POST /api/command HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Segedge-Token: "
+                     + dash.token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{")
+        t0 = time.monotonic()
+        while sock.recv(4096):  # whatever it answers, the server ends the connection
+            pass
+        assert time.monotonic() - t0 < 15

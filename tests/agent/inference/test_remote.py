@@ -117,6 +117,10 @@ def _handler(script: Script):
                     self.wfile.flush()
                     time.sleep(0.2)
                 return
+            if mode == "huge":  # a valid header, then far more bytes than any class map
+                raw = bytes(17 << 20)
+                self._send(200, head + raw, headers)
+                return
             if mode == "hang":  # headers and half the answer, then nothing
                 self._send(200, (head + raw)[: len(head) // 2], headers,
                            length=len(head) + len(raw))
@@ -175,6 +179,7 @@ def test_bad_answers_each_one_line_then_recovery(tiny_bundle, server):
         "slow": f"inference server at {server.url} did not answer within 0.5 s",
         "hang": f"inference server at {server.url} did not answer within 0.5 s",
         "trickle": f"inference server at {server.url} did not answer within 0.5 s",
+        "huge": f"inference server at {server.url} answered over 16 MiB",
     }
     n = 0
     for mode, reason in expect.items():
