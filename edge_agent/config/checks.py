@@ -161,10 +161,8 @@ def _check_camera_values(cfg: Config) -> None:
 
 def _check_server(cfg: Config) -> None:
     """``[model] server``: a KServe v2 REST endpoint (edge_agent.inference.remote)."""
-    from urllib.parse import urlsplit
-
     m = cfg.model
-    url = urlsplit(m.server)
+    url = urlparse(m.server)
     _check(url.scheme in ("http", "https"), "model.server",
            f"must be http://host:port or https://host:port (the server's KServe v2 REST "
            f"port; gRPC is not spoken by this agent), got {_short(m.server)}")

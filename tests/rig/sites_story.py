@@ -22,6 +22,7 @@ from typing import Dict, List
 
 from tests.rig.mqtt_probe import Identity, Probe
 from tests.rig.test_sites_local import Device
+from tests.rig.test_sites_local import _wait as wait
 
 PORT = 8883
 
@@ -51,15 +52,6 @@ def device(broker: _Broker, name: str) -> Device:
     dev.probe.client.on_message = dev._on_message
     dev.probe.subscribe(f"segedge/{name}/+/set")
     return dev
-
-
-def wait(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
 
 
 def main(argv: List[str]) -> int:
