@@ -39,8 +39,13 @@ CANDIDATES: Dict[str, Tuple[str, List[str]]] = {
     "mobile-deeplab": ("mobile-deeplab", ["--extra-data", EXTRA]),
     "lite0": ("lite0", ["--extra-data", EXTRA]),
     "r18": ("r18", ["--extra-data", EXTRA]),
+    # ImageNet EfficientNet-Lite0 from PyPI (offline): the 3.0.0 demo model's candidates
+    "lite0-deeplab": ("lite0-deeplab", ["--extra-data", EXTRA]),
+    "lite0-deeplab-slim": ("lite0-deeplab-slim", ["--extra-data", EXTRA]),
+    "lite0-deeplab-slim-noextra": ("lite0-deeplab-slim", []),
 }
-ARCHITECTURES = ("mobile", "mobile-wide", "mobile-fpn", "mobile-deeplab", "lite0", "r18")
+ARCHITECTURES = ("mobile", "mobile-wide", "mobile-fpn", "mobile-deeplab", "lite0", "r18",
+                 "lite0-deeplab", "lite0-deeplab-slim")
 
 
 def options(name: str, extra: Optional[str]) -> List[str]:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from build_models.errors import BuildError
+from edge_agent.inference.preprocess import model_resize
 
 LABEL_MODES = ("binary", "trimap")
 CLASSES = {"binary": ["background", "pet"], "trimap": ["background", "pet", "border"]}
@@ -69,8 +70,10 @@ def check_size(size: int) -> int:
 
 def resize_pair(image: np.ndarray, mask: Optional[np.ndarray], size: int
                 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Image bilinear, mask nearest, both to size x size (as the seed)."""
-    img = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    """Image by the device's own resize rule (edge_agent's ``model_resize``: what the agent's
+    graph does to a camera frame, so training, evaluation and the device see one picture),
+    mask nearest, both to size x size."""
+    img = model_resize(image, (size, size))
     if mask is None:
         return img, None
     return img, np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))

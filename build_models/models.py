@@ -41,7 +41,9 @@ def create(config: ArchConfig) -> SegModel:
 
     kwargs: Dict[str, Any] = {}
     if config.decoder_channels:
-        kwargs["decoder_channels"] = tuple(config.decoder_channels)
+        channels = tuple(config.decoder_channels)
+        # DeepLabV3+ takes one width (its ASPP and decoder), Unet one per stage
+        kwargs["decoder_channels"] = channels[0] if config.arch == "DeepLabV3Plus" else channels
     online = config.encoder_weights if config.encoder_weights == "imagenet" else None
     try:
         net = smp.create_model(config.arch, encoder_name=config.encoder, encoder_weights=online,

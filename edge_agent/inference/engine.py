@@ -8,10 +8,10 @@ threads; the pipeline restores frame order.
 Per-frame work lives in the graph where it pays (measured in docs/benchmarks-agent.md):
 with ``start(..., decide=True)`` the graph takes the class decision and returns a u8 class
 map (``result_kind == "classes"``), so the callback copies a quarter of the bytes and
-Python does no per-pixel work. With ``RESIZE_IN_GRAPH`` (off: see there) frames go in at
-their own size and the graph resizes them; the frame size is known only at the first
-frame and may change, so one compiled variant per size, at most ``MAX_SIZES``, least
-recently used dropped.
+Python does no per-pixel work. Frames go in at their own size and the graph resizes them
+(``RESIZE_IN_GRAPH``, by preprocess.model_resize's rule, the one the build trains on);
+the frame size is known only at the first frame and may change, so one compiled variant
+per size, at most ``MAX_SIZES``, least recently used dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from edge_agent.bundle.manifest import BundleError, Manifest, OpenedBundle, read
 from edge_agent.config import ModelConfig
 from edge_agent.inference import ovcompat
 from edge_agent.inference.postprocess import num_classes
-from edge_agent.inference.preprocess import to_model_input
+from edge_agent.inference.preprocess import shrink_factor, to_model_input
 from edge_agent.protocol.messages import ModelInfo
 
 log = logging.getLogger("segedge.inference")
@@ -49,12 +49,11 @@ def input_size(manifest: Manifest) -> Tuple[int, int]:
 
 
 ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
-# Frames at their own size, resized by the graph (one variant per size): measured 0.2-0.5 ms
-# less CPU per 640x480 frame than cv2 INTER_AREA, but bilinear without antialiasing costs
-# 1.6 Dice points on the test split (training resizes with PIL's antialiased bilinear, which
-# OpenVINO's RESIZE_BILINEAR_PILLOW matches at 5x the CPU): off until a cheap antialiased
-# resize exists in the graph (docs/benchmarks-agent.md).
-RESIZE_IN_GRAPH = False
+# Frames at their own size, resized by the graph (one variant per size): 0.2-0.5 ms less CPU
+# per 640x480 frame than a Python resize. The build trains and evaluates on the same rule
+# (preprocess.model_resize), so nothing is lost (docs/benchmarks-agent.md). Models trained
+# before bundle 3.0.0 met PIL's antialiased resize in training; they lose a little here.
+RESIZE_IN_GRAPH = True
 MAX_SIZES = 4  # compiled variants kept (frame sizes); more are compiled again when needed
 
 
@@ -171,7 +170,8 @@ class Engine:
             model, spec.name, spec.color_order,
             mean=spec.mean if spec.normalization == "caller" else None,
             std=spec.std if spec.normalization == "caller" else None, scale=self._scale,
-            frame_hw=frame_hw if frame_hw is not None and frame_hw != self.size_hw else None)
+            frame_hw=frame_hw if frame_hw is not None and frame_hw != self.size_hw else None,
+            shrink=shrink_factor(frame_hw, self.size_hw) if frame_hw is not None else 1)
         if decide:
             index = ovcompat.output_index(model, self.manifest.output.name)
             model = ovcompat.append_class_decision(model, index, self.output_kind)

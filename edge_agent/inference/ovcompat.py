@@ -83,20 +83,31 @@ RESIZE = "RESIZE_LINEAR"  # the in-graph resize; BILINEAR_PILLOW: ~5x the CPU pe
 
 def add_preprocessing(model: Any, input_name: str, color_order: str,
                       mean: Optional[List[float]] = None, std: Optional[List[float]] = None,
-                      scale: float = 1.0, frame_hw: Optional[Tuple[int, int]] = None) -> Any:
+                      scale: float = 1.0, frame_hw: Optional[Tuple[int, int]] = None,
+                      shrink: int = 1) -> Any:
     """u8 BGR NHWC frames in; f32, colour order, layout (and caller-side norm) in the graph.
 
-    ``frame_hw``: frames of that size come in and are resized (bilinear) in the graph.
+    ``frame_hw``: frames of that size come in and are resized in the graph by
+    preprocess.model_resize's rule: ``shrink`` > 1 box-averages by that integer factor
+    first (AvgPool on f32), then bilinear.
     """
     ppp = PrePostProcessor(model)
     inp = ppp.input(input_name)
     tensor = inp.tensor().set_element_type(Type.u8).set_layout(Layout("NHWC")) \
         .set_color_format(ColorFormat.BGR)
     pre = inp.preprocess()
+    resize = getattr(ResizeAlgorithm, RESIZE, ResizeAlgorithm.RESIZE_LINEAR)
     if frame_hw is not None:
         tensor.set_spatial_static_shape(int(frame_hw[0]), int(frame_hw[1]))
-        pre.resize(getattr(ResizeAlgorithm, RESIZE, ResizeAlgorithm.RESIZE_LINEAR))
-    pre.convert_element_type(Type.f32)
+        if shrink > 1:  # box average needs floats: convert first, resize on f32
+            pre.convert_element_type(Type.f32)
+            pre.custom(lambda node: _box_average(node, shrink))
+        else:
+            pre.resize(resize)
+    if frame_hw is not None and shrink > 1:
+        pre.resize(resize)
+    else:
+        pre.convert_element_type(Type.f32)
     if color_order.upper() == "RGB":
         pre.convert_color(ColorFormat.RGB)
     if scale != 1.0:
@@ -107,6 +118,13 @@ def add_preprocessing(model: Any, input_name: str, color_order: str,
         pre.scale([float(x) for x in std])
     inp.model().set_layout(Layout("NCHW"))
     return ppp.build()
+
+
+def _box_average(node: Any, k: int) -> Any:
+    """NHWC f32 -> NHWC averaged over k x k blocks (the remainder cut: floor rounding)."""
+    nchw = _ops.transpose(node, _ops.constant([0, 3, 1, 2]))
+    pooled = _ops.avg_pool(nchw, [k, k], [0, 0], [0, 0], [k, k], True, "floor")
+    return _ops.transpose(pooled, _ops.constant([0, 2, 3, 1])).output(0)
 
 
 def append_class_decision(model: Any, output_index: int, kind: str) -> Any:

@@ -23,14 +23,17 @@ def test_map_trimap_rejects_values_outside_1_2_3():
 
 
 def test_resize_pair_bilinear_image_nearest_mask():
+    from edge_agent.inference.preprocess import model_resize
+
     image = np.zeros((40, 50, 3), np.uint8)
-    image[:, 25:] = 200
+    image[:, 26:] = 200
     mask = np.zeros((40, 50), np.uint8)
-    mask[:, 25:] = 1
+    mask[:, 26:] = 1
     img, m = D.resize_pair(image, mask, 32)
     assert img.shape == (32, 32, 3) and m.shape == (32, 32)
     assert set(np.unique(m)) == {0, 1}  # nearest: no new labels
     assert len(np.unique(img[0])) > 2  # bilinear: a blended edge
+    assert np.array_equal(img, model_resize(image, (32, 32)))  # the device's own rule
 
 
 @pytest.mark.parametrize("size", [0, 50, 100])
