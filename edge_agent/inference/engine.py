@@ -10,8 +10,9 @@ with ``start(..., decide=True)`` the graph takes the class decision and returns 
 map (``result_kind == "classes"``), so the callback copies a quarter of the bytes and
 Python does no per-pixel work. Frames go in at their own size and the graph resizes them
 (``RESIZE_IN_GRAPH``, by preprocess.model_resize's rule, the one the build trains on);
-the frame size is known only at the first frame and may change, so one compiled variant
-per size, at most ``MAX_SIZES``, least recently used dropped.
+frames of any size go through one compiled variant with a dynamic input (one per
+box-average factor; on a device without dynamic shapes, one per frame size), at most
+``MAX_SIZES``, least recently used dropped.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
 # (preprocess.model_resize), so nothing is lost (docs/benchmarks-agent.md). Models trained
 # before bundle 3.0.0 met PIL's antialiased resize in training; they lose a little here.
 RESIZE_IN_GRAPH = True
-MAX_SIZES = 4  # compiled variants kept (frame sizes); more are compiled again when needed
+MAX_SIZES = 4  # compiled variants kept; more are compiled again when needed
 
 
 class Engine:
@@ -89,7 +90,8 @@ class Engine:
         self.decide = False
         self._core: Any = None
         self._raw: Any = None  # the model as read, before any graph step of ours
-        self._variants: OrderedDict[Tuple[Tuple[int, int], bool], Any] = OrderedDict()
+        self._variants: OrderedDict[Tuple[Any, ...], Any] = OrderedDict()
+        self._dynamic = True  # frames of any size through one variant (until a device says no)
         self._failed_sizes: Dict[Tuple[int, int], str] = {}
 
     def _properties(self, device: str) -> Dict[str, str]:
@@ -147,7 +149,7 @@ class Engine:
             self._out = ovcompat.output_index(compiled, self.manifest.output.name)
             self._compiled = compiled
             self._queue = ovcompat.new_queue(compiled, self.num_requests)
-            self._variants[(self.size_hw, False)] = (compiled, self._queue, self._out)
+            self._variants[("model", False)] = (compiled, self._queue, self._out)
             log.info("model %s %s (%s) on %s in %.1fs: %d requests, %s", self.info.name,
                      self.info.version, self.info.precision, device, time.monotonic() - t0,
                      self.num_requests, self.inference_precision)
@@ -161,17 +163,19 @@ class Engine:
                        f"{', '.join(present) or 'none'})")
         raise error
 
-    def _with_steps(self, frame_hw: Optional[Tuple[int, int]], decide: bool) -> Any:
-        """The read model + our graph steps: preprocessing (resize from ``frame_hw``) and,
-        with ``decide``, the class decision (a fresh copy each time: PPP edits in place)."""
+    def _with_steps(self, frame_hw: Optional[Tuple[int, int]], decide: bool,
+                    shrink: int = 1) -> Any:
+        """The read model + our graph steps: preprocessing and, with ``decide``, the class
+        decision (a fresh copy each time: PPP edits in place). ``frame_hw``: None = frames
+        at the model's size; ``ovcompat.ANY_SIZE`` = any size (dynamic input, resized in the
+        graph with ``shrink``); else frames of that static size, resized."""
         spec = self.manifest.input
         model = self._raw.clone()
         model = ovcompat.add_preprocessing(
             model, spec.name, spec.color_order,
             mean=spec.mean if spec.normalization == "caller" else None,
             std=spec.std if spec.normalization == "caller" else None, scale=self._scale,
-            frame_hw=frame_hw if frame_hw is not None and frame_hw != self.size_hw else None,
-            shrink=shrink_factor(frame_hw, self.size_hw) if frame_hw is not None else 1)
+            frame_hw=frame_hw if frame_hw != self.size_hw else None, shrink=shrink)
         if decide:
             index = ovcompat.output_index(model, self.manifest.output.name)
             model = ovcompat.append_class_decision(model, index, self.output_kind)
@@ -205,16 +209,38 @@ class Engine:
             self._on_result(userdata, output)
         return done
 
+    def _key(self, frame_hw: Tuple[int, int]) -> Tuple[Any, ...]:
+        """Which compiled variant serves frames of ``frame_hw``: the model's own size; else one
+        variant per box-average factor taking any size (dynamic input), or, on a device that
+        cannot compile dynamic shapes, one per frame size."""
+        if frame_hw == self.size_hw:
+            return ("model", self.decide)
+        if self._dynamic:
+            return ("any", shrink_factor(frame_hw, self.size_hw), self.decide)
+        return ("size", frame_hw, self.decide)
+
     def _variant(self, frame_hw: Tuple[int, int]) -> Any:
         """The compiled model and queue for frames of ``frame_hw`` (compiled on first use)."""
-        key = (frame_hw, self.decide)
+        key = self._key(frame_hw)
         found = self._variants.get(key)
         if found is not None:
             self._variants.move_to_end(key)
             return found
         t0 = time.monotonic()
-        model = self._with_steps(frame_hw, self.decide)
-        compiled = self._compile(self._core, model, self.device)
+        shrink = shrink_factor(frame_hw, self.size_hw)
+        if key[0] == "any":
+            try:
+                compiled = self._compile(
+                    self._core, self._with_steps(ovcompat.ANY_SIZE, self.decide, shrink),
+                    self.device)
+            except Exception as exc:  # noqa: BLE001 - e.g. NPU/MYRIAD: static shapes only
+                self._dynamic = False
+                log.warning("%s cannot take frames of any size (%s); one compiled variant per "
+                            "frame size", self.device, " ".join(str(exc).split())[:200])
+                return self._variant(frame_hw)
+        else:
+            compiled = self._compile(self._core, self._with_steps(
+                None if key[0] == "model" else frame_hw, self.decide, shrink), self.device)
         out = ovcompat.output_index(compiled, self.manifest.output.name)
         queue = ovcompat.new_queue(compiled, self.num_requests)
         queue.set_callback(self._make_done(out))
@@ -222,9 +248,21 @@ class Engine:
             _, (_, old, _) = self._variants.popitem(last=False)
             old.wait_all()  # its callbacks still deliver; then it goes
         self._variants[key] = (compiled, queue, out)
-        log.info("compiled for %dx%d frames%s in %.1fs", frame_hw[1], frame_hw[0],
+        what = {"model": "model-size frames", "any": f"frames of any size (box {shrink})",
+                "size": f"{frame_hw[1]}x{frame_hw[0]} frames"}[key[0]]
+        log.info("compiled for %s%s in %.1fs", what,
                  " with the class decision" if self.decide else "", time.monotonic() - t0)
         return self._variants[key]
+
+    def prepare(self, frame_hw: Tuple[int, int]) -> None:
+        """Compile the variant for frames of ``frame_hw`` now, before a frame of that size is
+        counted in flight (a compile is not a stalled inference); errors wait for submit."""
+        if not self.resize_in_graph or frame_hw in self._failed_sizes:
+            return
+        try:
+            self._variant(frame_hw)
+        except Exception:  # noqa: BLE001 - submit resizes in Python and says why
+            pass
 
     def submit(self, tensor: np.ndarray, userdata: Any) -> None:
         """Start one inference on [1, H, W, 3] u8 BGR (any H, W when ``resize_in_graph``,

@@ -79,6 +79,7 @@ def read_model_bytes(core: Any, model: bytes, weights: Optional[bytes], suffix: 
 
 
 RESIZE = "RESIZE_LINEAR"  # the in-graph resize; BILINEAR_PILLOW: ~5x the CPU per frame
+ANY_SIZE = (0, 0)  # add_preprocessing's frame_hw for a dynamic input: frames of any size
 
 
 def add_preprocessing(model: Any, input_name: str, color_order: str,
@@ -87,9 +88,9 @@ def add_preprocessing(model: Any, input_name: str, color_order: str,
                       shrink: int = 1) -> Any:
     """u8 BGR NHWC frames in; f32, colour order, layout (and caller-side norm) in the graph.
 
-    ``frame_hw``: frames of that size come in and are resized in the graph by
-    preprocess.model_resize's rule: ``shrink`` > 1 box-averages by that integer factor
-    first (AvgPool on f32), then bilinear.
+    ``frame_hw``: frames of that size (``ANY_SIZE``: any size, a dynamic input) come in and
+    are resized in the graph by preprocess.model_resize's rule: ``shrink`` > 1 box-averages
+    by that integer factor first (AvgPool on f32), then bilinear.
     """
     ppp = PrePostProcessor(model)
     inp = ppp.input(input_name)
@@ -98,7 +99,10 @@ def add_preprocessing(model: Any, input_name: str, color_order: str,
     pre = inp.preprocess()
     resize = getattr(ResizeAlgorithm, RESIZE, ResizeAlgorithm.RESIZE_LINEAR)
     if frame_hw is not None:
-        tensor.set_spatial_static_shape(int(frame_hw[0]), int(frame_hw[1]))
+        if tuple(frame_hw) == ANY_SIZE:
+            tensor.set_spatial_dynamic_shape()
+        else:
+            tensor.set_spatial_static_shape(int(frame_hw[0]), int(frame_hw[1]))
         if shrink > 1:  # box average needs floats: convert first, resize on f32
             pre.convert_element_type(Type.f32)
             pre.custom(lambda node: _box_average(node, shrink))

@@ -236,6 +236,7 @@ class Pipeline:
                     self._bad_frame(camera, frame.frame_id, exc)
                     continue
                 self.times.stop("preprocess", t0)
+                self.engine.prepare(tuple(tensor.shape[1:3]))  # a compile is not a stall
                 while not self.slots_free.acquire(timeout=0.2):
                     if self.stop.is_set():
                         return

@@ -395,6 +395,9 @@ class RemoteEngine:
             t.start()
             self._workers.append(t)
 
+    def prepare(self, frame_hw: Any) -> None:
+        """Nothing to compile here: frames are resized before they are sent."""
+
     def submit(self, tensor: np.ndarray, userdata: Any) -> None:
         """Send one [1, H, W, 3] u8 BGR frame at the model's size; blocks while every
         worker is busy (the bound on requests in flight)."""

@@ -90,7 +90,10 @@ def test_engine_resizes_in_graph_per_frame_size_bounded(tmp_path):
     _run(ref, frames, resize_in_graph=False)
     new = _engine(bundle, True, new_got)
     _run(new, frames, resize_in_graph=True)
-    assert len(new._variants) <= MAX_SIZES  # bounded: the least recently used size dropped
+    assert len(new._variants) <= MAX_SIZES
+    # one variant for the model's size, one for any size per box factor (1 and 2 here): not
+    # one per size
+    assert sorted(k[:2] for k in new._variants) == [("any", 1), ("any", 2), ("model", True)]
     assert new.result_kind == "classes" and ref.result_kind == "logits"
     for i, (h, w) in enumerate(sizes):
         want = postprocess.to_mask(ref_got[i], ref.result_kind)
@@ -145,3 +148,17 @@ def test_graph_resize_is_model_resize(frame_hw):
     want = preprocess.model_resize(frame, (256, 256)).astype(np.float32)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1.0 and np.abs(got - want).mean() < 0.3
+
+
+def test_engine_without_dynamic_shapes_compiles_per_size_bounded(tmp_path):
+    """A device that cannot compile a dynamic input (NPU, MYRIAD) gets one variant per
+    frame size, least recently used dropped."""
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    got = {}
+    engine = _engine(bundle, True, got)
+    engine._dynamic = False
+    sizes = [(96, 128), (40, 50), (140, 200), (64, 80), (90, 90), (96, 128)]
+    _run(engine, [_blocks(h, w) for h, w in sizes], resize_in_graph=True)
+    assert len(engine._variants) <= MAX_SIZES
+    assert all(k[0] in ("size", "model") for k in engine._variants)
+    assert sorted(got) == list(range(len(sizes)))
