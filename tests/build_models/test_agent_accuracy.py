@@ -1,0 +1,47 @@
+"""Accuracy through the agent's own path equals the build's offline figure (issue 19 item 2):
+the test split's JPEGs go in as frames at their own size, the real agent (its graph resizes
+them) publishes masks to a real broker, and they are scored against the trimaps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.build, pytest.mark.e2e]
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "agent_accuracy.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("agent_accuracy", SCRIPT)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_dice_through_the_agent_equals_the_offline_figure(tiny_build, tmp_path):
+    bundle = tiny_build["bundle"]
+    result = _tool().measure(bundle, tiny_build["data"], "test", "cpu", tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    precision = manifest["targets"]["cpu"]["precision"]
+    book = manifest["evaluation"]["metrics"][precision]
+    agent = result["agent"]
+    assert agent["missing"] == [] and agent["images"] == manifest["evaluation"]["images"]
+    assert book["dice"] > 0.6  # a trained model: a figure that can move
+    for key in ("dice", "fg_iou", "fg_dice"):
+        assert abs(agent[key] - book[key]) <= 0.003, (key, agent[key], book[key])
+
+
+def test_scoring_counts_missing_masks_and_wrong_shapes(tiny_build):
+    import numpy as np
+
+    from build_models import data as pets
+
+    tool = _tool()
+    pairs = pets.scan_split(tiny_build["data"], "test").pairs
+    result = tool.score({1: np.zeros((64, 64), np.uint8)}, pairs, (64, 64))
+    assert result["images"] == 1 and len(result["missing"]) == len(pairs) - 1
+    with pytest.raises(SystemExit, match="expected"):
+        tool.score({1: np.zeros((8, 8), np.uint8)}, pairs, (64, 64))
