@@ -34,6 +34,7 @@ from edge_agent.inference.pipeline import Pipeline
 from edge_agent.inference.remote import RemoteEngine
 from edge_agent.mqtt.connection import MAX_INCOMING_BYTES, MqttComms
 from edge_agent.protocol.messages import Stats, Status
+from edge_agent.quality.drift import DriftSettings, QualityMonitor
 from edge_agent.sources.capture import Capture
 from edge_agent.sources.frames_in import FramesIn, SenderHooks
 from edge_agent.sources.slots import FrameSlots
@@ -80,6 +81,13 @@ class Agent:
         self.frames_in: Optional[FramesIn] = None
         self._republish = threading.Event()  # set by reload, taken by the main loop
         self._max_packet = 0  # MQTT 5: the largest packet the broker may send us (status)
+        # figures need the model here: a server answers class maps only (docs/quality.md)
+        self.quality_on = cfg.quality.enabled and not cfg.model.server
+        q = cfg.quality
+        self.drift_settings = DriftSettings(
+            window_s=q.window_s, window_frames=q.window_frames, min_frames=q.min_frames,
+            enter=q.drift_enter, exit=q.drift_exit, enter_after_s=q.enter_after_s,
+            exit_after_s=q.exit_after_s)
         self.metrics: Optional[Metrics] = None
         if cfg.metrics.listen:  # prometheus-client is imported only when it starts
             self.metrics = Metrics(self, cfg.metrics.listen)
@@ -96,6 +104,15 @@ class Agent:
         if isinstance(engine, RemoteEngine):
             engine.on_problem = lambda reason: self.health.set("inference", reason)
             self.health.set("inference", engine.problem)
+
+    def quality_threshold(self, engine: Engine) -> Optional[float]:
+        """The threshold of ``engine``'s figures: its reference's (the figures must be the
+        reference's to be compared), else ``quality.confidence_threshold``; None: off."""
+        if not self.quality_on:
+            return None
+        reference = getattr(engine, "reference", None)
+        return reference.threshold if reference is not None \
+            else self.cfg.quality.confidence_threshold
 
     @property
     def engine(self) -> Engine:
@@ -122,6 +139,9 @@ class Agent:
             camera.counters, camera.latency = self.totals, self.latency
         if self.metrics is not None:
             camera.observe_latency = self.metrics.latency_observer(cid)
+        if self.quality_on:
+            camera.quality = QualityMonitor(self.drift_settings,
+                                            getattr(self.engine, "reference", None))
         self.slots.add(cid)
         self.health.add_camera(cid, counted=counted)
         self.cameras.add(camera)
@@ -247,7 +267,7 @@ class Agent:
                      ", ".join(cfg.frames_in.senders) or "any sender")
         self.comms.start()
         self.pipeline = Pipeline(engine, cfg.output.mask_resolution, self.slots, self.camera,
-                                 self.totals, self.stop)
+                                 self.totals, self.stop, quality=self.quality_threshold)
         self._engine = None  # handed over: the pipeline owns the engine in service
         if self.metrics is not None:
             self.pipeline.observe_inference = self.metrics.observe_inference
@@ -321,6 +341,9 @@ class Agent:
         if hasattr(old, "close"):
             old.close()  # the old server client's workers (drained by the swap)
         self._watch(engine)  # the old engine's problem goes with it
+        for camera in self.cameras.snapshot().values():  # the new model's reference
+            if camera.quality is not None:
+                camera.quality.set_reference(getattr(engine, "reference", None))
         self._republish.set()
         self.wake.set()
         log.info("reloaded %s %s (%s) on %s in %.1fs", engine.info.name, engine.info.version,

@@ -8,8 +8,11 @@ threads; the pipeline restores frame order.
 Per-frame work lives in the graph where it pays (measured in docs/benchmarks-agent.md):
 with ``start(..., decide=True)`` the graph takes the class decision and returns a u8 class
 map (``result_kind == "classes"``), so the callback copies a quarter of the bytes and
-Python does no per-pixel work. With ``RESIZE_IN_GRAPH`` (off: see there) frames go in at
-their own size and the graph resizes them; the frame size is known only at the first
+Python does no per-pixel work. With ``quality`` (a threshold) the graph also returns the
+frame's confidence figures (``ovcompat.append_frame_quality``: two floats), passed to the
+callback as ``FrameFigures`` (None without them, or when they are not finite). With
+``RESIZE_IN_GRAPH`` (off: see there) frames go in at their own size and the graph resizes
+them; the frame size is known only at the first
 frame and may change, so one compiled variant per size, at most ``MAX_SIZES``, least
 recently used dropped.
 """
@@ -30,6 +33,8 @@ from edge_agent.inference import ovcompat
 from edge_agent.inference.postprocess import num_classes
 from edge_agent.inference.preprocess import to_model_input
 from edge_agent.protocol.messages import ModelInfo
+from edge_agent.quality.drift import Reference
+from edge_agent.quality.figures import FrameFigures, checked
 
 log = logging.getLogger("segedge.inference")
 
@@ -48,7 +53,8 @@ def input_size(manifest: Manifest) -> Tuple[int, int]:
     return int(shape[2]), int(shape[3])
 
 
-ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
+# (userdata, output or None, the graph's figures or None)
+ResultCallback = Callable[[Any, Optional[np.ndarray], Optional[FrameFigures]], None]
 # Frames at their own size, resized by the graph (one variant per size): measured 0.2-0.5 ms
 # less CPU per 640x480 frame than cv2 INTER_AREA, but bilinear without antialiasing costs
 # 1.6 Dice points on the test split (training resizes with PIL's antialiased bilinear, which
@@ -73,6 +79,8 @@ class Engine:
         shape = manifest.output.shape
         self.output_channels = int(shape[1]) if len(shape) > 1 else 1
         self.output_kind: str = manifest.output.kind or "logits"
+        # the bundle's quality reference (None: the bundle has none: ``no_reference``)
+        self.reference = Reference.from_manifest(getattr(manifest, "reference", None))
         # the bundle's class names, padded to the output's channel count (computed once:
         # every mask message and overlay names them)
         named = list(manifest.classes)
@@ -88,6 +96,7 @@ class Engine:
         self._on_result: Optional[ResultCallback] = None
         self.resize_in_graph = RESIZE_IN_GRAPH
         self.decide = False
+        self.quality: Optional[float] = None  # figures at this threshold (None: none)
         self._core: Any = None
         self._raw: Any = None  # the model as read, before any graph step of ours
         self._variants: OrderedDict[Tuple[Tuple[int, int], bool], Any] = OrderedDict()
@@ -174,6 +183,9 @@ class Engine:
             frame_hw=frame_hw if frame_hw is not None and frame_hw != self.size_hw else None)
         if decide:
             index = ovcompat.output_index(model, self.manifest.output.name)
+            if self.quality is not None:  # reads the scores: before the decision
+                model = ovcompat.append_frame_quality(model, index, self.output_kind,
+                                                      self.quality)
             model = ovcompat.append_class_decision(model, index, self.output_kind)
         return model
 
@@ -182,27 +194,35 @@ class Engine:
         """What ``on_result`` receives: "classes" (u8 class map) or the model's own output."""
         return "classes" if self.decide else self.output_kind
 
-    def start(self, on_result: ResultCallback, decide: bool = False) -> None:
+    def start(self, on_result: ResultCallback, decide: bool = False,
+              quality: Optional[float] = None) -> None:
         """Set the one result callback (once, before the first ``submit``); ``decide``: the
-        graph returns the u8 class map (``postprocess.to_mask``'s rule) instead of scores."""
+        graph returns the u8 class map (``postprocess.to_mask``'s rule) instead of scores;
+        ``quality``: the threshold of the frame's figures, computed in the graph with
+        ``decide`` (without: the caller computes them from the scores)."""
         if self._on_result is not None:
             raise RuntimeError("engine already started")
         self._on_result = on_result
         self.decide = decide
+        self.quality = quality
         if decide:
             self._variants.clear()  # the warm-up variant returns scores
             self._variant(self.size_hw)  # compiled now, not at the first frame
         else:
-            self._queue.set_callback(self._make_done(self._out))
+            self._queue.set_callback(self._make_done(self._out, None))
 
-    def _make_done(self, out: int) -> Callable[[Any, Any], None]:
+    def _make_done(self, out: int, figures_at: Optional[int]) -> Callable[[Any, Any], None]:
         def done(request: Any, userdata: Any) -> None:
+            figures = None
             try:
                 output = np.array(ovcompat.output_array(request, out), copy=True)
+                if figures_at is not None:
+                    pair = ovcompat.output_array(request, figures_at)
+                    figures = checked(float(pair[0]), float(pair[1]))  # NaN: None
             except Exception:  # noqa: BLE001 - must not kill OpenVINO's callback thread
                 log.exception("reading inference output failed")
                 output = None
-            self._on_result(userdata, output)
+            self._on_result(userdata, output, figures)
         return done
 
     def _variant(self, frame_hw: Tuple[int, int]) -> Any:
@@ -216,8 +236,10 @@ class Engine:
         model = self._with_steps(frame_hw, self.decide)
         compiled = self._compile(self._core, model, self.device)
         out = ovcompat.output_index(compiled, self.manifest.output.name)
+        figures_at = ovcompat.output_index(compiled, ovcompat.QUALITY_OUTPUT) \
+            if self.quality is not None and self.decide else None
         queue = ovcompat.new_queue(compiled, self.num_requests)
-        queue.set_callback(self._make_done(out))
+        queue.set_callback(self._make_done(out, figures_at))
         while len(self._variants) >= MAX_SIZES:
             _, (_, old, _) = self._variants.popitem(last=False)
             old.wait_all()  # its callbacks still deliver; then it goes

@@ -76,10 +76,13 @@ class Mask:
     mask: Any
     model: ModelInfo
     device: str
+    # the frame's confidence figures (edge_agent.quality.figures): uncertain, margin;
+    # absent when quality is off or the frame had none
+    quality: Optional[Dict[str, float]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return _json(self)
+        return _json(self, ("quality",))
 
 
 @dataclass
