@@ -218,6 +218,18 @@ class QualityMonitor:
     def state(self) -> DriftState:
         return self._state
 
+    def stats(self) -> Dict[str, Any]:
+        """A camera's stats ``quality``: state, the window's figures, the drift score."""
+        return {"state": self._state.state, **self.window, "unscored": self.unscored,
+                "drift_score": _r(self.score)}
+
+    def health(self) -> Dict[str, Any]:
+        """The health file's entry for this camera (the deploy's canary reads it)."""
+        w = self.window
+        return {"state": self._state.state, "uncertain_mean": w["uncertain_mean"],
+                "margin_mean": w["margin_mean"], "drift_score": _r(self.score),
+                "frames": w["frames"]}
+
     def report(self, now_mono: Optional[float] = None, now_wall: Optional[float] = None
                ) -> Dict[str, Any]:
         """The quality message's body: state, since (Unix seconds), window, reference,
