@@ -324,7 +324,8 @@ class Agent:
     def _camera_infos(self) -> List[CameraInfo]:
         info = self.engine.info
         return [CameraInfo(c.id, tuple(self.engine.classes), info.name, info.version,
-                           info.precision, overlay=c.overlay_interval_s > 0)
+                           info.precision, overlay=c.overlay_interval_s > 0,
+                           quality=self.quality_on)
                 for c in self.cfg.cameras]
 
     def reload(self) -> Optional[str]:
