@@ -384,7 +384,7 @@ def test_example_home_assistant_config_runs(broker, unique_id, tmp_path, client_
         assert wait_until(lambda: c.on(f"segedge/{unique_id}/overlay")
                           and c.on(f"segedge/{unique_id}/mask"), 40), log.read_text()
         assert wait_until(lambda: len({t for t, _, _, _ in c.messages
-                                       if t.startswith("homeassistant/")}) == 12, 5)
+                                       if t.startswith("homeassistant/")}) == 14, 5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, log.read_text()
     finally:
