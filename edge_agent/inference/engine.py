@@ -234,7 +234,16 @@ class Engine:
             return found
         t0 = time.monotonic()
         model = self._with_steps(frame_hw, self.decide)
-        compiled = self._compile(self._core, model, self.device)
+        try:
+            compiled = self._compile(self._core, model, self.device)
+        except Exception as exc:  # noqa: BLE001 - a plugin without the figures' ops
+            if self.quality is None or not self.decide:
+                raise
+            log.warning("device %s cannot compute the confidence figures in the graph (%s); "
+                        "running without them (no quality figures)", self.device,
+                        " ".join(str(exc).split())[:200])
+            self.quality = None
+            compiled = self._compile(self._core, self._with_steps(frame_hw, True), self.device)
         out = ovcompat.output_index(compiled, self.manifest.output.name)
         figures_at = ovcompat.output_index(compiled, ovcompat.QUALITY_OUTPUT) \
             if self.quality is not None and self.decide else None

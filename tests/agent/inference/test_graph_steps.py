@@ -181,3 +181,25 @@ def test_binary_coverage_fast_path_matches_bincount():
                  np.zeros((5, 5), np.uint8), np.ones((5, 5), np.uint8)):
         counts = np.bincount(mask.ravel(), minlength=2)[:2]
         assert postprocess.coverage(mask, 2) == [round(float(c) / mask.size, 6) for c in counts]
+
+
+def test_a_device_that_cannot_compile_the_figures_runs_without_them(tmp_path, monkeypatch):
+    """A plugin lacking an op of the figures (an old MYRIAD, say) must not stop the agent:
+    the class map still comes, without figures, and the pipeline then computes none."""
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"]),
+                    OpenedBundle.open(str(bundle), "cpu"))
+    engine.load()
+    real = ovcompat.compile_model
+
+    def picky(core, model, device, config):
+        if any(ovcompat.QUALITY_OUTPUT in o.get_names() for o in model.outputs):
+            raise RuntimeError("Cannot create ReduceMean layer: unsupported")
+        return real(core, model, device, config)
+
+    monkeypatch.setattr(ovcompat, "compile_model", picky)
+    got = {}
+    engine.start(lambda i, out, fig: got.__setitem__(i, (out, fig)), decide=True, quality=0.9)
+    assert engine.quality is None
+    _run(engine, [_blocks(64, 64)], resize_in_graph=False)
+    assert got[0][0].dtype == np.uint8 and got[0][1] is None
