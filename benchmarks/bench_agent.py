@@ -139,6 +139,7 @@ def stage_split(first: Dict[str, Any], last: Dict[str, Any]) -> Optional[Dict[st
         "inference": (thread("native") / inferred + stage("submit")) * 1e3,
         "postprocess": stage("postprocess") * 1e3,
         "encode": stage("encode") * 1e3,
+        "quality": stage("quality") * 1e3,  # the window; the graph's figures: in inference
         "publish": (stage("message") + stage("publish")
                     + thread("paho") / inferred) * 1e3,
         "total": (b["process_cpu_s"] - a["process_cpu_s"]) / inferred * 1e3,
@@ -323,7 +324,8 @@ def chart(result: Dict[str, Any], path: Path) -> None:
     ax1.set_ylim(bottom=0)
     ax1.legend(fontsize=8)
     ax1.set_title(result["model"]["name"])
-    stages = ["decode", "preprocess", "inference", "postprocess", "encode", "publish", "other"]
+    stages = ["decode", "preprocess", "inference", "postprocess", "encode", "quality", "publish",
+              "other"]
     names = [n for n in result["summary"] if result["cpu_ms_per_frame"].get(n)]
     bottom = [0.0] * len(names)
     for st in stages:

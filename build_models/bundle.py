@@ -269,13 +269,20 @@ def report_step(build: Build, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def finish(build: Build, report: Dict[str, Any]) -> Path:
-    """Manifest, verification of the stage, then the rename into place."""
+    """Manifest, the quality reference (build_models.reference: val and test through the
+    agent's own graph steps, into the manifest and report/), verification of the stage,
+    then the rename into place."""
+    from build_models import reference
     from build_models.verify import verify
 
     ckpt = Path(build.cfg.checkpoint)
     manifest = make_manifest(build.stage, build.name, build.version, build.meta, ckpt,
                              build.targets, build.per_target, report["evaluation"])
     mf.write_manifest(build.stage, manifest)
+    ref = reference.compute(build.stage, Path(build.cfg.data),
+                            limit=build.cfg.eval_limit or reference.MAX_PER_SPLIT)
+    reference.write(build.stage, ref)
+    report["reference"] = reference.summary(ref)
     problems = verify(build.stage)["problems"]
     if problems:
         raise BundleError("built bundle does not verify: " + "; ".join(problems))

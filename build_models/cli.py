@@ -1,4 +1,4 @@
-"""``segedge-build``: fetch | train | export | verify | all.
+"""``segedge-build``: fetch | train | export | verify | repository | reference | all.
 
     segedge-build all --data DIR --out models -- --epochs 40     # dataset -> verified bundle
 """
@@ -19,6 +19,7 @@ COMMANDS = {
     "export": "checkpoint -> bundle (all targets, INT8 gate, report, manifest, verified)",
     "verify": "check a bundle without torch (schema, checksums, runs on CPU)",
     "repository": "bundle -> OVMS/Triton model repository (KServe v2 servers)",
+    "reference": "add the quality reference (val/test confidence figures) to a built bundle",
     "all": "dataset folder -> trained checkpoint -> verified bundle, in one command",
 }
 
@@ -67,6 +68,8 @@ def dispatch(command: str, argv: List[str]) -> Dict[str, Any]:
         from build_models.verify import main as step
     elif command == "repository":
         from build_models.repository import main as step
+    elif command == "reference":
+        from build_models.reference import main as step
     else:
         step = run_all
     return step(argv)
@@ -100,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 3
     if argv[0] != "verify" and not result.get("rank"):  # under torchrun: rank 0 speaks
         keys = ("bundle", "checkpoint", "evaluation", "best_val_dice", "dest", "repository",
-                "written", "version")
+                "written", "version", "reference")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))
     return 0 if result.get("ok", True) else 1
 

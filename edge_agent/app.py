@@ -33,7 +33,8 @@ from edge_agent.inference.engine import Engine
 from edge_agent.inference.pipeline import Pipeline
 from edge_agent.inference.remote import RemoteEngine
 from edge_agent.mqtt.connection import MAX_INCOMING_BYTES, MqttComms
-from edge_agent.protocol.messages import Stats, Status
+from edge_agent.protocol.messages import Quality, Stats, Status
+from edge_agent.quality.drift import DriftSettings, QualityMonitor
 from edge_agent.sources.capture import Capture
 from edge_agent.sources.frames_in import FramesIn, SenderHooks
 from edge_agent.sources.slots import FrameSlots
@@ -42,6 +43,7 @@ log = logging.getLogger("segedge.agent")
 WAITING_FOR_FRAME = "source: waiting for first frame"
 FINISHED = "source: finished (the file ended and loop = false)"
 TICK_S = 0.2
+QUALITY_EVAL_S = 1.0  # each camera's quality window is judged this often (main thread)
 # the agent's stats ``requests``: frames and commands refused whole for a response topic
 # outside the asker's reply tree; commands dropped by the token bucket (answered when
 # they asked) or by a full commands queue (not answered)
@@ -80,6 +82,13 @@ class Agent:
         self.frames_in: Optional[FramesIn] = None
         self._republish = threading.Event()  # set by reload, taken by the main loop
         self._max_packet = 0  # MQTT 5: the largest packet the broker may send us (status)
+        # figures need the model here: a server answers class maps only (docs/quality.md)
+        self.quality_on = cfg.quality.enabled and not cfg.model.server
+        q = cfg.quality
+        self.drift_settings = DriftSettings(
+            window_s=q.window_s, window_frames=q.window_frames, min_frames=q.min_frames,
+            enter=q.drift_enter, exit=q.drift_exit, enter_after_s=q.enter_after_s,
+            exit_after_s=q.exit_after_s)
         self.metrics: Optional[Metrics] = None
         if cfg.metrics.listen:  # prometheus-client is imported only when it starts
             self.metrics = Metrics(self, cfg.metrics.listen)
@@ -96,6 +105,15 @@ class Agent:
         if isinstance(engine, RemoteEngine):
             engine.on_problem = lambda reason: self.health.set("inference", reason)
             self.health.set("inference", engine.problem)
+
+    def quality_threshold(self, engine: Engine) -> Optional[float]:
+        """The threshold of ``engine``'s figures: its reference's (the figures must be the
+        reference's to be compared), else ``quality.confidence_threshold``; None: off."""
+        if not self.quality_on:
+            return None
+        reference = getattr(engine, "reference", None)
+        return reference.threshold if reference is not None \
+            else self.cfg.quality.confidence_threshold
 
     @property
     def engine(self) -> Engine:
@@ -122,6 +140,9 @@ class Agent:
             camera.counters, camera.latency = self.totals, self.latency
         if self.metrics is not None:
             camera.observe_latency = self.metrics.latency_observer(cid)
+        if self.quality_on:
+            camera.quality = QualityMonitor(self.drift_settings,
+                                            getattr(self.engine, "reference", None))
         self.slots.add(cid)
         self.health.add_camera(cid, counted=counted)
         self.cameras.add(camera)
@@ -202,7 +223,16 @@ class Agent:
                                                       "reason": None},
                 "masks_published": self.pipeline.masks_sent if self.pipeline else 0,
                 "masks_by_camera": {cid: c.masks_sent for cid, c in cameras.items()},
-                "session": self.session}
+                "session": self.session, **self._quality_facts(cameras)}
+
+    def _quality_facts(self, cameras: Dict[str, Camera]) -> Dict[str, Any]:
+        """The health file's ``quality``: per camera with a window, its state and figures
+        (never part of ``state``: quality does not change the status)."""
+        if not self.quality_on:
+            return {}
+        version = self.engine.info.version
+        return {"quality": {cid: {**c.quality.health(), "model_version": version}
+                            for cid, c in cameras.items() if c.quality is not None}}
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -247,7 +277,7 @@ class Agent:
                      ", ".join(cfg.frames_in.senders) or "any sender")
         self.comms.start()
         self.pipeline = Pipeline(engine, cfg.output.mask_resolution, self.slots, self.camera,
-                                 self.totals, self.stop)
+                                 self.totals, self.stop, quality=self.quality_threshold)
         self._engine = None  # handed over: the pipeline owns the engine in service
         if self.metrics is not None:
             self.pipeline.observe_inference = self.metrics.observe_inference
@@ -294,7 +324,8 @@ class Agent:
     def _camera_infos(self) -> List[CameraInfo]:
         info = self.engine.info
         return [CameraInfo(c.id, tuple(self.engine.classes), info.name, info.version,
-                           info.precision, overlay=c.overlay_interval_s > 0)
+                           info.precision, overlay=c.overlay_interval_s > 0,
+                           quality=self.quality_on)
                 for c in self.cfg.cameras]
 
     def reload(self) -> Optional[str]:
@@ -321,6 +352,9 @@ class Agent:
         if hasattr(old, "close"):
             old.close()  # the old server client's workers (drained by the swap)
         self._watch(engine)  # the old engine's problem goes with it
+        for camera in self.cameras.snapshot().values():  # the new model's reference
+            if camera.quality is not None:
+                camera.quality.set_reference(getattr(engine, "reference", None))
         self._republish.set()
         self.wake.set()
         log.info("reloaded %s %s (%s) on %s in %.1fs", engine.info.name, engine.info.version,
@@ -341,6 +375,7 @@ class Agent:
     def _loop(self, watchdog: Watchdog) -> int:
         interval = self.cfg.output.stats_interval_s
         next_stats = time.monotonic() + interval
+        next_quality = time.monotonic() + QUALITY_EVAL_S
         while not self.stop.is_set():
             self.wake.wait(TICK_S)
             self.wake.clear()
@@ -357,10 +392,44 @@ class Agent:
                 break
             self._publish_status(now)
             self.comms.pump()
-            if now >= next_stats:
+            stats_due = now >= next_stats
+            if self.quality_on and (now >= next_quality or stats_due):
+                next_quality = now + QUALITY_EVAL_S
+                self.judge_quality(publish_all=stats_due)
+            if stats_due:
                 next_stats = now + interval
                 self.publish_stats(interval)
         return 0
+
+    # --- quality ----------------------------------------------------------------------
+    def judge_quality(self, publish_all: bool = False) -> None:
+        """Evaluate every camera's window; publish (retained) the cameras whose state
+        changed, or all of them with ``publish_all`` (every stats interval). A change is
+        logged once and rewrites the health file; it never touches the status."""
+        changed = False
+        for cid, camera in self.cameras.snapshot().items():
+            monitor = camera.quality
+            if monitor is None:
+                continue
+            before = monitor.state.state
+            if monitor.evaluate():
+                changed = True
+                log.info("%s: quality %s -> %s (drift score %s)", cid, before,
+                         monitor.state.state,
+                         "none" if monitor.score is None else f"{monitor.score:.2f}")
+                self.comms.publish_quality(self._quality(cid, monitor).to_json(), cid)
+            elif publish_all:
+                self.comms.publish_quality(self._quality(cid, monitor).to_json(), cid)
+        if changed:
+            self.health.refresh()
+
+    def _quality(self, camera_id: str, monitor: QualityMonitor) -> Quality:
+        info = self.engine.info
+        body = monitor.report()
+        return Quality(device_id=camera_id, camera_id=camera_id, ts=round(time.time(), 3),
+                       model={"name": info.name, "version": info.version},
+                       agent_id=self.agent_id if self.multi and camera_id != self.agent_id
+                       else None, **body)
 
     # --- stats ------------------------------------------------------------------------
     def _stats(self, device_id: str, counters: Counters, latency: LatencyWindow,
@@ -391,7 +460,8 @@ class Agent:
             camera.stats_seq += 1
             stats = self._stats(cid, camera.counters, camera.latency, self.slots.depth(cid),
                                 self.health.view(cid).state, camera.stats_seq, process,
-                                interval, agent_id=self.agent_id)
+                                interval, agent_id=self.agent_id,
+                                quality=camera.quality.stats() if camera.quality else None)
             self.comms.publish_stats(stats.to_json(), cid)
             per_camera[cid] = {"state": stats.state, "fps": stats.fps,
                                "latency_p50_ms": stats.latency_ms.get("p50"),
@@ -399,10 +469,12 @@ class Agent:
         with self._seq_lock:
             self._stats_seq += 1
             seq = self._stats_seq
+        own = self.cameras.get(self.agent_id)  # the single-camera form: the camera's window
         stats = self._stats(self.agent_id, self.totals, self.latency, self.slots.depth(),
                             self.health.state, seq, process, interval,
                             cameras=per_camera if self.multi else None,
-                            requests=self.requests.snapshot())
+                            requests=self.requests.snapshot(),
+                            quality=own.quality.stats() if own and own.quality else None)
         self.comms.publish_stats(stats.to_json())
         self.health.refresh()
         log.debug("stats %s", stats.fps)

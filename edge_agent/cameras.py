@@ -1,8 +1,8 @@
 """The camera registry and its entries: each camera's settings, counters and outputs.
 
 Every camera (a configured source, or a sender of frames over MQTT) owns one
-``Camera``: its settings, counters, latency window, publish-rate limiter, snapshot
-request and the functions that publish under its own topic id. Frames travel apart,
+``Camera``: its settings, counters, latency window, quality window, publish-rate limiter,
+snapshot request and the functions that publish under its own topic id. Frames travel apart,
 through ``edge_agent.sources.slots``.
 """
 
@@ -18,6 +18,7 @@ from edge_agent.config import CameraConfig
 from edge_agent.control.rules import CommandState
 from edge_agent.health.pacing import RateLimiter
 from edge_agent.health.stats import Counters, LatencyWindow
+from edge_agent.quality.drift import QualityMonitor
 
 
 class Snapshot:
@@ -81,6 +82,7 @@ class Camera:
         self._snapshot: Optional[Snapshot] = None
         self.frame_id = 0  # frames-in: the sender's last frame id (ours when it sends none)
         self.observe_latency: Optional[Callable[[float], None]] = None  # set by [metrics]
+        self.quality: Optional[QualityMonitor] = None  # its figures' window ([quality])
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters.add(name, n)

@@ -26,7 +26,7 @@ import voluptuous as vol
 
 from edge_agent.control import homeassistant as ha
 
-COMPONENTS = ("sensor", "switch", "number", "select", "button", "image")
+COMPONENTS = ("sensor", "binary_sensor", "switch", "number", "select", "button", "image")
 
 
 def _dict_schema(schema: Any) -> Optional[Dict[Any, Any]]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import stat
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -22,7 +24,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from edge_agent.bundle import schema as schemas
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # written; 2 adds the optional ``reference``
+SCHEMA_VERSIONS = (1, 2)  # read (a version 1 manifest carries no reference)
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few KB; refuse before parsing
 MAX_DEPTH = 32  # JSON nesting a manifest may have (real ones: 5)
@@ -33,6 +36,12 @@ MAX_FILE_BYTES = 1 << 30  # 1 GiB
 MAX_IR_XML_BYTES = 16 << 20  # an IR's .xml is parsed whole at --check-config (real: < 5 MB)
 HASH_BUFFER = 1 << 20  # files are hashed through one buffer of this size, never read whole
 TARGETS = ("cpu", "gpu", "npu", "myriad")
+# The quality reference (docs/quality.md): per split, one list per figure, one value
+# (0..1) per image, at most this many images and splits.
+REFERENCE_FIGURES = ("uncertain", "margin", "coverage")
+MAX_REFERENCE_IMAGES = 10000
+MAX_REFERENCE_SPLITS = 4
+_SPLIT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # The OpenVINO device each bundle target is meant for.
 TARGET_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "myriad": "MYRIAD"}
 
@@ -92,12 +101,16 @@ class Manifest:
     targets: Dict[str, TargetEntry]
     evaluation: Dict[str, Any]
     files: List[FileEntry]
+    # {"statistic": "uncertain", "threshold", "splits": {split: {figure: [...]}}} or None
+    reference: Optional[Dict[str, Any]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         for target in data["targets"].values():
             target.pop("name", None)
+        if data["reference"] is None:
+            data.pop("reference")
         return data
 
 
@@ -257,14 +270,55 @@ def _tensor(data: Dict[str, Any], where: str) -> TensorSpec:
     return TensorSpec(**values)
 
 
+def _reference(data: Any, where: str) -> Optional[Dict[str, Any]]:
+    """The checked quality reference (the schema has passed): bounded, finite, each split's
+    figures of the same images; BundleError names the split and figure."""
+    if data is None:
+        return None
+    threshold = data["threshold"]
+    if not math.isfinite(threshold) or not 0.5 <= threshold < 1.0:
+        raise BundleError(f"{where}.threshold: must be >= 0.5 and < 1, got {threshold!r:.40}")
+    splits = data["splits"]
+    if len(splits) > MAX_REFERENCE_SPLITS:
+        raise BundleError(f"{where}.splits: {len(splits)} splits, more than the "
+                          f"{MAX_REFERENCE_SPLITS} allowed")
+    out: Dict[str, Dict[str, List[float]]] = {}
+    for name, split in splits.items():
+        if not _SPLIT_NAME.fullmatch(name):
+            raise BundleError(f"{where}.splits: split name {name!r:.40} must be "
+                              f"{_SPLIT_NAME.pattern}")
+        lengths = set()
+        for figure in REFERENCE_FIGURES:
+            values = split[figure]
+            loc = f"{where}.splits.{name}.{figure}"
+            if len(values) > MAX_REFERENCE_IMAGES:
+                raise BundleError(f"{loc}: {len(values)} values, more than the "
+                                  f"{MAX_REFERENCE_IMAGES} allowed")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                        or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+                    raise BundleError(f"{loc}: {v!r:.40} is not a finite number in 0..1")
+            lengths.add(len(values))
+        if len(lengths) != 1:
+            raise BundleError(f"{where}.splits.{name}: uncertain, margin and coverage must "
+                              f"hold one value per image each (lengths {sorted(lengths)})")
+        out[name] = {f: [float(v) for v in split[f]] for f in REFERENCE_FIGURES}
+    checked: Dict[str, Any] = {"statistic": data["statistic"], "threshold": float(threshold),
+                               "splits": out}
+    if "target" in data:
+        checked["target"] = data["target"]
+    return checked
+
+
 def parse_manifest(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Turn manifest JSON into a Manifest; BundleError for anything the schema refuses."""
     if not isinstance(data, dict):
         raise BundleError(f"{where}: expected a JSON object")
     version = data.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or version not in SCHEMA_VERSIONS:
         raise BundleError(f"{where}: schema_version {version!r:.40} is not supported "
-                          f"(this segedge reads {SCHEMA_VERSION})")
+                          f"(this segedge reads {' and '.join(map(str, SCHEMA_VERSIONS))})")
     if not _depth_ok(data):
         raise BundleError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     try:
@@ -299,6 +353,7 @@ def parse_manifest(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         classes=list(data["classes"]), targets=targets,
         evaluation=dict(data["evaluation"]),
         files=_files(data["files"], f"{where}: files"),
+        reference=_reference(data.get("reference"), f"{where}: reference"),
     )
 
 

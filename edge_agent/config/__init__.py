@@ -56,6 +56,7 @@ from edge_agent.config.settings import (  # noqa: F401 - the package's API
     ModelConfig,
     MqttConfig,
     OutputConfig,
+    QualityConfig,
     SourceConfig,
     id_problem,
     valid_id,

@@ -238,6 +238,9 @@ def validate(cfg: Config) -> None:
            and not ha.discovery_prefix.startswith("/") and not ha.discovery_prefix.endswith("/"),
            "homeassistant.discovery_prefix", f"must be non-empty without wildcards, spaces or "
                                              f"edge '/', got {_short(ha.discovery_prefix)}")
+    _check(cfg.quality.drift_exit < cfg.quality.drift_enter, "quality.drift_exit",
+           f"must be below quality.drift_enter ({cfg.quality.drift_enter}), got "
+           f"{_short(cfg.quality.drift_exit)}")
     if cfg.metrics.listen:
         try:
             metrics_address(cfg.metrics.listen)

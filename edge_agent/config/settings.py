@@ -194,6 +194,31 @@ class MetricsConfig:
                          "imported only when set (docs/agent.md, \"Prometheus metrics\")")
 
 
+@dataclass
+class QualityConfig:
+    enabled: bool = _f(True, "per-frame confidence figures (in the graph) in each mask, the "
+                             "window's in each camera's stats, the retained "
+                             "`<prefix>/<id>/quality` topic and drift state (docs/quality.md)")
+    confidence_threshold: float = _f(0.9, "a pixel is uncertain when its top-class "
+                                          "probability is below this; a bundle whose "
+                                          "`reference` names its own threshold uses that one",
+                                     0.5, 0.999)
+    window_s: float = _f(20.0, "the rolling window: figures of the frames of the last this "
+                               "many seconds", 1, 3600)
+    window_frames: int = _f(1000, "and at most this many frames (the newest)", 10, 100000)
+    min_frames: int = _f(60, "`warming_up` until the window holds this many frames (or "
+                             "frames over half of `window_s`, for slow cameras)", 1, 100000)
+    drift_enter: float = _f(0.75, "drift score (the window's mean uncertain share as a "
+                                  "quantile of the reference's images, 0..1) at or above "
+                                  "which a camera turns `drifting`", 0, 1, above=True)
+    drift_exit: float = _f(0.65, "score at or below which a `drifting` camera turns `ok` "
+                                 "again (below `drift_enter`: the hysteresis)", 0, 1)
+    enter_after_s: float = _f(5.0, "the score must stay at or above `drift_enter` this long "
+                                   "before `drifting`", 0, 3600)
+    exit_after_s: float = _f(10.0, "the score must stay at or below `drift_exit` this long "
+                                   "before `ok`", 0, 3600)
+
+
 CAMERA_SOURCE_KEYS = ("uri", "loop", "fps", "realtime", "stall_timeout_s", "reconnect_max_s")
 
 
@@ -243,6 +268,7 @@ class Config:
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     frames_in: FramesInConfig = field(default_factory=FramesInConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     # filled by load(): the [[cameras]] tables, or the one camera of the single-camera form
     cameras: List[CameraConfig] = field(default_factory=list)
 
@@ -255,7 +281,7 @@ class Config:
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
             "mqtt": MqttConfig, "homeassistant": HomeAssistantConfig,
             "commands": CommandsConfig, "frames_in": FramesInConfig,
-            "metrics": MetricsConfig}
+            "metrics": MetricsConfig, "quality": QualityConfig}
 
 
 TABLE_LISTS = ("cameras",)  # top-level arrays of tables, not plain keys

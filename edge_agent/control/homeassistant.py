@@ -11,8 +11,9 @@ platform schemas by ``scripts/check_ha_discovery.py``.
 One HA device per camera (identifiers ``segedge_<camera_id>``); when the agent serves
 several cameras it is a device of its own and each camera names it as ``via_device``.
 Entities read the agent's existing messages: ``status`` (availability, state sensor),
-``stats`` (fps, latency, drops), ``mask`` (coverage), the retained ``<feature>/state``
-topics of edge_agent.control.rules, and the optional ``overlay`` JPEG stream.
+``stats`` (fps, latency, drops), ``mask`` (coverage), the retained ``quality`` (confidence,
+drift), the retained ``<feature>/state`` topics of edge_agent.control.rules, and the
+optional ``overlay`` JPEG stream.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from edge_agent.control import rules as commands
+from edge_agent.protocol.topics import quality_topic
 
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 MANUFACTURER = "segedge"
@@ -70,6 +72,7 @@ class CameraInfo:
     model_version: str = ""
     precision: str = ""
     overlay: Optional[bool] = None  # its overlay stream is on (None: the settings say)
+    quality: bool = True  # its retained quality topic is published ([quality])
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,25 @@ def camera_discovery(prefix: str, agent_id: str, camera: CameraInfo, sw_version:
         "state_topic": stats, "value_template": "{{ value_json.latency_ms.p50 }}",
         "unit_of_measurement": "ms", "state_class": "measurement",
         "suggested_display_precision": 1, "icon": "mdi:timer-outline"})
+    quality = quality_topic(prefix, cid)
+    if camera.quality:
+        b.add("sensor", "confidence", "Confidence", {
+            # 1 - the window's share of unsure pixels; None (HA: unknown) while empty
+            "state_topic": quality, "unit_of_measurement": "%", "state_class": "measurement",
+            "value_template": "{{ none if value_json.window.uncertain_mean is none else "
+                              "((1 - value_json.window.uncertain_mean) * 100) | round(1) }}",
+            "json_attributes_topic": quality,
+            "json_attributes_template": "{{ {'state': value_json.state, 'drift_score': "
+                                        "value_json.drift.score if value_json.drift "
+                                        "else none} | tojson }}",
+            "suggested_display_precision": 1, "icon": "mdi:check-decagram"})
+        b.add("binary_sensor", "drift", "Model drift", {
+            "state_topic": quality, "device_class": "problem",
+            "value_template": "{{ 'ON' if value_json.state == 'drifting' else 'OFF' }}",
+            "payload_on": "ON", "payload_off": "OFF"})
+    else:
+        b.remove("sensor", "confidence")
+        b.remove("binary_sensor", "drift")
     b.add("sensor", "dropped_frames", "Dropped frames", {
         "state_topic": stats, "value_template": "{{ value_json.frames.dropped }}",
         "state_class": "total_increasing", "entity_category": "diagnostic",

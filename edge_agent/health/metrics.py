@@ -15,7 +15,10 @@ Series (per camera: label ``camera``; docs/agent.md, "Prometheus metrics"):
 - ``segedge_capture_queue`` (0/1: the latest-frame slot), ``segedge_mqtt_connected``,
   ``segedge_mqtt_outbound_queue`` (masks waiting), ``segedge_mqtt_spool`` (status and
   stats waiting);
-- ``segedge_model_info{name,version,sha256,device,precision}`` 1.
+- ``segedge_model_info{name,version,sha256,device,precision}`` 1;
+- ``[quality]``: ``segedge_quality_uncertain`` (the window's share of unsure pixels),
+  ``segedge_quality_drift_score`` and ``segedge_quality_drifting`` (1 while ``drifting``)
+  per camera with figures in its window.
 """
 
 from __future__ import annotations
@@ -96,6 +99,30 @@ class Metrics:
         return {cid: cam for cid, cam in agent.cameras.snapshot().items()
                 if not (agent.multi and cid == agent.agent_id)}
 
+    @staticmethod
+    def _quality(cameras: Dict[str, Any]):  # noqa: ANN205 - metric families
+        from prometheus_client.core import GaugeMetricFamily
+
+        uncertain = GaugeMetricFamily("segedge_quality_uncertain", "Share of unsure pixels "
+                                      "over the camera's quality window", labels=["camera"])
+        score = GaugeMetricFamily("segedge_quality_drift_score", "The window's drift score "
+                                  "against the bundle's reference (0..1)", labels=["camera"])
+        drifting = GaugeMetricFamily("segedge_quality_drifting", "1 while the camera's "
+                                     "quality state is drifting", labels=["camera"])
+        for cid, camera in cameras.items():
+            monitor = getattr(camera, "quality", None)
+            if monitor is None:
+                continue
+            mean = monitor.window.get("uncertain_mean")
+            if mean is not None:
+                uncertain.add_metric([cid], mean)
+            if monitor.score is not None:
+                score.add_metric([cid], monitor.score)
+            drifting.add_metric([cid], 1.0 if monitor.state.state == "drifting" else 0.0)
+        yield uncertain
+        yield score
+        yield drifting
+
     def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
         from prometheus_client.core import (
             CounterMetricFamily,
@@ -126,6 +153,7 @@ class Metrics:
         yield from frames.values()
         yield state
         yield queue
+        yield from self._quality(cameras)
         for name, table, text in (
                 ("segedge_capture_to_publish_seconds", self.latency,
                  "Capture to publish latency of published masks"),

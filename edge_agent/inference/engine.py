@@ -8,15 +8,18 @@ threads; the pipeline restores frame order.
 Per-frame work lives in the graph where it pays (measured in docs/benchmarks-agent.md):
 with ``start(..., decide=True)`` the graph takes the class decision and returns a u8 class
 map (``result_kind == "classes"``), so the callback copies a quarter of the bytes and
-Python does no per-pixel work. Frames go in at their own size and the graph resizes them
-(``RESIZE_IN_GRAPH``, by preprocess.model_resize's rule, the one the build trains on);
-frames of any size go through one compiled variant with a dynamic input (one per
-box-average factor; on a device without dynamic shapes, one per frame size), at most
-``MAX_SIZES``, least recently used dropped.
+Python does no per-pixel work. With ``quality`` (a threshold) the graph also returns the
+frame's confidence figures (``ovcompat.append_frame_quality``: two floats), passed to the
+callback as ``FrameFigures`` (None without them, or when they are not finite). Frames go in
+at their own size and the graph resizes them (``RESIZE_IN_GRAPH``, by
+preprocess.model_resize's rule, the one the build trains on): frames of any size go through
+one compiled variant with a dynamic input (one per box-average factor; on a device without
+dynamic shapes, one per frame size), at most ``MAX_SIZES``, least recently used dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -31,6 +34,8 @@ from edge_agent.inference import ovcompat
 from edge_agent.inference.postprocess import num_classes
 from edge_agent.inference.preprocess import shrink_factor, to_model_input
 from edge_agent.protocol.messages import ModelInfo
+from edge_agent.quality.drift import Reference
+from edge_agent.quality.figures import FrameFigures, checked
 
 log = logging.getLogger("segedge.inference")
 
@@ -49,7 +54,8 @@ def input_size(manifest: Manifest) -> Tuple[int, int]:
     return int(shape[2]), int(shape[3])
 
 
-ResultCallback = Callable[[Any, Optional[np.ndarray]], None]
+# (userdata, output or None, the graph's figures or None)
+ResultCallback = Callable[[Any, Optional[np.ndarray], Optional[FrameFigures]], None]
 # Frames at their own size, resized by the graph (one variant per size): 0.2-0.5 ms less CPU
 # per 640x480 frame than a Python resize. The build trains and evaluates on the same rule
 # (preprocess.model_resize), so nothing is lost (docs/benchmarks-agent.md). Models trained
@@ -73,6 +79,8 @@ class Engine:
         shape = manifest.output.shape
         self.output_channels = int(shape[1]) if len(shape) > 1 else 1
         self.output_kind: str = manifest.output.kind or "logits"
+        # the bundle's quality reference (None: the bundle has none: ``no_reference``)
+        self.reference = Reference.from_manifest(getattr(manifest, "reference", None))
         # the bundle's class names, padded to the output's channel count (computed once:
         # every mask message and overlay names them)
         named = list(manifest.classes)
@@ -88,6 +96,7 @@ class Engine:
         self._on_result: Optional[ResultCallback] = None
         self.resize_in_graph = RESIZE_IN_GRAPH
         self.decide = False
+        self.quality: Optional[float] = None  # figures at this threshold (None: none)
         self._core: Any = None
         self._raw: Any = None  # the model as read, before any graph step of ours
         self._variants: OrderedDict[Tuple[Any, ...], Any] = OrderedDict()
@@ -178,6 +187,9 @@ class Engine:
             frame_hw=frame_hw if frame_hw != self.size_hw else None, shrink=shrink)
         if decide:
             index = ovcompat.output_index(model, self.manifest.output.name)
+            if self.quality is not None:  # reads the scores: before the decision
+                model = ovcompat.append_frame_quality(model, index, self.output_kind,
+                                                      self.quality)
             model = ovcompat.append_class_decision(model, index, self.output_kind)
         return model
 
@@ -186,28 +198,52 @@ class Engine:
         """What ``on_result`` receives: "classes" (u8 class map) or the model's own output."""
         return "classes" if self.decide else self.output_kind
 
-    def start(self, on_result: ResultCallback, decide: bool = False) -> None:
+    def start(self, on_result: ResultCallback, decide: bool = False,
+              quality: Optional[float] = None) -> None:
         """Set the one result callback (once, before the first ``submit``); ``decide``: the
-        graph returns the u8 class map (``postprocess.to_mask``'s rule) instead of scores."""
+        graph returns the u8 class map (``postprocess.to_mask``'s rule) instead of scores;
+        ``quality``: the threshold of the frame's figures, computed in the graph with
+        ``decide`` (without: the caller computes them from the scores)."""
         if self._on_result is not None:
             raise RuntimeError("engine already started")
         self._on_result = on_result
         self.decide = decide
+        self.quality = quality
         if decide:
             self._variants.clear()  # the warm-up variant returns scores
             self._variant(self.size_hw)  # compiled now, not at the first frame
         else:
-            self._queue.set_callback(self._make_done(self._out))
+            self._queue.set_callback(self._make_done(self._out, None))
 
-    def _make_done(self, out: int) -> Callable[[Any, Any], None]:
+    def _make_done(self, out: int, figures_at: Optional[int]) -> Callable[[Any, Any], None]:
         def done(request: Any, userdata: Any) -> None:
+            figures = None
             try:
                 output = np.array(ovcompat.output_array(request, out), copy=True)
+                if figures_at is not None:
+                    pair = ovcompat.output_array(request, figures_at)
+                    figures = checked(float(pair[0]), float(pair[1]))  # NaN: None
             except Exception:  # noqa: BLE001 - must not kill OpenVINO's callback thread
                 log.exception("reading inference output failed")
                 output = None
-            self._on_result(userdata, output)
+            self._on_result(userdata, output, figures)
         return done
+
+    def _compile_steps(self, frame_hw: Optional[Tuple[int, int]], shrink: int) -> Any:
+        """Compile the model with our steps; without the figures where the device lacks their
+        ops (the class map still comes)."""
+        try:
+            return self._compile(self._core, self._with_steps(frame_hw, self.decide, shrink),
+                                 self.device)
+        except Exception as exc:  # noqa: BLE001 - a plugin without the figures' ops
+            if self.quality is None or not self.decide:
+                raise
+            log.warning("device %s cannot compute the confidence figures in the graph (%s); "
+                        "running without them (no quality figures)", self.device,
+                        " ".join(str(exc).split())[:200])
+            self.quality = None
+            return self._compile(self._core, self._with_steps(frame_hw, True, shrink),
+                                 self.device)
 
     def _key(self, frame_hw: Tuple[int, int]) -> Tuple[Any, ...]:
         """Which compiled variant serves frames of ``frame_hw``: the model's own size; else one
@@ -230,20 +266,19 @@ class Engine:
         shrink = shrink_factor(frame_hw, self.size_hw)
         if key[0] == "any":
             try:
-                compiled = self._compile(
-                    self._core, self._with_steps(ovcompat.ANY_SIZE, self.decide, shrink),
-                    self.device)
+                compiled = self._compile_steps(ovcompat.ANY_SIZE, shrink)
             except Exception as exc:  # noqa: BLE001 - e.g. NPU/MYRIAD: static shapes only
                 self._dynamic = False
                 log.warning("%s cannot take frames of any size (%s); one compiled variant per "
                             "frame size", self.device, " ".join(str(exc).split())[:200])
                 return self._variant(frame_hw)
         else:
-            compiled = self._compile(self._core, self._with_steps(
-                None if key[0] == "model" else frame_hw, self.decide, shrink), self.device)
+            compiled = self._compile_steps(None if key[0] == "model" else frame_hw, shrink)
         out = ovcompat.output_index(compiled, self.manifest.output.name)
+        figures_at = ovcompat.output_index(compiled, ovcompat.QUALITY_OUTPUT) \
+            if self.quality is not None and self.decide else None
         queue = ovcompat.new_queue(compiled, self.num_requests)
-        queue.set_callback(self._make_done(out))
+        queue.set_callback(self._make_done(out, figures_at))
         while len(self._variants) >= MAX_SIZES:
             _, (_, old, _) = self._variants.popitem(last=False)
             old.wait_all()  # its callbacks still deliver; then it goes
@@ -259,10 +294,8 @@ class Engine:
         counted in flight (a compile is not a stalled inference); errors wait for submit."""
         if not self.resize_in_graph or frame_hw in self._failed_sizes:
             return
-        try:
+        with contextlib.suppress(Exception):  # submit resizes in Python and says why
             self._variant(frame_hw)
-        except Exception:  # noqa: BLE001 - submit resizes in Python and says why
-            pass
 
     def submit(self, tensor: np.ndarray, userdata: Any) -> None:
         """Start one inference on [1, H, W, 3] u8 BGR (any H, W when ``resize_in_graph``,

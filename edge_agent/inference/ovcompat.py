@@ -29,6 +29,8 @@ except ImportError:  # pragma: no cover - 2022.3
 
 from openvino.preprocess import ColorFormat, PrePostProcessor, ResizeAlgorithm
 
+from edge_agent.quality.figures import logit_bound
+
 
 def runtime_version() -> str:
     return str(get_version())
@@ -156,6 +158,59 @@ def append_class_decision(model: Any, output_index: int, kind: str) -> Any:
     out.get_tensor().set_names(set())
     decided.output(0).get_tensor().set_names(set(names) or {"class_map"})
     result.input(0).replace_source_output(decided.output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+QUALITY_OUTPUT = "frame_quality"  # f32 [2]: uncertain, margin (edge_agent.quality.figures)
+
+
+def append_frame_quality(model: Any, output_index: int, kind: str, threshold: float) -> Any:
+    """The model with a second output ``frame_quality``, f32 ``[2]`` = [uncertain, margin]
+    of that output's scores, by ``edge_agent.quality.figures.frame_figures``'s rule (in
+    place). Call before ``append_class_decision``: both read the same scores.
+
+    Binary logits (one channel, or two as their difference): ``|l| < ln(t/(1-t))`` and
+    ``tanh(|l|/2)``; one probability channel: ``|2p-1|`` against ``2t-1``; more channels
+    (or probabilities): the two largest of the softmax (or of the probabilities).
+    """
+    result = model.get_results()[output_index]
+    out = result.input_value(0)
+    if out.get_element_type() != Type.f32:
+        out = _ops.convert(out, "f32").output(0)
+    channels = int(out.get_partial_shape()[1].get_length())
+    rank = out.get_partial_shape().rank.get_length()
+    every = _ops.constant(list(range(rank)))
+
+    def f32(value: float) -> Any:
+        return _ops.constant(float(value), Type.f32)
+
+    if kind != "probabilities" and channels <= 2:
+        if channels == 2:
+            both = _ops.split(out, _ops.constant(1), 2)
+            out = _ops.subtract(both.output(1), both.output(0)).output(0)
+        a = _ops.abs(out)
+        below = _ops.less(a, f32(logit_bound(threshold)))
+        margin_map = _ops.tanh(_ops.multiply(a, f32(0.5)))
+    elif channels == 1:
+        p = _ops.clamp(out, 0.0, 1.0)
+        margin_map = _ops.abs(_ops.subtract(_ops.multiply(p, f32(2.0)), f32(1.0)))
+        below = _ops.less(margin_map, f32(2.0 * threshold - 1.0))
+    else:
+        p = out if kind == "probabilities" else _ops.softmax(out, 1)
+        top = _ops.topk(p, _ops.constant(2), 1, "max", "value", "i32")
+        both = _ops.split(top.output(0), _ops.constant(1), 2)
+        below = _ops.less(both.output(0), f32(threshold))
+        margin_map = _ops.subtract(both.output(0), both.output(1))
+    uncertain = _ops.reduce_mean(_ops.convert(below, "f32"), every, False)
+    margin = _ops.reduce_mean(margin_map, every, False)
+    if kind == "probabilities" or channels > 2:  # a NaN or inf score: a NaN margin (None)
+        guard = _ops.multiply(_ops.reduce_sum(out, every, False), f32(0.0))
+        margin = _ops.add(margin, guard)
+    figures = _ops.concat([_ops.unsqueeze(uncertain, _ops.constant([0])),
+                           _ops.unsqueeze(margin, _ops.constant([0]))], 0)
+    figures.output(0).get_tensor().set_names({QUALITY_OUTPUT})
+    model.add_results([_ops.result(figures)])
     model.validate_nodes_and_infer_types()
     return model
 

@@ -9,6 +9,11 @@ that camera's publish-rate limit, postprocesses, encodes and hands the mask to M
 under the camera's id (and, for a frame sent with an MQTT 5 response topic, to that
 topic too). Slots bound everything in between.
 
+Each frame's confidence figures (edge_agent.quality.figures) come from the graph with the
+result, or, at frame resolution (scores, no decision in the graph), from the scores in the
+publish thread; they go into the mask message and the camera's quality window
+(``camera.quality``), for every inferred frame that is not stale or paused.
+
 Runtime settings (pause, publish rate, frame interval, mask encoding) come from each
 camera's ``settings()``, a frozen ``CommandState`` read once per frame
 (edge_agent.control.service owns it). A snapshot request and a model swap (``reload``) are
@@ -36,6 +41,7 @@ from edge_agent.inference.preprocess import as_bgr, to_model_input
 from edge_agent.inference.stagetime import StageTimes
 from edge_agent.protocol import encoding, overlay
 from edge_agent.protocol.messages import Frame, Mask
+from edge_agent.quality.figures import FrameFigures, frame_figures
 from edge_agent.sources.slots import FrameSlots
 
 log = logging.getLogger("segedge.pipeline")
@@ -123,8 +129,11 @@ class Pipeline:
     """
 
     def __init__(self, engine: Engine, mask_resolution: str, slots: FrameSlots,
-                 cameras: Cameras, totals: Counters, stop: threading.Event) -> None:
+                 cameras: Cameras, totals: Counters, stop: threading.Event,
+                 quality: Optional[Callable[[Any], Optional[float]]] = None) -> None:
+        """``quality(engine)``: the threshold of that engine's figures (None: none)."""
         self.engine, self.mask_resolution = engine, mask_resolution
+        self.quality = quality or (lambda _engine: None)
         self.slots, self.cameras, self.totals, self.stop = slots, cameras, totals, stop
         self._new_engine: Optional[Tuple[Engine, threading.Event]] = None  # taken by infer
         self.reorder = Reorder()
@@ -143,8 +152,9 @@ class Pipeline:
                         threading.Thread(target=self._infer_loop, name="infer", daemon=True)]
 
     def start(self) -> None:
-        # the class decision in the graph where masks are at model resolution
-        self.engine.start(self._on_result, decide=self._decide_in_graph())
+        # the class decision (and the figures) in the graph where masks are at model size
+        self.engine.start(self._on_result, decide=self._decide_in_graph(),
+                          quality=self.quality(self.engine))
         for t in self.threads:
             t.start()
 
@@ -181,7 +191,8 @@ class Pipeline:
         engine, done = pending
         old = self.engine
         old.drain()  # every result of the old model is in the reorder buffer now
-        engine.start(self._on_result, decide=self._decide_in_graph())
+        engine.start(self._on_result, decide=self._decide_in_graph(),
+                     quality=self.quality(engine))
         self.engine = engine
         log.info("model swapped: %s %s -> %s %s", old.info.name, old.info.version,
                  engine.info.name, engine.info.version)
@@ -197,7 +208,8 @@ class Pipeline:
             busy = self.submitted - self._received - self.reorder.skipped > 0
             return now - self._progress_mono if busy else 0.0
 
-    def _on_result(self, meta: Optional[FrameMeta], output: Optional[np.ndarray]) -> None:
+    def _on_result(self, meta: Optional[FrameMeta], output: Optional[np.ndarray],
+                   figures: Optional[FrameFigures] = None) -> None:
         if meta is None:
             return
         with self._progress_lock:
@@ -210,7 +222,7 @@ class Pipeline:
             self.times.span("submit_to_result", time.monotonic() - meta.submitted_mono)
         if self.observe_inference is not None:  # [metrics]: the histogram
             self.observe_inference(meta.camera_id, time.monotonic() - meta.submitted_mono)
-        self.reorder.put(meta.seq, (meta, output))
+        self.reorder.put(meta.seq, (meta, output, figures))
 
     def _infer_loop(self) -> None:
         try:
@@ -277,14 +289,14 @@ class Pipeline:
             if item is SKIPPED:
                 self.totals.add("errors")
                 continue
-            meta, output = item
+            meta, output, figures = item
             camera = self.cameras(meta.camera_id)
             if camera is None:
                 continue  # a sender forgotten while its frame was in flight
-            self._publish_one(camera, meta, output)
+            self._publish_one(camera, meta, output, figures)
 
-    def _publish_one(self, camera: Camera, meta: FrameMeta,
-                     output: Optional[np.ndarray]) -> None:
+    def _publish_one(self, camera: Camera, meta: FrameMeta, output: Optional[np.ndarray],
+                     figures: Optional[FrameFigures] = None) -> None:
         if output is None:
             camera.count("errors")
             return
@@ -296,12 +308,14 @@ class Pipeline:
         snap = camera.pending_snapshot() if meta.image is not None else None
         if state.paused and snap is None:
             return  # in flight when the pause came: not published
+        figures = self._observe(camera, meta, output, figures)
         allowed = snap is not None or camera.allow(now, state.max_publish_fps)
         if not allowed and meta.reply_to is None:
             camera.count("skipped_rate")
             return
         try:
-            payload, latency_ms = self.build_mask(camera, meta, output, state.mask_encoding)
+            payload, latency_ms = self.build_mask(camera, meta, output, state.mask_encoding,
+                                                  figures)
         except (ValueError, TypeError) as exc:
             self._bad_frame(camera, meta.frame_id, exc)
             return
@@ -333,6 +347,26 @@ class Pipeline:
                 snap.finish(None if sent and overlay_sent else
                             "not handed to the broker (disconnected or a backlog)")
 
+    def _observe(self, camera: Camera, meta: FrameMeta, output: np.ndarray,
+                 figures: Optional[FrameFigures]) -> Optional[FrameFigures]:
+        """The frame's figures (the graph's, or computed here from the scores) into the
+        camera's quality window; returns them for the mask message."""
+        engine = meta.engine or self.engine
+        threshold = getattr(engine, "quality", None)
+        if camera.quality is None or threshold is None:
+            return None
+        t0 = self.times.start()
+        kind = engine.result_kind
+        try:
+            if figures is None and kind != "classes":
+                figures = frame_figures(output, kind, threshold)  # None: not finite
+            share = postprocess.foreground_share(output, kind)
+        except ValueError:
+            figures, share = None, 0.0
+        camera.quality.add(figures, share)
+        self.times.stop("quality", t0)
+        return figures
+
     def _send_overlay(self, camera: Camera, meta: FrameMeta) -> bool:
         """The frame with the last mask, legend and caption, as JPEG on the overlay topic."""
         if camera.outputs.overlay is None or meta.image is None or camera.last_mask is None:
@@ -361,7 +395,8 @@ class Pipeline:
                 image=base64.b64encode(jpg.tobytes()).decode("ascii")).to_json())
 
     def build_mask(self, camera: Camera, meta: FrameMeta, output: np.ndarray,
-                   mask_encoding: Optional[str] = None) -> Tuple[str, float]:
+                   mask_encoding: Optional[str] = None,
+                   figures: Optional[FrameFigures] = None) -> Tuple[str, float]:
         t0 = self.times.start()
         engine = meta.engine or self.engine
         classes = engine.classes
@@ -382,7 +417,8 @@ class Pipeline:
                    frame_width=int(meta.frame_hw[1]), frame_height=int(meta.frame_hw[0]),
                    classes=classes, coverage=dict(zip(classes, cov)),
                    encoding=mask_encoding, mask=data, model=engine.info,
-                   device=engine.device)
+                   device=engine.device,
+                   quality=figures.to_dict() if figures is not None else None)
         text = msg.to_json()
         self.times.stop("message", t0)
         return text, latency_ms

@@ -85,3 +85,9 @@ def coverage(mask: np.ndarray, num_classes: int) -> List[float]:
 def num_classes(classes: List[str], channels: int) -> int:
     """Classes named in the manifest; a single-logit output still means two classes."""
     return max(len(classes), 2 if channels == 1 else channels)
+
+
+def foreground_share(output: np.ndarray, kind: str = "logits") -> float:
+    """Share of the model-resolution mask's pixels that are not class 0 (background)."""
+    mask = to_mask(output, kind)
+    return float(np.count_nonzero(mask)) / (mask.size or 1)

@@ -285,6 +285,8 @@ class RemoteEngine:
         self.inference_precision = "server"
         self.num_requests = int(cfg.server_requests)
         self.decide = True
+        self.quality: Optional[float] = None  # no figures from a server (class maps only)
+        self.reference = None
         self.problem: Optional[str] = None
         self.on_problem: Optional[Callable[[Optional[str]], None]] = None
         self._lock = threading.Lock()
@@ -386,7 +388,10 @@ class RemoteEngine:
         return out.reshape(1, h, w)
 
     # --- the pipeline's side ------------------------------------------------------------
-    def start(self, on_result: ResultCallback, decide: bool = True) -> None:
+    def start(self, on_result: ResultCallback, decide: bool = True,
+              quality: Optional[float] = None) -> None:
+        """``quality`` is not served: the server answers class maps only, so a remote
+        model's frames carry no figures (its quality stays ``warming_up``)."""
         if self._on_result is not None:
             raise RuntimeError("engine already started")
         self._on_result = on_result

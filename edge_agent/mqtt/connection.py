@@ -15,7 +15,8 @@ health after a short grace. Nothing is lost while disconnected within bounds:
   connect the agent publishes the status then current (``take_announce``);
 - masks wait in their own queue (50, oldest dropped first, counted);
 - frames and overlay JPEGs are best effort (QoS 0, dropped while disconnected);
-- command states and discovery configs (retained) go through the spool like status;
+- command states, discovery configs and each camera's quality (retained) go through the
+  spool like status;
   command replies (MQTT 5 response topics) are sent at once or dropped.
 
 Every publish goes through ``_publish``: the topic is checked (``topics.
@@ -51,7 +52,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import MqttConfig
 from edge_agent.health.pacing import LogThrottle
 from edge_agent.protocol.messages import Status
-from edge_agent.protocol.topics import publish_topic_problem
+from edge_agent.protocol.topics import publish_topic_problem, quality_topic
 
 log = logging.getLogger("segedge.mqtt")
 Payload = Union[str, Callable[[int], str]]  # text, or rendered with the connection number
@@ -436,6 +437,13 @@ class MqttComms:
     def publish_stats(self, payload: str, camera_id: Optional[str] = None) -> None:
         with self._lock:
             self.spool.append((self.topic("stats", camera_id), payload, 1, False))
+            self._pump()
+
+    def publish_quality(self, payload: str, camera_id: Optional[str] = None) -> None:
+        """The retained quality message (QoS 1): spooled in order, like status."""
+        with self._lock:
+            self.spool.append((quality_topic(self.cfg.prefix, camera_id or self.device_id),
+                               payload, 1, True))
             self._pump()
 
     def publish_frame(self, payload: str, camera_id: Optional[str] = None) -> bool:

@@ -27,7 +27,8 @@ def _json(obj: Any, omit_if_none: tuple = ()) -> str:
 
 
 MULTI_CAMERA_FIELDS = ("agent_id", "cameras")
-OPTIONAL_FIELDS = MULTI_CAMERA_FIELDS + ("max_packet_bytes", "requests")
+OPTIONAL_FIELDS = MULTI_CAMERA_FIELDS + ("max_packet_bytes", "requests", "quality")
+QUALITY_STATES = ("warming_up", "ok", "drifting", "no_reference")
 
 
 @dataclass
@@ -76,10 +77,13 @@ class Mask:
     mask: Any
     model: ModelInfo
     device: str
+    # the frame's confidence figures (edge_agent.quality.figures): uncertain, margin;
+    # absent when quality is off or the frame had none
+    quality: Optional[Dict[str, float]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return _json(self)
+        return _json(self, ("quality",))
 
 
 @dataclass
@@ -107,10 +111,33 @@ class Stats:
     cameras: Optional[Dict[str, Dict[str, Any]]] = None
     # the agent's own stats: requests refused or dropped whole (app.REQUEST_COUNTERS)
     requests: Optional[Dict[str, int]] = None
+    # a camera's stats: its quality window (state, figures, drift score); absent when off
+    quality: Optional[Dict[str, Any]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
         return _json(self, OPTIONAL_FIELDS)
+
+
+@dataclass
+class Quality:
+    """The retained ``<prefix>/<id>/quality``: the camera's window of confidence figures,
+    the bundle's reference, the drift score and state (edge_agent.quality.drift)."""
+
+    device_id: str  # the camera's topic id, as in its status and stats
+    camera_id: str
+    ts: float
+    state: str  # QUALITY_STATES
+    since: float  # Unix seconds of the last state change
+    model: Dict[str, str]  # name, version
+    window: Dict[str, Any]
+    reference: Optional[Dict[str, Any]]
+    drift: Optional[Dict[str, Any]]
+    agent_id: Optional[str] = None  # several cameras: the agent serving the camera
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return _json(self, ("agent_id",))
 
 
 @dataclass

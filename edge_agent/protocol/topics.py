@@ -1,6 +1,8 @@
 """Which topics the agent may publish to: pure string rules, unit-tested with plain data.
 
-Two rules (docs/security.md, "The agent's replies: only where the asker lives"):
+Two rules (docs/security.md, "The agent's replies: only where the asker lives"), and the
+one topic built here rather than in ``MqttComms.topic``: ``quality_topic`` (the Home
+Assistant discovery names it too):
 
 - ``publish_topic_problem``: any topic the agent hands to its MQTT client must be a
   valid MQTT topic name (non-empty, no ``+``/``#``, no NUL, valid UTF-8, at most
@@ -48,6 +50,12 @@ def publish_topic_problem(topic: object) -> Optional[str]:
     if "\x00" in topic:
         return "topic contains NUL"
     return None
+
+
+def quality_topic(prefix: str, camera_id: str) -> str:
+    """A camera's retained quality message: ``<prefix>/<camera_id>/quality`` (QoS 1;
+    docs/quality.md). Left in place when the camera goes, like its ``offline`` status."""
+    return f"{prefix}/{camera_id}/quality"
 
 
 def reply_tree(prefix: str, owner: str) -> str:

@@ -25,8 +25,12 @@ def test_all_builds_a_verified_bundle_with_every_target(tiny_build):
         "cpu": "INT8", "gpu": "FP16", "npu": "INT8", "myriad": "FP32"}
     assert mf.verify_bundle(bundle) == []
     for name in ("accuracy.png", "overlays.png", "training_curves.png", "speed.png",
-                 "report.json"):
+                 "report.json", "reference.png", "reference.json"):
         assert (bundle / "report" / name).is_file(), name
+    # the quality reference: val and test through the agent's graph (build_models.reference)
+    assert manifest.schema_version == 2 and manifest.reference["target"] == "cpu"
+    assert {s: len(v["uncertain"]) for s, v in manifest.reference["splits"].items()} == {
+        "val": 2, "test": 6}
     listed = {f.path for f in manifest.files}
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
     assert listed == on_disk - {"manifest.json"}

@@ -54,7 +54,7 @@ def test_missing_target_lists_what_was_built(bundle):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(schema_version=2), "schema_version 2 is not supported"),
+        (lambda d: d.update(schema_version=3), "schema_version 3 is not supported"),
         (lambda d: d.pop("classes"), "missing key 'classes'"),
         (lambda d: d.update(schema_version=True), "schema_version True is not supported"),
         (lambda d: d.update(schema_version=1.0), "schema_version 1.0 is not supported"),

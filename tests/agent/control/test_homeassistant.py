@@ -31,14 +31,15 @@ def by_key(msgs):
 
 def test_topics_follow_the_per_entity_form():
     msgs = one_camera()
-    pattern = re.compile(r"^homeassistant/(sensor|switch|number|select|button|image)/"
+    pattern = re.compile(r"^homeassistant/(sensor|binary_sensor|switch|number|select|button|"
+                         r"image)/"
                          r"segedge_cam-01/[a-zA-Z0-9_-]+/config$")
     assert all(pattern.match(m.topic) for m in msgs), [m.topic for m in msgs]
     assert len({m.topic for m in msgs}) == len(msgs)
     keys = set(by_key(msgs))
     assert keys == {"state", "pet_coverage", "inference_fps", "latency_p50", "dropped_frames",
                     "paused", "max_publish_fps", "frame_every", "mask_encoding", "snapshot",
-                    "reload", "overlay"}
+                    "reload", "overlay", "confidence", "drift"}
 
 
 def test_ids_and_device():
@@ -69,6 +70,28 @@ def test_entities_point_at_the_agents_topics():
                       commands.Command)
     assert isinstance(commands.parse_command(
         "snapshot/set", cfg["snapshot"]["payload_press"].encode()), commands.Command)
+
+
+def test_quality_entities_read_the_retained_quality_topic():
+    cfg = by_key(one_camera())
+    assert cfg["confidence"]["state_topic"] == cfg["drift"]["state_topic"] == \
+        "segedge/cam-01/quality"
+    assert cfg["drift"]["device_class"] == "problem"
+    drifting = sample("quality")
+    assert render(cfg["confidence"]["value_template"], drifting) == "66.9"
+    assert render(cfg["drift"]["value_template"], drifting) == "ON"
+    assert json.loads(render(cfg["confidence"]["json_attributes_template"], drifting)) == {
+        "state": "drifting", "drift_score": 0.93}
+    empty = sample("quality", state="no_reference", reference=None, drift=None,
+                   window={**drifting["window"], "frames": 0, "uncertain_mean": None})
+    assert render(cfg["confidence"]["value_template"], empty) == "None"  # HA: unknown
+    assert render(cfg["drift"]["value_template"], empty) == "OFF"
+    assert json.loads(render(cfg["confidence"]["json_attributes_template"], empty)) == {
+        "state": "no_reference", "drift_score": None}
+    off = ha.discovery("segedge", "cam-01", [CameraInfo("cam-01", quality=False)], "0.1.0", ON)
+    removed = {m.topic for m in off if m.is_removal}
+    assert {"homeassistant/sensor/segedge_cam-01/confidence/config",
+            "homeassistant/binary_sensor/segedge_cam-01/drift/config"} <= removed
 
 
 def test_overlay_off_removes_the_image_entity():
@@ -143,6 +166,16 @@ def sample(kind: str, **over) -> dict:
                  "encoding": "png", "mask": "iVBO",
                  "model": {"name": "pets", "version": "1.0.0", "precision": "INT8"},
                  "device": "CPU"},
+        "quality": {"schema_version": 1, "device_id": "cam-01", "camera_id": "cam-01",
+                    "ts": 1.0, "state": "drifting", "since": 0.5,
+                    "model": {"name": "pets", "version": "1.0.0"},
+                    "window": {"frames": 240, "seconds": 19.9, "uncertain_mean": 0.3312,
+                               "uncertain_p50": 0.32, "uncertain_p90": 0.47,
+                               "margin_mean": 0.78, "coverage_mean": 0.41, "unscored": 0},
+                    "reference": {"split": "val+test", "frames": 127, "threshold": 0.9,
+                                  "uncertain_mean": 0.177},
+                    "drift": {"statistic": "quantile", "score": 0.93, "enter": 0.75,
+                              "exit": 0.65}},
     }[kind]
     base.update(over)
     jsonschema.validate(base, json.loads((SCHEMAS / f"{kind}.schema.json").read_text()))

@@ -112,7 +112,7 @@ def test_commands_disabled_means_no_subscription_but_states(tmp_path, config_dat
         every = {m.topic for m in discovery("segedge", "cam-01", cams, "0",
                                             DiscoverySettings(enabled=True))}
         assert {t: p for t, p in comms.retained if t.startswith("homeassistant/")} == \
-            dict.fromkeys(every, "") and len(every) == 12
+            dict.fromkeys(every, "") and len(every) == 14  # with the quality entities
     finally:
         stop.set()
         control.join(2)

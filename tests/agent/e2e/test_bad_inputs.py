@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,23 @@ def test_tampered_bundle_refused(tmp_path, tiny_bundle, clip):
         res = _check(tmp_path, _base(bad, clip), extra=extra)
         assert res.returncode == EX_CONFIG, res.stderr
         assert "sha256 mismatch" in res.stderr and "cpu/model.bin" in res.stderr
+
+
+@pytest.mark.parametrize("figures", ["[0.1, 1e999]", "[0.1, NaN]", "[0.1, 1.5]", "0.5",
+                                     "[0.1, true]"])
+def test_a_hostile_quality_reference_is_refused_at_start(tmp_path, tiny_bundle, clip, figures):
+    """issue 20: the manifest's reference is checked like the rest: exit 78, one line."""
+    bad = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bad)
+    data = json.loads((bad / "manifest.json").read_text())
+    data["reference"] = {"statistic": "uncertain", "threshold": 0.9, "splits": {"val": {
+        "uncertain": "@", "margin": [0.9, 0.8], "coverage": [0.4, 0.4]}}}
+    (bad / "manifest.json").write_text(json.dumps(data).replace('"@"', figures))
+    for extra in (("--check-config",), ()):
+        res = _check(tmp_path, _base(bad, clip), extra=extra)
+        assert res.returncode == EX_CONFIG, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "manifest" in lines[0], lines
 
 
 def test_garbage_frames_are_survived(broker, tmp_path, tiny_bundle, unique_id, agents,

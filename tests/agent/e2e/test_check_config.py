@@ -138,7 +138,7 @@ def test_relative_camera_uris_resolve_too(tmp_path, tiny_bundle, clip):
 
 
 def test_shipped_example_configs_pass_from_any_folder(tmp_path):
-    for name in ("home-assistant.toml", "multi-camera.toml"):
+    for name in ("home-assistant.toml", "multi-camera.toml", "field-quality.toml"):
         res = run(AGENT + ["--config", str(ROOT / "examples" / name), "--check-config"],
                   cwd=tmp_path)
         assert res.returncode == 0 and "config OK" in res.stdout, name + res.stderr

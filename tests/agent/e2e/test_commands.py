@@ -166,7 +166,7 @@ def test_mqtt5_commands_overlay_discovery_and_reload(broker, tiny_bundle, clip, 
 
     # discovery: retained, accepted by HA 2024.1.6's key lists, image entity present
     disc = retained_now(broker.host, broker.port, f"{dprefix}/#")
-    assert len(disc) == 12, sorted(disc)
+    assert len(disc) == 14, sorted(disc)  # with [quality]: confidence, drift
     for topic, payload in disc.items():
         cfg = json.loads(payload)
         assert_known_to_ha(topic, cfg)
@@ -293,6 +293,18 @@ def test_mqtt5_commands_overlay_discovery_and_reload(broker, tiny_bundle, clip, 
     st = _status(c, base)
     assert st["state"] == "online" and (st["session"], st["connection"]) == (session, connection)
 
+    # a hostile quality reference in the manifest is refused the same way (issue 20)
+    manifest = models / "0.0.2" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["reference"] = {"statistic": "uncertain", "threshold": 0.9, "splits": {"val": {
+        "uncertain": [0.1, 7.0], "margin": [0.9, 0.8], "coverage": [0.4, 0.4]}}}
+    manifest.write_text(json.dumps(data))
+    r = c.request(f"{base}/reload/set", "PRESS", timeout=30)
+    assert r["result"] == "refused" and "reference" in r["reason"], r
+    t7 = time.monotonic()
+    assert wait_until(lambda: len(c.json(f"{base}/mask", t7)) >= 3, 10)
+    assert all(m["model"]["version"] == "0.0.2" for m in c.json(f"{base}/mask", t7))
+
     # nothing was written to disk: commands do not survive a restart by default
     assert not (health.parent / "commands.json").exists()
     assert agent.terminate() == 0
@@ -384,7 +396,7 @@ def test_example_home_assistant_config_runs(broker, unique_id, tmp_path, client_
         assert wait_until(lambda: c.on(f"segedge/{unique_id}/overlay")
                           and c.on(f"segedge/{unique_id}/mask"), 40), log.read_text()
         assert wait_until(lambda: len({t for t, _, _, _ in c.messages
-                                       if t.startswith("homeassistant/")}) == 12, 5)
+                                       if t.startswith("homeassistant/")}) == 14, 5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, log.read_text()
     finally:

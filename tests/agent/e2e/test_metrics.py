@@ -98,6 +98,13 @@ def test_prometheus_scrapes_the_agent(prometheus, broker, tiny_bundle, clip, uni
         assert query(port, name), name
     cams = {r["metric"]["camera"] for r in query(port, "segedge_frames_inferred_total")}
     assert cams == {f"{unique_id}-a", cam2}
+    # [quality]: the window's share of unsure pixels per camera; the tiny bundle has no
+    # reference (no_reference): no drift score, never drifting
+    unsure = wait_until(lambda: query(port, "segedge_quality_uncertain"), 20)
+    assert {r["metric"]["camera"] for r in unsure} == cams
+    assert all(0.0 <= float(r["value"][1]) <= 1.0 for r in unsure)
+    assert {float(r["value"][1]) for r in query(port, "segedge_quality_drifting")} == {0.0}
+    assert not query(port, "segedge_quality_drift_score")
     online = query(port, f'segedge_state{{camera="{cam2}",state="online"}}')
     assert float(online[0]["value"][1]) == 1.0
     assert float(query(port, "segedge_mqtt_connected")[0]["value"][1]) == 1.0

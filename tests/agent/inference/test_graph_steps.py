@@ -9,19 +9,20 @@ from edge_agent.bundle.manifest import OpenedBundle
 from edge_agent.config import ModelConfig
 from edge_agent.inference import ovcompat, postprocess, preprocess
 from edge_agent.inference.engine import MAX_SIZES, Engine
+from edge_agent.quality.figures import frame_figures
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 
-def _scores_model(channels: int, sigmoid: bool = False):
+def _scores_model(channels: int, sigmoid: bool = False, scale: float = 1.0):
     import openvino as ov
     from openvino import opset13 as ops
 
     rng = np.random.default_rng(channels)
     image = ops.parameter([1, 3, 12, 16], ov.Type.f32, name="image")
     w = rng.standard_normal((channels, 3, 3, 3)).astype(np.float32)
-    x = ops.convolution(image, ops.constant(w), [1, 1], [1, 1], [1, 1], [1, 1])
+    x = ops.convolution(image, ops.constant(w * scale), [1, 1], [1, 1], [1, 1], [1, 1])
     if sigmoid:
-        x = ops.sigmoid(x)
+        x = ops.sigmoid(x) if channels == 1 else ops.softmax(x, 1)
     x.output(0).get_tensor().set_names({"logits"})
     return ov.Model([x.output(0)], [image], "scores")
 
@@ -46,6 +47,66 @@ def test_class_decision_in_graph_matches_to_mask(channels, kind):
         want = postprocess.to_mask(scores, kind)
         assert np.array_equal(postprocess.to_mask(classes, "classes"), want)
         assert np.array_equal(postprocess.to_frame_mask(classes, "classes", None), want)
+
+
+@pytest.mark.parametrize("channels,kind", [(1, "logits"), (1, "probabilities"), (2, "logits"),
+                                           (2, "probabilities"), (5, "logits"),
+                                           (5, "probabilities")])
+@pytest.mark.parametrize("threshold", [0.9, 0.7])
+def test_frame_quality_in_graph_matches_numpy(channels, kind, threshold):
+    """The graph's ``frame_quality`` output == edge_agent.quality.figures within 1e-3, next
+    to an unchanged class decision."""
+    core = ovcompat.new_core()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 1, 3, 12, 16)).astype(np.float32)
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    probs = kind == "probabilities"
+    plain = core.compile_model(_scores_model(channels, probs, 0.7), "CPU", f32)
+    model = ovcompat.append_frame_quality(_scores_model(channels, probs, 0.7), 0, kind,
+                                          threshold)
+    model = ovcompat.append_class_decision(model, 0, kind)
+    both = core.compile_model(model, "CPU", f32)
+    at = ovcompat.output_index(both, ovcompat.QUALITY_OUTPUT)
+    assert at == 1 and ovcompat.output_index(both, "logits") == 0
+    seen = []
+    for frame in x:
+        scores = plain.create_infer_request().infer({0: frame})[0]
+        got = both.create_infer_request().infer({0: frame})
+        pair = got[both.outputs[at]]
+        assert pair.shape == (2,) and pair.dtype == np.float32
+        want = frame_figures(scores, kind, threshold)
+        assert abs(float(pair[0]) - want.uncertain) < 1e-3
+        assert abs(float(pair[1]) - want.margin) < 1e-3
+        assert np.array_equal(got[both.outputs[0]][0], postprocess.to_mask(scores, kind))
+        seen.append(want.uncertain)
+    assert 0.0 < max(seen) < 1.0  # the test means something: neither all sure nor none
+    bad = x[0].copy()
+    bad[0, 1, 5, 5] = np.nan  # NaN scores around that pixel: a NaN margin, no figures
+    pair = both.create_infer_request().infer({0: bad})[both.outputs[at]]
+    assert np.isnan(pair[1])
+    assert frame_figures(plain.create_infer_request().infer({0: bad})[0], kind) is None
+
+
+def test_engine_passes_the_graph_figures_to_its_callback(tmp_path):
+    """A real tiny IR through the Engine's own steps: the figures come with each class map
+    and equal numpy's on the scores of the same frame."""
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(90, 160, (64, 64, 3)).astype(np.uint8) for _ in range(3)]
+    ref_got, got = {}, {}
+    ref = _engine(bundle, False, ref_got)
+    _run(ref, frames, resize_in_graph=False)
+    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"]),
+                    OpenedBundle.open(str(bundle), "cpu"))
+    engine.load()
+    engine.start(lambda i, out, fig: got.__setitem__(i, (out, fig)), decide=True, quality=0.9)
+    _run(engine, frames, resize_in_graph=False)
+    for i in range(len(frames)):
+        classes, fig = got[i]
+        want = frame_figures(ref_got[i], "logits", 0.9)
+        assert classes.dtype == np.uint8 and fig is not None
+        assert abs(fig.uncertain - want.uncertain) < 1e-3 and abs(fig.margin - want.margin) < 1e-3
+        assert 0.0 < want.uncertain < 1.0
 
 
 def test_classes_kind_refuses_scores_and_upsampling():
@@ -77,7 +138,7 @@ def _engine(bundle, decide: bool, got):
                     OpenedBundle.open(str(bundle), "cpu"))
     engine.load()
     engine.warmup()
-    engine.start(lambda i, out: got.__setitem__(i, out), decide=decide)
+    engine.start(lambda i, out, _fig: got.__setitem__(i, out), decide=decide)
     return engine
 
 
@@ -162,3 +223,25 @@ def test_engine_without_dynamic_shapes_compiles_per_size_bounded(tmp_path):
     assert len(engine._variants) <= MAX_SIZES
     assert all(k[0] in ("size", "model") for k in engine._variants)
     assert sorted(got) == list(range(len(sizes)))
+
+
+def test_a_device_that_cannot_compile_the_figures_runs_without_them(tmp_path, monkeypatch):
+    """A plugin lacking an op of the figures (an old MYRIAD, say) must not stop the agent:
+    the class map still comes, without figures, and the pipeline then computes none."""
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"]),
+                    OpenedBundle.open(str(bundle), "cpu"))
+    engine.load()
+    real = ovcompat.compile_model
+
+    def picky(core, model, device, config):
+        if any(ovcompat.QUALITY_OUTPUT in o.get_names() for o in model.outputs):
+            raise RuntimeError("Cannot create ReduceMean layer: unsupported")
+        return real(core, model, device, config)
+
+    monkeypatch.setattr(ovcompat, "compile_model", picky)
+    got = {}
+    engine.start(lambda i, out, fig: got.__setitem__(i, (out, fig)), decide=True, quality=0.9)
+    assert engine.quality is None
+    _run(engine, [_blocks(64, 64)], resize_in_graph=False)
+    assert got[0][0].dtype == np.uint8 and got[0][1] is None
