@@ -34,6 +34,7 @@ from edge_agent.inference.pipeline import Pipeline
 from edge_agent.inference.remote import RemoteEngine
 from edge_agent.mqtt.connection import MAX_INCOMING_BYTES, MqttComms
 from edge_agent.protocol.messages import Stats, Status
+from edge_agent.quality.samples import Sampler, SampleWriter
 from edge_agent.sources.capture import Capture
 from edge_agent.sources.frames_in import FramesIn, SenderHooks
 from edge_agent.sources.slots import FrameSlots
@@ -80,6 +81,7 @@ class Agent:
         self.frames_in: Optional[FramesIn] = None
         self._republish = threading.Event()  # set by reload, taken by the main loop
         self._max_packet = 0  # MQTT 5: the largest packet the broker may send us (status)
+        self.samples: Optional[SampleWriter] = None  # the samples thread, when one saves
         self.metrics: Optional[Metrics] = None
         if cfg.metrics.listen:  # prometheus-client is imported only when it starts
             self.metrics = Metrics(self, cfg.metrics.listen)
@@ -122,10 +124,22 @@ class Agent:
             camera.counters, camera.latency = self.totals, self.latency
         if self.metrics is not None:
             camera.observe_latency = self.metrics.latency_observer(cid)
+        if cam_cfg.samples.enabled:
+            camera.sampler = self._sampler(cid, cam_cfg)
         self.slots.add(cid)
         self.health.add_camera(cid, counted=counted)
         self.cameras.add(camera)
         return camera
+
+    def _sampler(self, camera_id: str, cam_cfg: CameraConfig) -> Sampler:
+        """The camera's sampler; the one writer thread starts with the first."""
+        if self.samples is None:
+            self.samples = SampleWriter(self.stop)
+            self.samples.start()
+        log.info("%s: saving samples for labelling in %s (%g a minute at most, %d kept)",
+                 camera_id, os.path.join(self.cfg.samples.dir, camera_id),
+                 cam_cfg.samples.per_minute, cam_cfg.samples.max_samples)
+        return Sampler(camera_id, cam_cfg.samples, self.cfg.samples.dir, self.samples)
 
     def _remove_camera(self, camera_id: str, reason: str) -> None:
         self.cameras.remove(camera_id)
@@ -139,7 +153,9 @@ class Agent:
         source = SourceConfig(uri=f"mqtt:{frames_in_topic(self.cfg)}", loop=True, fps=0.0,
                               stall_timeout_s=f.stall_timeout_s)
         camera = self._add_camera(CameraConfig.from_sections(sender, source, self.cfg.output,
-                                                             sender=True), counted=False)
+                                                             sender=True,
+                                                             samples=self.cfg.samples),
+                                  counted=False)
         self.wake.set()
         return camera
 
@@ -202,7 +218,9 @@ class Agent:
                                                       "reason": None},
                 "masks_published": self.pipeline.masks_sent if self.pipeline else 0,
                 "masks_by_camera": {cid: c.masks_sent for cid, c in cameras.items()},
-                "session": self.session}
+                "session": self.session,
+                **({"samples": {cid: c.sampler.report() for cid, c in cameras.items()
+                                if c.sampler is not None}} if self.samples else {})}
 
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -426,6 +444,8 @@ class Agent:
             self.pipeline.join(5.0)
         if self.frames_in:
             self.frames_in.join(1.0)
+        if self.samples:
+            self.samples.join(2.0)
         if self.control:
             self.control.join(1.0)
         if self.comms and self.pipeline:

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "edge_agent"
 TOP_LEVEL = {"__init__.py", "__main__.py", "app.py", "cameras.py"}
 ROOMS = {"config", "sources", "inference", "bundle", "protocol", "mqtt", "control", "health",
-         "client"}
-DEVICE_RUNTIME = {"sources", "inference", "mqtt", "control", "health"}
+         "client", "quality"}
+DEVICE_RUNTIME = {"sources", "inference", "mqtt", "control", "health", "quality"}
 
 
 def module_name(path: Path) -> str:
