@@ -9,7 +9,7 @@ Each camera writes ``<dir>/<camera_id>/`` in the Oxford-IIIT Pet layout that
 ``segedge-build`` reads (docs/field-loop.md, "Samples on the device")::
 
     images/<name>.jpg                   the frame
-    annotations/trimaps/<name>.png      the pre-label: 1 pet, 2 background, 3 unsure
+    annotations/trimaps/<name>.png      the pre-label (palette PNG): 1 pet, 2 background, 3 unsure
     annotations/samples/<name>.json     sidecar: camera, frame, time, model, figures, reason
     annotations/trainval.txt            the names, kept in step (others' lines kept)
 
@@ -47,6 +47,7 @@ from edge_agent.config import SamplesConfig, valid_id
 from edge_agent.health.pacing import RateLimiter
 from edge_agent.health.stats import Counters
 from edge_agent.inference.preprocess import as_bgr
+from edge_agent.protocol.overlay import palette_png
 
 log = logging.getLogger("segedge.samples")
 
@@ -56,6 +57,9 @@ IMAGES, TRIMAPS, SIDECARS = "images", "trimaps", "samples"  # the last two in an
 LIST_NAME = "trainval.txt"
 SUFFIX = {IMAGES: ".jpg", TRIMAPS: ".png", SIDECARS: ".json"}
 PET, BACKGROUND, UNSURE = 1, 2, 3  # trimap values (Oxford-IIIT Pet: 3 is the border)
+# the pre-label is a palette PNG: its values are 1..3 as the build reads them, and an image
+# editor shows them in colour (0 unused, pet magenta, background dark grey, unsure amber)
+TRIMAP_PALETTE = np.array([[0, 0, 0], [255, 0, 200], [40, 40, 40], [255, 190, 0]], np.uint8)
 QUEUE_SIZE = 4  # samples waiting for the writer (frames by reference: bounded memory)
 JPEG_QUALITY = 90
 MAX_LIST_BYTES = 16 << 20  # a trainval.txt larger than this is not ours to rewrite
@@ -276,17 +280,17 @@ class SampleStore:
         image = as_bgr(sample.image)
         trimap = prelabel(sample.mask, image.shape[:2], sample.unsure)
         ok_jpg, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        ok_png, png = cv2.imencode(".png", trimap)
-        if not (ok_jpg and ok_png):
-            raise ValueError("the image or pre-label did not encode")
+        if not ok_jpg:
+            raise ValueError("the image did not encode")
+        png = palette_png(trimap, TRIMAP_PALETTE)  # values 1..3, shown in colour
         sidecar = dict(sample.sidecar, image={"width": int(image.shape[1]),
                                               "height": int(image.shape[0])},
-                       prelabel={"sha256": hashlib.sha256(png.tobytes()).hexdigest(),
+                       prelabel={"sha256": hashlib.sha256(png).hexdigest(),
                                  "unsure": "model" if sample.unsure is not None
                                  else "border"})
         text = json.dumps(sidecar, indent=1, allow_nan=False, sort_keys=True) + "\n"
         # the sidecar last: a sample is complete once its sidecar is there
-        return [(IMAGES, jpg.tobytes()), (TRIMAPS, png.tobytes()), (SIDECARS, text.encode())]
+        return [(IMAGES, jpg.tobytes()), (TRIMAPS, png), (SIDECARS, text.encode())]
 
     def _make_room(self, fds: Dict[str, int], found: Dict[str, List[Tuple[str, str, int]]],
                    size: int) -> None:

@@ -8,7 +8,6 @@ always run. The rig test runs it over SSH against a booted rig device.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -168,8 +167,7 @@ def test_collect_on_a_rig_device(rig_session, tmp_path):
     names = seed(local)
     cam = local / CAMERA
     digests = {str(p.relative_to(cam)): sha(p) for p in cam.rglob("segedge-*")}
-    root = dev.rundir / "root" if (dev.rundir / "root").exists() else None
-    require(root is not None, "the rig device's root folder")
+    root = dev.root
     on_device = "/var/lib/segedge/samples"
     target = root / on_device.lstrip("/")
     subprocess.run(["rm", "-rf", str(target)], check=True)
@@ -182,6 +180,7 @@ def test_collect_on_a_rig_device(rig_session, tmp_path):
     link.symlink_to("/etc/segedge-secret")
     (target / CAMERA / "annotations/samples" / f"{link.stem}.json").write_text("{}")
     (target / CAMERA / "annotations/trimaps" / f"{link.stem}.png").write_bytes(b"x")
+    dev.run(f"id segedge && chown -hR segedge: {on_device}")  # the agent's, once provisioned
     dest = tmp_path / "collected"
     rc, out, rec = session.playbook("-e", f"segedge_collect_dest={dest}",
                                     "-e", "segedge_hosts=dev-cpu",
@@ -198,4 +197,3 @@ def test_collect_on_a_rig_device(rig_session, tmp_path):
                                     "-e", "segedge_hosts=dev-cpu",
                                     play="collect.yml", timeout=300)
     assert rc == 0 and rec["dev-cpu"]["changed"] == 0, out[-6000:]
-    json.dumps(rec)

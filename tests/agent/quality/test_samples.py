@@ -146,6 +146,11 @@ def test_a_sample_is_written_in_the_pet_layout_the_build_reads(tmp_path):
     image, mask = data.load_pair(data.Pair(name, cam / "images" / f"{name}.jpg",
                                            cam / "annotations/trimaps" / f"{name}.png"))
     assert image.shape == (120, 160, 3) and mask.shape == (120, 160)
+    from PIL import Image
+
+    with Image.open(cam / "annotations/trimaps" / f"{name}.png") as im:  # colours in an editor
+        assert im.mode == "P" and set(np.unique(np.asarray(im))) == {1, 2, 3}
+        assert im.getpalette()[3:12] == [255, 0, 200, 40, 40, 40, 255, 190, 0]
     assert [p.name for p in data.scan_split(cam, "trainval").pairs] == [name]
     side = json.loads((cam / "annotations/samples" / f"{name}.json").read_text())
     assert side["camera_id"] == CAMERA and side["image"] == {"width": 160, "height": 120}
