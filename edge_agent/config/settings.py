@@ -211,7 +211,7 @@ class SamplesConfig:
     random_share: float = _f(0.1, "share of `per_minute` spent on frames taken at random times "
                                   "whatever their figures (calibration: what the model sees "
                                   "when it is sure)", 0, 1)
-    uncertain_above: float = _f(0.2, "a frame is chosen for its uncertainty when at least this "
+    uncertain_above: float = _f(0.3, "a frame is chosen for its uncertainty when at least this "
                                      "share of its pixels is uncertain (the frame's `uncertain` "
                                      "figure: top-class probability under the confidence "
                                      "threshold)", 0, 1)
