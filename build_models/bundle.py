@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 OvModel = Union[Path, "ov.Model"]
 
 PRECISION = {"cpu": "INT8", "gpu": "FP16", "npu": "INT8", "myriad": "FP32"}
+CHECKPOINT_NAME = "checkpoint.pt"  # the kept checkpoint, beside the targets (--keep-checkpoint)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class BuildConfig:
     strict: bool = False
     force: bool = False
     progress: bool = True
+    keep_checkpoint: bool = False  # copy it into the bundle as checkpoint.pt (finetune's source)
 
 
 @dataclass
@@ -276,6 +278,8 @@ def finish(build: Build, report: Dict[str, Any]) -> Path:
     from build_models.verify import verify
 
     ckpt = Path(build.cfg.checkpoint)
+    if build.cfg.keep_checkpoint:  # listed and hashed like every file; never shipped
+        shutil.copyfile(ckpt, build.stage / CHECKPOINT_NAME)
     manifest = make_manifest(build.stage, build.name, build.version, build.meta, ckpt,
                              build.targets, build.per_target, report["evaluation"])
     mf.write_manifest(build.stage, manifest)
@@ -335,7 +339,9 @@ def make_manifest(bundle: Path, name: str, version: str, meta: CheckpointMeta, c
         name=name, version=version, created=_now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         tools=tool_versions(),
         source_checkpoint={"file": ckpt.name, "sha256": mf.sha256_file(ckpt),
-                           "data_hash": meta.data_hash, "code_version": meta.code_version},
+                           "data_hash": meta.data_hash, "code_version": meta.code_version,
+                           **({"kept": CHECKPOINT_NAME} if (bundle / CHECKPOINT_NAME).is_file()
+                              else {})},
         model={"architecture": arch.arch, "encoder": arch.encoder,
                "preset": meta.preset, "label_mode": mode,
                "encoder_weights": arch.encoder_weights, "pretrained": meta.pretrained,
@@ -371,6 +377,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU latency/throughput iterations per precision (0: skip)")
     p.add_argument("--strict", action="store_true", help="bad data is fatal")
     p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="copy the checkpoint into the bundle as checkpoint.pt (listed and "
+                        "hashed; never shipped to devices): what 'segedge-build finetune' "
+                        "starts from")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

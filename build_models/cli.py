@@ -1,4 +1,5 @@
-"""``segedge-build``: fetch | train | export | verify | repository | reference | all.
+"""``segedge-build``: fetch | train | export | verify | repository | reference | all |
+finetune.
 
     segedge-build all --data DIR --out models -- --epochs 40     # dataset -> verified bundle
 """
@@ -20,6 +21,7 @@ COMMANDS = {
     "verify": "check a bundle without torch (schema, checksums, runs on CPU)",
     "repository": "bundle -> OVMS/Triton model repository (KServe v2 servers)",
     "reference": "add the quality reference (val/test confidence figures) to a built bundle",
+    "finetune": "bundle N + corrected field samples -> bundle N+1, compared with N",
     "all": "dataset folder -> trained checkpoint -> verified bundle, in one command",
 }
 
@@ -38,6 +40,8 @@ def run_all(argv: Sequence[str]) -> Dict[str, Any]:
                  "--tolerance", "--inference-precision", "--overlays", "--speed-iterations"):
         p.add_argument(flag)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="copy the checkpoint into the bundle (what finetune starts from)")
     p.add_argument("--strict", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args, rest = p.parse_known_args([a for a in argv if a != "--"])
@@ -45,7 +49,8 @@ def run_all(argv: Sequence[str]) -> Dict[str, Any]:
     common = (["--strict"] if args.strict else []) + ([] if args.progress else ["--no-progress"])
     trained = train.main(["--data", args.data, "--out", run_dir, *common, *rest])
     export_args = ["--checkpoint", trained["checkpoint"], "--data", args.data, "--out", args.out,
-                   *common, *(["--force"] if args.force else [])]
+                   *common, *(["--force"] if args.force else []),
+                   *(["--keep-checkpoint"] if args.keep_checkpoint else [])]
     for key in ("name", "version", "targets", "eval_limit", "calib_size", "tolerance",
                 "inference_precision", "overlays", "speed_iterations"):
         value = getattr(args, key)
@@ -70,6 +75,8 @@ def dispatch(command: str, argv: List[str]) -> Dict[str, Any]:
         from build_models.repository import main as step
     elif command == "reference":
         from build_models.reference import main as step
+    elif command == "finetune":
+        from build_models.finetune import main as step
     else:
         step = run_all
     return step(argv)
@@ -103,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 3
     if argv[0] != "verify" and not result.get("rank"):  # under torchrun: rank 0 speaks
         keys = ("bundle", "checkpoint", "evaluation", "best_val_dice", "dest", "repository",
-                "written", "version", "reference")
+                "written", "version", "reference", "parent", "samples", "comparison")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))
     return 0 if result.get("ok", True) else 1
 

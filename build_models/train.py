@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available
     strict: bool = False
     resume: Optional[str] = None
+    init_from: Optional[str] = None  # start from this checkpoint's weights (finetune)
     progress: bool = True
 
 
@@ -196,8 +197,9 @@ def setup(cfg: TrainConfig) -> Run:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     resumed = checkpoint.load(Path(cfg.resume)) if cfg.resume else None
-    if resumed:
-        arch = resumed.meta.model
+    start = checkpoint.load(Path(cfg.init_from)) if cfg.init_from and not resumed else None
+    if resumed or start:
+        arch = (resumed or start).meta.model
     else:
         arch = preset(cfg.preset, size=cfg.size, label_mode=cfg.label_mode,
                       encoder_weights=cfg.encoder_weights)
@@ -211,8 +213,10 @@ def setup(cfg: TrainConfig) -> Run:
     found["summary"]["val"] = val_scan.summary()
 
     dist, device = distributed.start(cfg.device)
-    model = models.create(arch.without_weights() if resumed else arch).to(device)
-    pretrained = resumed.meta.pretrained if resumed else (
+    model = models.create(arch.without_weights() if resumed or start else arch).to(device)
+    if start:  # the weights to deploy (EMA when on); a fresh optimiser and schedule
+        model.load_state_dict(start.state_dict)
+    pretrained = (resumed or start).meta.pretrained if resumed or start else (
         model.pretrained.to_dict() if model.pretrained else None)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -235,7 +239,7 @@ def setup(cfg: TrainConfig) -> Run:
                                       else None)
     aug = augment.AugmentConfig(background_mix=cfg.background_mix)
     meta = CheckpointMeta(
-        preset=resumed.meta.preset if resumed else cfg.preset, model=arch,
+        preset=(resumed or start).meta.preset if resumed or start else cfg.preset, model=arch,
         classes=list(data.CLASSES[arch.label_mode]),
         data_hash=data.data_hash(found["pairs"] + val_scan.pairs), data=str(cfg.data),
         extra_data=list(cfg.extra_data), train_images=len(found["pairs"]),
@@ -445,6 +449,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
     p.add_argument("--strict", action="store_true", help="bad data is fatal (default: skip)")
     p.add_argument("--resume", help="continue from a last.pt")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights and architecture (a fresh "
+                        "optimiser and schedule: fine-tuning)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -35,6 +35,7 @@ from edge_agent.inference.remote import RemoteEngine
 from edge_agent.mqtt.connection import MAX_INCOMING_BYTES, MqttComms
 from edge_agent.protocol.messages import Quality, Stats, Status
 from edge_agent.quality.drift import DriftSettings, QualityMonitor
+from edge_agent.quality.samples import Sampler, SampleWriter
 from edge_agent.sources.capture import Capture
 from edge_agent.sources.frames_in import FramesIn, SenderHooks
 from edge_agent.sources.slots import FrameSlots
@@ -89,6 +90,7 @@ class Agent:
             window_s=q.window_s, window_frames=q.window_frames, min_frames=q.min_frames,
             enter=q.drift_enter, exit=q.drift_exit, enter_after_s=q.enter_after_s,
             exit_after_s=q.exit_after_s)
+        self.samples: Optional[SampleWriter] = None  # the samples thread, when one saves
         self.metrics: Optional[Metrics] = None
         if cfg.metrics.listen:  # prometheus-client is imported only when it starts
             self.metrics = Metrics(self, cfg.metrics.listen)
@@ -143,10 +145,22 @@ class Agent:
         if self.quality_on:
             camera.quality = QualityMonitor(self.drift_settings,
                                             getattr(self.engine, "reference", None))
+        if cam_cfg.samples.enabled:
+            camera.sampler = self._sampler(cid, cam_cfg)
         self.slots.add(cid)
         self.health.add_camera(cid, counted=counted)
         self.cameras.add(camera)
         return camera
+
+    def _sampler(self, camera_id: str, cam_cfg: CameraConfig) -> Sampler:
+        """The camera's sampler; the one writer thread starts with the first."""
+        if self.samples is None:
+            self.samples = SampleWriter(self.stop)
+            self.samples.start()
+        log.info("%s: saving samples for labelling in %s (%g a minute at most, %d kept)",
+                 camera_id, os.path.join(self.cfg.samples.dir, camera_id),
+                 cam_cfg.samples.per_minute, cam_cfg.samples.max_samples)
+        return Sampler(camera_id, cam_cfg.samples, self.cfg.samples.dir, self.samples)
 
     def _remove_camera(self, camera_id: str, reason: str) -> None:
         self.cameras.remove(camera_id)
@@ -160,7 +174,9 @@ class Agent:
         source = SourceConfig(uri=f"mqtt:{frames_in_topic(self.cfg)}", loop=True, fps=0.0,
                               stall_timeout_s=f.stall_timeout_s)
         camera = self._add_camera(CameraConfig.from_sections(sender, source, self.cfg.output,
-                                                             sender=True), counted=False)
+                                                             sender=True,
+                                                             samples=self.cfg.samples),
+                                  counted=False)
         self.wake.set()
         return camera
 
@@ -223,7 +239,9 @@ class Agent:
                                                       "reason": None},
                 "masks_published": self.pipeline.masks_sent if self.pipeline else 0,
                 "masks_by_camera": {cid: c.masks_sent for cid, c in cameras.items()},
-                "session": self.session, **self._quality_facts(cameras)}
+                "session": self.session, **self._quality_facts(cameras),
+                **({"samples": {cid: c.sampler.report() for cid, c in cameras.items()
+                                if c.sampler is not None}} if self.samples else {})}
 
     def _quality_facts(self, cameras: Dict[str, Camera]) -> Dict[str, Any]:
         """The health file's ``quality``: per camera with a window, its state and figures
@@ -498,6 +516,8 @@ class Agent:
             self.pipeline.join(5.0)
         if self.frames_in:
             self.frames_in.join(1.0)
+        if self.samples:
+            self.samples.join(2.0)
         if self.control:
             self.control.join(1.0)
         if self.comms and self.pipeline:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import numpy as np
 
@@ -83,6 +83,7 @@ class Camera:
         self.frame_id = 0  # frames-in: the sender's last frame id (ours when it sends none)
         self.observe_latency: Optional[Callable[[float], None]] = None  # set by [metrics]
         self.quality: Optional[QualityMonitor] = None  # its figures' window ([quality])
+        self.sampler: Optional[Any] = None  # quality.samples.Sampler when it saves samples
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters.add(name, n)

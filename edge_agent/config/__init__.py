@@ -27,6 +27,7 @@ from edge_agent.config.loader import (  # noqa: F401 - the package's API
 )
 from edge_agent.config.settings import (  # noqa: F401 - the package's API
     CAMERA_OUTPUT_KEYS,
+    CAMERA_SAMPLES_KEYS,
     CAMERA_SOURCE_KEYS,
     DEFAULT_PATH,
     DEVICE_NAME,
@@ -57,6 +58,7 @@ from edge_agent.config.settings import (  # noqa: F401 - the package's API
     MqttConfig,
     OutputConfig,
     QualityConfig,
+    SamplesConfig,
     SourceConfig,
     id_problem,
     valid_id,

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from edge_agent.bundle.manifest import TARGETS
 from edge_agent.config.settings import (
     CAMERA_OUTPUT_KEYS,
+    CAMERA_SAMPLES_KEYS,
     CAMERA_SOURCE_KEYS,
     DEVICE_NAME,
     LOG_LEVELS,
@@ -26,6 +27,7 @@ from edge_agent.config.settings import (
     Config,
     ConfigError,
     OutputConfig,
+    SamplesConfig,
     SourceConfig,
     _keys,
     _range_text,
@@ -157,6 +159,12 @@ def _check_camera_values(cfg: Config) -> None:
             f = next(x for x in fields(cls) if x.name == key)
             value = getattr(camera.source if cls is SourceConfig else camera, key)
             _check_value(_camera_key(cfg, camera, key), f, value)
+        if camera.source is cfg.source:
+            continue  # the single-camera form: its samples are [samples], checked above
+        for key in CAMERA_SAMPLES_KEYS:
+            f = next(x for x in fields(SamplesConfig) if x.name == key)
+            _check_value(f"cameras[{cfg.cameras.index(camera) + 1}].samples.{key}", f,
+                         getattr(camera.samples, key))
 
 
 def _check_server(cfg: Config) -> None:
@@ -249,6 +257,8 @@ def validate(cfg: Config) -> None:
                               f"{_short(cfg.metrics.listen)}") from None
         _check(importlib.util.find_spec("prometheus_client") is not None, "metrics.listen",
                "needs prometheus-client: pip install 'segedge[metrics]'")
+    _check(not any(c.samples.enabled for c in cfg.cameras) or bool(cfg.samples.dir),
+           "samples.dir", "must not be empty while a camera saves samples")
     c = cfg.commands
     _check(not c.persist or bool(c.state_file or cfg.health_file), "commands.persist",
            "needs commands.state_file (or health_file, beside which commands.json goes)")

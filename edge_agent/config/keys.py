@@ -9,9 +9,11 @@ from typing import Any, List, Tuple
 
 from edge_agent.config.settings import (
     CAMERA_OUTPUT_KEYS,
+    CAMERA_SAMPLES_KEYS,
     CAMERA_SOURCE_KEYS,
     ID_RULE,
     OutputConfig,
+    SamplesConfig,
     SourceConfig,
     _keys,
     _range_text,
@@ -43,4 +45,8 @@ def key_table() -> str:
         default = "(required)" if key == "uri" else f"`{section}.{key}`"
         lines.append(f"| `cameras[].{key}` | {types.get(f.type, f.type)} | {default} |  | as "
                      f"`{section}.{key}`, for this camera |")
+    for key in CAMERA_SAMPLES_KEYS:
+        f = next(x for x in fields(SamplesConfig) if x.name == key)
+        lines.append(f"| `cameras[].samples.{key}` | {f.type} | `samples.{key}` |  | as "
+                     f"`samples.{key}`, for this camera |")
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ else:  # pragma: no cover - exercised on the Python 3.9 lane
 from edge_agent.config.checks import _check, _is, validate
 from edge_agent.config.settings import (
     CAMERA_OUTPUT_KEYS,
+    CAMERA_SAMPLES_KEYS,
     CAMERA_SOURCE_KEYS,
     ENV_IGNORED,
     ENV_PREFIX,
@@ -35,6 +36,7 @@ from edge_agent.config.settings import (
     ConfigError,
     MqttConfig,
     OutputConfig,
+    SamplesConfig,
     SourceConfig,
     _field_type,
     _key,
@@ -173,7 +175,7 @@ def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
     _check(isinstance(tables, list) and all(isinstance(t, dict) for t in tables), "cameras",
            "must be an array of tables ([[cameras]])")
     _check(len(tables) <= MAX_CAMERAS, "cameras", f"more than {MAX_CAMERAS} cameras")
-    known = ("id",) + CAMERA_SOURCE_KEYS + CAMERA_OUTPUT_KEYS
+    known = ("id", "samples") + CAMERA_SOURCE_KEYS + CAMERA_OUTPUT_KEYS
     cameras: List[CameraConfig] = []
     for n, table in enumerate(tables, 1):
         where = f"cameras[{n}]"
@@ -189,7 +191,8 @@ def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
         _check(valid_id(camera_id), f"{where}.id", id_problem(camera_id))
         _check(camera_id not in {c.id for c in cameras}, f"{where}.id",
                f"{_short(camera_id)} is used by an earlier camera")
-        camera = CameraConfig.from_sections(camera_id, replace(cfg.source), cfg.output)
+        camera = CameraConfig.from_sections(camera_id, replace(cfg.source), cfg.output,
+                                            samples=cfg.samples)
         for key, value in table.items():
             if key in CAMERA_SOURCE_KEYS:
                 setattr(camera.source, key,
@@ -197,6 +200,8 @@ def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
             elif key in CAMERA_OUTPUT_KEYS:
                 setattr(camera, key,
                         _coerce_toml(f"{where}.{key}", _field_type(OutputConfig, key), value))
+            elif key == "samples":
+                _camera_samples(camera.samples, value, f"{where}.samples")
         cameras.append(camera)
     if len(cameras) > 1:
         for n, camera in enumerate(cameras, 1):
@@ -204,6 +209,17 @@ def _cameras_from(cfg: Config, tables: Any) -> List[CameraConfig]:
                    f"{_short(camera.id)} is the device_id: with several cameras the agent "
                    f"needs an id of its own")
     return cameras
+
+
+def _camera_samples(samples: SamplesConfig, table: Any, where: str) -> None:
+    """A camera's ``samples`` table over its copy of ``[samples]``."""
+    _check(isinstance(table, dict), where, "must be a table, e.g. samples = { enabled = true }")
+    for key, value in table.items():
+        _check(key in CAMERA_SAMPLES_KEYS, f"{where}.{_key(str(key))}",
+               f"unknown key (known: {', '.join(sorted(CAMERA_SAMPLES_KEYS))}; the folder is "
+               f"always <samples.dir>/<camera id>)")
+        setattr(samples, key,
+                _coerce_toml(f"{where}.{key}", _field_type(SamplesConfig, key), value))
 
 
 def _read_secret(path: Path, key: str, warn: bool) -> str:
@@ -316,7 +332,8 @@ def _load(path: Optional[str], environ: Mapping[str, str]) -> Tuple[Config, List
         for camera in cfg.cameras:  # the file's own uri values (its [source] one is done)
             camera.source.uri = _file_relative(camera.source.uri, base)
     else:
-        cfg.cameras = [CameraConfig.from_sections(cfg.device_id, cfg.source, cfg.output)]
+        cfg.cameras = [CameraConfig.from_sections(cfg.device_id, cfg.source, cfg.output,
+                                                  samples=cfg.samples)]
     validate(cfg)
     _check(bool(cfg.cameras) or cfg.frames_in.enabled, "cameras",
            "no camera and frames_in is off: nothing to do (list [[cameras]], or set "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterator, List, Optional, Tuple
 
 DEFAULT_PATH = "/etc/segedge/agent.toml"
@@ -36,7 +36,8 @@ DEVICE_NAME = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)?\Z")  # CPU, GPU.0, NPU
 # (source.uri and cameras[].uri too, when they name a file or folder).
 PATH_KEYS = ("health_file", "model.bundle", "model.cache_dir", "model.server_ca",
              "mqtt.password_file",
-             "mqtt.tls_ca", "mqtt.tls_cert", "mqtt.tls_key", "commands.state_file")
+             "mqtt.tls_ca", "mqtt.tls_cert", "mqtt.tls_key", "commands.state_file",
+             "samples.dir")
 
 
 class ConfigError(Exception):
@@ -219,10 +220,43 @@ class QualityConfig:
                                    "before `ok`", 0, 3600)
 
 
+@dataclass
+class SamplesConfig:
+    enabled: bool = _f(False, "save frames for labelling, every camera: those the model is "
+                              "unsure of plus a random share, with a pre-label, in the "
+                              "Oxford-IIIT Pet layout under `<dir>/<camera_id>/` "
+                              "(docs/field-loop.md, \"Samples on the device\"); "
+                              "`cameras[].samples.enabled` for one camera")
+    dir: str = _f("/var/lib/segedge/samples", "root of the sample folders (a directory, not a "
+                                               "symlink; created when missing); the agent "
+                                               "writes, and deletes, only its own `segedge-*` "
+                                               "files there")
+    per_minute: float = _f(2.0, "samples saved per minute at most, per camera, evenly spaced",
+                           0, 600, above=True)
+    random_share: float = _f(0.1, "share of `per_minute` spent on frames taken at random times "
+                                  "whatever their figures (calibration: what the model sees "
+                                  "when it is sure)", 0, 1)
+    uncertain_above: float = _f(0.3, "a frame is chosen for its uncertainty when at least this "
+                                     "share of its pixels is uncertain (the frame's `uncertain` "
+                                     "figure: top-class probability under the confidence "
+                                     "threshold)", 0, 1)
+    max_samples: int = _f(500, "samples kept per camera; a new one past it deletes the oldest "
+                               "(counted)", 1, 1000000)
+    max_bytes: int = _f(256 << 20, "bytes kept per camera (images, pre-labels, sidecars); a new "
+                                   "sample past it deletes the oldest (counted)",
+                        1 << 20, 1 << 40)
+
+
 CAMERA_SOURCE_KEYS = ("uri", "loop", "fps", "realtime", "stall_timeout_s", "reconnect_max_s")
 
 
 CAMERA_OUTPUT_KEYS = ("max_publish_fps", "frame_every", "mask_encoding", "overlay_interval_s")
+
+
+# [samples] keys a camera's own ``samples`` table may set (the folder is always
+# ``<samples.dir>/<camera_id>``)
+CAMERA_SAMPLES_KEYS = ("enabled", "per_minute", "random_share", "uncertain_above",
+                       "max_samples", "max_bytes")
 
 
 MAX_CAMERAS = 64
@@ -234,7 +268,8 @@ class CameraConfig:
 
     In a ``[[cameras]]`` table every key but ``id`` and ``uri`` defaults to the value in
     ``[source]`` or ``[output]``. A config without ``[[cameras]]`` has one camera whose id
-    is ``device_id`` and whose source is ``[source]`` (the single-camera form).
+    is ``device_id`` and whose source is ``[source]`` (the single-camera form). Its
+    ``samples`` are ``[samples]`` with the keys of its own ``samples`` table on top.
     """
 
     id: str
@@ -244,13 +279,17 @@ class CameraConfig:
     mask_encoding: str
     overlay_interval_s: float
     sender: bool = False  # made at run time for a frames_in sender (not configured)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     @classmethod
     def from_sections(cls, camera_id: str, source: SourceConfig, out: OutputConfig,
-                      sender: bool = False) -> CameraConfig:
-        """A camera reading ``source`` (kept as given) with ``[output]``'s settings."""
+                      sender: bool = False,
+                      samples: Optional[SamplesConfig] = None) -> CameraConfig:
+        """A camera reading ``source`` (kept as given) with ``[output]``'s settings (and
+        a copy of ``[samples]``, off when not given)."""
         return cls(camera_id, source, out.max_publish_fps, out.frame_every,
-                   out.mask_encoding, out.overlay_interval_s, sender)
+                   out.mask_encoding, out.overlay_interval_s, sender,
+                   replace(samples) if samples is not None else SamplesConfig())
 
 
 @dataclass
@@ -269,6 +308,7 @@ class Config:
     frames_in: FramesInConfig = field(default_factory=FramesInConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
     # filled by load(): the [[cameras]] tables, or the one camera of the single-camera form
     cameras: List[CameraConfig] = field(default_factory=list)
 
@@ -281,7 +321,7 @@ class Config:
 SECTIONS = {"source": SourceConfig, "model": ModelConfig, "output": OutputConfig,
             "mqtt": MqttConfig, "homeassistant": HomeAssistantConfig,
             "commands": CommandsConfig, "frames_in": FramesInConfig,
-            "metrics": MetricsConfig, "quality": QualityConfig}
+            "metrics": MetricsConfig, "quality": QualityConfig, "samples": SamplesConfig}
 
 
 TABLE_LISTS = ("cameras",)  # top-level arrays of tables, not plain keys

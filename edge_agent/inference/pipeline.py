@@ -253,7 +253,8 @@ class Pipeline:
                     if self.stop.is_set():
                         return
                 with self._progress_lock:
-                    keep = state.frame_every or camera.overlay_interval_s or snapshot
+                    keep = state.frame_every or camera.overlay_interval_s or snapshot \
+                        or camera.sampler is not None
                     meta = FrameMeta(self.submitted, camera_id, frame.frame_id,
                                      frame.captured_at, frame.captured_mono,
                                      tuple(frame.image.shape[:2]),
@@ -325,6 +326,8 @@ class Pipeline:
         if not allowed:
             camera.count("skipped_rate")  # answered its request; not on the mask topic
             return
+        if camera.sampler is not None:
+            self._offer_sample(camera, meta, figures)
         every = state.frame_every
         if snap is not None or (every and camera.outputs.frame
                                 and camera.masks_sent % every == 0):
@@ -366,6 +369,14 @@ class Pipeline:
         camera.quality.add(figures, share)
         self.times.stop("quality", t0)
         return figures
+    def _offer_sample(self, camera: Camera, meta: FrameMeta, figures: Any) -> None:
+        """The camera's sampler sees the published frame and its mask (a chosen one is
+        written on the samples thread). ``figures``: the frame's quality figures
+        (``uncertain``, ``margin``) or None (then only random picks are made)."""
+        if meta.image is None or camera.last_mask is None:
+            return
+        camera.sampler.offer(meta.frame_id, meta.captured_at, meta.image, camera.last_mask,
+                             figures, meta.engine or self.engine)
 
     def _send_overlay(self, camera: Camera, meta: FrameMeta) -> bool:
         """The frame with the last mask, legend and caption, as JPEG on the overlay topic."""

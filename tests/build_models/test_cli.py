@@ -26,6 +26,7 @@ def run_agent_only(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("argv", [("train", "--help"), ("export", "--help"),
                                   ("fetch", "--help"), ("all", "--help"),
+                                  ("finetune", "--help"),
                                   ("train", "--data", "x", "--out", "y")])
 def test_build_commands_name_the_extra(argv):
     res = run_agent_only(*argv)

@@ -206,7 +206,8 @@ class RigSession:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    def playbook(self, *args: str, timeout: float = 600) -> Tuple[int, str, Dict]:
+    def playbook(self, *args: str, timeout: float = 600,
+                 play: str = "site.yml") -> Tuple[int, str, Dict]:
         self.runs += 1
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "deploy/ansible.cfg"),
                    ANSIBLE_NOCOLOR="1",
@@ -217,7 +218,7 @@ class RigSession:
                    ANSIBLE_FORKS="8",
                    ANSIBLE_LOG_PATH=str(self.rig.rundir.parent / "ansible-timed.log"))
         argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory),
-                str(REPO / "deploy/site.yml"), "--vault-password-file", str(self.vault_pass),
+                str(REPO / "deploy" / play), "--vault-password-file", str(self.vault_pass),
                 "-e", "segedge_serial=100%", *args]
         t0 = time.monotonic()
         proc = self.rig.ns_exec(argv, check=False, timeout=timeout, env=env, cwd=REPO)

@@ -29,7 +29,8 @@ def test_ansible_lint_production_profile():
     lint = Path(sys.executable).parent / "ansible-lint"
     require(lint.exists(), "ansible-lint (the deploy extra)")
     proc = subprocess.run([str(lint), "--profile", "production", "--offline", "-q",
-                           "site.yml", "roles/segedge_agent", "roles/segedge_broker"],
+                           "site.yml", "collect.yml", "roles/segedge_agent",
+                           "roles/segedge_broker"],
                           cwd=REPO / "deploy", capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, NO_COLOR="1", ANSIBLE_CONFIG="ansible.cfg"))
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
