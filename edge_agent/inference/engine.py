@@ -214,6 +214,9 @@ class Engine:
             self._variant(self.size_hw)  # compiled now, not at the first frame
         else:
             self._queue.set_callback(self._make_done(self._out, None))
+        if self.resize_in_graph:  # and the usual camera's (any size, no box average)
+            with contextlib.suppress(Exception):  # a device without dynamic shapes: per size
+                self._variant((self.size_hw[0] + 1, self.size_hw[1]), fallback=False)
 
     def _make_done(self, out: int, figures_at: Optional[int]) -> Callable[[Any, Any], None]:
         def done(request: Any, userdata: Any) -> None:
@@ -255,8 +258,9 @@ class Engine:
             return ("any", shrink_factor(frame_hw, self.size_hw), self.decide)
         return ("size", frame_hw, self.decide)
 
-    def _variant(self, frame_hw: Tuple[int, int]) -> Any:
-        """The compiled model and queue for frames of ``frame_hw`` (compiled on first use)."""
+    def _variant(self, frame_hw: Tuple[int, int], fallback: bool = True) -> Any:
+        """The compiled model and queue for frames of ``frame_hw`` (compiled on first use;
+        ``fallback``: per frame size when the device cannot take any size)."""
         key = self._key(frame_hw)
         found = self._variants.get(key)
         if found is not None:
@@ -271,6 +275,8 @@ class Engine:
                 self._dynamic = False
                 log.warning("%s cannot take frames of any size (%s); one compiled variant per "
                             "frame size", self.device, " ".join(str(exc).split())[:200])
+                if not fallback:
+                    raise
                 return self._variant(frame_hw)
         else:
             compiled = self._compile_steps(None if key[0] == "model" else frame_hw, shrink)

@@ -15,12 +15,13 @@ try:  # 2023.1 and newer
     import openvino as _ov
 
     Core = _ov.Core
+    Model = _ov.Model
     AsyncInferQueue = _ov.AsyncInferQueue
     Layout = _ov.Layout
     Type = _ov.Type
     get_version = _ov.get_version
 except (ImportError, AttributeError):  # pragma: no cover - 2022.3
-    from openvino.runtime import AsyncInferQueue, Core, Layout, Type, get_version  # noqa: F401
+    from openvino.runtime import AsyncInferQueue, Core, Layout, Model, Type, get_version  # noqa: F401
 
 try:  # 2023.1 and newer
     from openvino import opset8 as _ops
@@ -210,7 +211,12 @@ def append_frame_quality(model: Any, output_index: int, kind: str, threshold: fl
     figures = _ops.concat([_ops.unsqueeze(uncertain, _ops.constant([0])),
                            _ops.unsqueeze(margin, _ops.constant([0]))], 0)
     figures.output(0).get_tensor().set_names({QUALITY_OUTPUT})
-    model.add_results([_ops.result(figures)])
+    result = _ops.result(figures)
+    if hasattr(model, "add_results"):
+        model.add_results([result])
+    else:  # 2022.3 has no add_results: the same graph with one more result
+        model = Model(list(model.get_results()) + [result], list(model.get_parameters()),
+                      model.get_friendly_name())
     model.validate_nodes_and_infer_types()
     return model
 

@@ -87,6 +87,33 @@ def test_frame_quality_in_graph_matches_numpy(channels, kind, threshold):
     assert frame_figures(plain.create_infer_request().infer({0: bad})[0], kind) is None
 
 
+class _Without2022:
+    """An ov.Model as OpenVINO 2022.3 (the MYRIAD lane) shows it: no ``add_results``."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+
+    def __getattr__(self, name):
+        if name == "add_results":
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+
+def test_frame_quality_without_add_results_as_on_2022_3():
+    """2022.3 has no Model.add_results (found on the rig's MYRIAD host: the agent exited at
+    start); the figures then come from a new Model with one more result."""
+    assert not hasattr(_Without2022(_scores_model(2, False, 0.7)), "add_results")
+    model = ovcompat.append_frame_quality(_Without2022(_scores_model(2, False, 0.7)), 0,
+                                          "logits", 0.9)
+    model = ovcompat.append_class_decision(model, 0, "logits")
+    compiled = ovcompat.new_core().compile_model(model, "CPU",
+                                                 {"INFERENCE_PRECISION_HINT": "f32"})
+    frame = np.random.default_rng(3).standard_normal((1, 3, 12, 16)).astype(np.float32)
+    got = compiled.create_infer_request().infer({0: frame})
+    pair = got[compiled.outputs[ovcompat.output_index(compiled, ovcompat.QUALITY_OUTPUT)]]
+    assert pair.shape == (2,) and 0.0 <= float(pair[0]) <= 1.0
+
+
 def test_engine_passes_the_graph_figures_to_its_callback(tmp_path):
     """A real tiny IR through the Engine's own steps: the figures come with each class map
     and equal numpy's on the scores of the same frame."""
@@ -218,6 +245,7 @@ def test_engine_without_dynamic_shapes_compiles_per_size_bounded(tmp_path):
     got = {}
     engine = _engine(bundle, True, got)
     engine._dynamic = False
+    engine._variants.pop(("any", 1, True))  # compiled at start, before the flag was cleared
     sizes = [(96, 128), (40, 50), (140, 200), (64, 80), (90, 90), (96, 128)]
     _run(engine, [_blocks(h, w) for h, w in sizes], resize_in_graph=True)
     assert len(engine._variants) <= MAX_SIZES
