@@ -84,6 +84,13 @@ def _figures(entry: Any) -> Optional[Dict[str, Any]]:
             "model_version": str(entry.get("model_version", ""))}
 
 
+def _flag(value: Any) -> bool:
+    """A boolean option that may arrive templated as text ("False")."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -188,7 +195,7 @@ def segedge_canary_verdict(after: Optional[Mapping[str, Any]],
         verdicts = {}
         summary = ("the health file carries no quality figures (an agent without field "
                    "quality, or [quality] enabled = false)")
-        decision = WAIT if opts["require_quality"] else PASS
+        decision = WAIT if _flag(opts["require_quality"]) else PASS
         if decision == PASS:
             summary += ": not judged (segedge_agent_canary_require_quality is false)"
     else:
@@ -200,7 +207,7 @@ def segedge_canary_verdict(after: Optional[Mapping[str, Any]],
             if decision != PASS else [v["why"] for v in verdicts.values()]
         summary = "; ".join(shown) or "no camera reports figures: nothing to judge"
     if decision == WAIT and final:
-        if opts["require_quality"]:
+        if _flag(opts["require_quality"]):
             decision = FAIL
             summary = (f"{summary}; not judged after the soak and the wait for figures: "
                        f"refused (fail closed)")
