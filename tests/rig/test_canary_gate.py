@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,130 @@ def test_the_filters_work_inside_ansible(tmp_path):
     inside = json.loads((tmp_path / "verdict.json").read_text())
     outside = verdict(health(**{"cam-01": cam(uncertain=0.97, margin=0.02)}), final=True)
     assert inside == outside and inside["decision"] == "fail"
+
+
+def _canary_tasks(tmp_path: Path, after: dict, before: dict, pid_after_soak: int = 4242) -> dict:
+    """tasks/canary.yml run by the real ansible-playbook on this machine: the health file and
+    ``systemctl`` are stand-ins, the healthcheck is the role's own script. Returns the facts
+    the gate left (refusal, verdict)."""
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    require(playbook.exists(), "ansible-playbook (the deploy extra)")
+    state, prefix, venv, bin_dir = (tmp_path / d for d in ("state", "prefix", "venv", "bin"))
+    for d in (state, prefix / "libexec", venv / "bin", bin_dir):
+        d.mkdir(parents=True)
+    (prefix / "libexec/segedge-healthcheck").write_text(
+        (ROLE / "files/libexec/segedge-healthcheck").read_text())
+    (venv / "bin/python").symlink_to(sys.executable)
+    (state / "health.json").write_text(json.dumps(dict(after, pid=pid_after_soak)))
+    (bin_dir / "systemctl").write_text(
+        f"#!/bin/sh\nprintf 'ActiveState=active\\nSubState=running\\nMainPID={pid_after_soak}\\n"
+        "NRestarts=0\\n'\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    facts = {
+        "segedge_agent_canary": True, "segedge_agent_canary_soak_s": 0,
+        "segedge_agent_canary_wait_max_s": 5, "segedge_agent_venv_dir": str(venv),
+        "segedge_agent_prefix": str(prefix), "segedge_agent_state_dir": str(state),
+        "segedge_agent_source_uri": "http://cam", "segedge_agent_device_id": "cam-01",
+        "segedge_agent__manifest": NEW, "segedge_agent__release": "tiny-0.0.7",
+        "segedge_agent__health": {"rc": 0, "stdout": json.dumps({"healthy": True, "pid": 4242})},
+        "segedge_agent__health_before": {"content": base64.b64encode(
+            json.dumps(before).encode()).decode(), "encoding": "base64"},
+        "ansible_python_interpreter": sys.executable}
+    report = {"ansible.builtin.copy": {
+        "dest": str(tmp_path / "facts.json"), "mode": "0600",
+        "content": "{{ {'refused': segedge_agent__refused | default(false), "
+                   "'refusal': segedge_agent__refusal | default(''), "
+                   "'verdict': segedge_agent__canary_verdict | default({})} | to_json }}"}}
+    play = [{"hosts": "localhost", "gather_facts": False, "vars": dict(defaults, **facts),
+             "tasks": [{"block": [{"ansible.builtin.import_tasks": str(ROLE / "tasks/canary.yml")}],
+                        "rescue": [{"ansible.builtin.set_fact": {"segedge_agent__refused": True}}]},
+                       report]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run([str(playbook), "-i", "localhost,", "-c", "local", "play.yml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, NO_COLOR="1", ANSIBLE_NOCOLOR="1",
+                                   PATH=f"{bin_dir}:{os.environ['PATH']}",
+                                   ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins")))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    return dict(json.loads((tmp_path / "facts.json").read_text()), out=proc.stdout)
+
+
+def test_canary_tasks_refuse_a_poor_release_with_the_reason(tmp_path):
+    poor = health(**{"cam-01": cam(uncertain=0.97, margin=0.02)})
+    got = _canary_tasks(tmp_path, poor, BEFORE)
+    assert got["refused"] is True and got["verdict"]["decision"] == "fail", got
+    assert "confidence below the previous release's on this device" in got["refusal"]
+
+
+def test_canary_tasks_pass_a_good_release(tmp_path):
+    got = _canary_tasks(tmp_path, health(**{"cam-01": cam()}), BEFORE)
+    assert got["refused"] is False and got["verdict"]["decision"] == "pass", got
+    assert "passed the canary gate on localhost after a soak of 0 s" in got["out"]
+
+
+def test_canary_tasks_refuse_an_agent_that_restarted_during_the_soak(tmp_path):
+    got = _canary_tasks(tmp_path, health(**{"cam-01": cam()}), BEFORE, pid_after_soak=5151)
+    assert got["refused"] is True and "restarted during the soak (pid 4242 -> 5151)" in \
+        got["refusal"], got
+
+
+def test_canary_tasks_fail_closed_on_a_camera_still_warming_up(tmp_path):
+    warming = health(**{"cam-01": cam(state="warming_up", uncertain=None, margin=None, frames=3)})
+    got = _canary_tasks(tmp_path, warming, BEFORE)
+    assert got["refused"] is True and "refused (fail closed)" in got["refusal"], got
+
+
+def test_one_canarys_refusal_fails_every_canary_with_the_reason(tmp_path):
+    """tasks/health.yml on two canaries (local stand-ins, no previous release to restore):
+    c1's poor figures refuse the release; c2, good, is failed too, naming c1 and why."""
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    require(playbook.exists(), "ansible-playbook (the deploy extra)")
+    prefix, venv, bin_dir = tmp_path / "prefix", tmp_path / "venv", tmp_path / "bin"
+    for d in (prefix / "libexec", venv / "bin", bin_dir):
+        d.mkdir(parents=True)
+    (prefix / "libexec/segedge-healthcheck").write_text(
+        (ROLE / "files/libexec/segedge-healthcheck").read_text())
+    (venv / "bin/python").symlink_to(sys.executable)
+    (bin_dir / "systemctl").write_text("#!/bin/sh\nprintf 'ActiveState=active\\nSubState=running"
+                                       "\\nMainPID=4242\\nNRestarts=0\\n'\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    hosts = {}
+    for host, figures in (("c1", cam(uncertain=0.97, margin=0.02)), ("c2", cam())):
+        state = tmp_path / host
+        state.mkdir()
+        (state / "health.json").write_text(json.dumps(health(**{host: figures})))
+        before = health("0.0.6", **{host: cam(version="0.0.6")})
+        hosts[host] = {"segedge_agent_state_dir": str(state), "segedge_agent_device_id": host,
+                       "segedge_agent__health_before": {"content": base64.b64encode(
+                           json.dumps(before).encode()).decode()}}
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    facts = {
+        "segedge_agent_canary": True, "segedge_agent_canary_soak_s": 0,
+        "segedge_agent_canary_wait_max_s": 5, "segedge_agent_venv_dir": str(venv),
+        "segedge_agent_prefix": str(prefix), "segedge_agent_source_uri": "http://cam",
+        "segedge_agent__manifest": NEW, "segedge_agent__release": "tiny-0.0.7",
+        "segedge_agent__release_dir": str(tmp_path / "nowhere"), "segedge_agent__previous": "",
+        "segedge_agent__switch": {"changed": True}, "segedge_agent__config": {},
+        "ansible_python_interpreter": sys.executable, "ansible_connection": "local"}
+    defaults = {k: v for k, v in defaults.items()  # host vars below play vars: per host
+                if k not in ("segedge_agent_state_dir", "segedge_agent_device_id")}
+    play = [{"hosts": "c1,c2", "gather_facts": False, "vars": dict(defaults, **facts),
+             "tasks": [{"ansible.builtin.import_tasks": str(ROLE / "tasks/health.yml")}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    proc = subprocess.run([str(playbook), "-i", "hosts.yml", "play.yml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, NO_COLOR="1", ANSIBLE_NOCOLOR="1",
+                                   PATH=f"{bin_dir}:{os.environ['PATH']}",
+                                   ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins")))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    fails = {h: " ".join(json.loads(body)["msg"].split())
+             for h, body in re.findall(r"^fatal: \[(c\d)\]: FAILED! => (.*)$", out, re.M)}
+    assert set(fails) == {"c1", "c2"}, out[-4000:]
+    assert "release tiny-0.0.7 failed the canary gate on c1 after a soak of 0 s" in fails["c1"]
+    assert "confidence below the previous release's on this device" in fails["c1"]
+    assert "release tiny-0.0.7 refused on canary c2 too: the canary gate refused it on c1" in \
+        fails["c2"] and "camera c1: confidence below" in fails["c2"], fails["c2"]
+    assert "-- no previous release to roll back to." in fails["c2"], fails["c2"]

@@ -143,9 +143,10 @@ def _canaries(tmp_path: Path, inventory: dict, *args: str) -> Dict[str, List[str
     (tmp_path / "play.yml").write_text(yaml.safe_dump([pick, report]))
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
     (tmp_path / "groups.json").unlink(missing_ok=True)
+    limited = args[:1] == ("--limit",)
     proc = subprocess.run([str(PLAYBOOK), "-i", "hosts.yml", "-c", "local", "play.yml",
-                           "--limit", "localhost," + (args[1] if args[:1] == ("--limit",) else "all"),
-                           *args[2 if args[:1] == ("--limit",) else 0:]],
+                           "--limit", "localhost," + (args[1] if limited else "all"),
+                           *args[2 if limited else 0:]],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(ANSIBLE_ENV, ANSIBLE_PYTHON_INTERPRETER=sys.executable))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
