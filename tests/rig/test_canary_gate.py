@@ -215,8 +215,9 @@ def _canary_tasks(tmp_path: Path, after: dict, before: dict, pid_after_soak: int
     (bin_dir / "systemctl").chmod(0o755)
     defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
     facts = {
-        "segedge_agent_canary": True, "segedge_agent_canary_soak_s": 0,
-        "segedge_agent_canary_wait_max_s": 5, "segedge_agent_venv_dir": str(venv),
+        # as text, the way -e hands them over
+        "segedge_agent_canary": True, "segedge_agent_canary_soak_s": "0",
+        "segedge_agent_canary_wait_max_s": "5", "segedge_agent_venv_dir": str(venv),
         "segedge_agent_prefix": str(prefix), "segedge_agent_state_dir": str(state),
         "segedge_agent_source_uri": "http://cam", "segedge_agent_device_id": "cam-01",
         "segedge_agent__manifest": NEW, "segedge_agent__release": "tiny-0.0.7",

@@ -34,6 +34,12 @@ def _health(dev) -> dict:
     return json.loads(out) if out.strip() else {}
 
 
+def _flat(out: str) -> str:
+    """The playbook's output on one line: the yaml callback wraps long messages and doubles
+    the apostrophes of single-quoted ones."""
+    return " ".join(out.split()).replace("''", "'")
+
+
 def _current(dev) -> str:
     return dev.run("readlink /opt/segedge/models/current").stdout.strip().rsplit("/", 1)[-1]
 
@@ -52,14 +58,15 @@ def _settled(fleet, version: str, timeout: float = 240) -> dict:
         return entry if ok else None
 
     try:
+        wait_for(lambda: "quality" in _health(dev), 60, 2, "a health file with 'quality'")
+    except TimeoutError:
+        pytest.fail(f"the agent on {CANARY} writes no 'quality' into its health file: the "
+                    "canary rig tests need the agent's field quality (issue 20, items 1-3; "
+                    f"branch i20-quality). Health file: {_health(dev)}", pytrace=False)
+    try:
         return wait_for(figures, timeout, 2, f"{CANARY}'s settled quality figures of {version}")
     except TimeoutError as exc:
-        health = _health(dev)
-        if "quality" not in health:
-            pytest.fail(f"the agent on {CANARY} writes no 'quality' into its health file: the "
-                        "canary rig tests need the agent's field quality (issue 20, items 1-3; "
-                        f"branch i20-quality). Health file: {health}", pytrace=False)
-        pytest.fail(f"{exc}\nhealth file: {health}\n{dev.journal()}", pytrace=False)
+        pytest.fail(f"{exc}\nhealth file: {_health(dev)}\n{dev.journal()}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +104,7 @@ def test_a_release_poor_in_the_field_is_rolled_back_on_the_canary_alone(canary_f
     fleet.canary_timings["refused_rollout_s"] = time.monotonic() - t1
     dev = fleet.devices[CANARY]
     assert rc != 0 and rec[CANARY]["failed"] == 1, out[-6000:]
-    out = " ".join(out.split())
+    out = _flat(out)
     # the reason names field quality, against the previous release on this device
     assert "release tiny-0.1.1 failed the canary gate on dev-cpu after a soak of" in out, \
         out[-6000:]
@@ -130,7 +137,7 @@ def test_a_good_release_passes_the_canary_and_reaches_every_device(canary_fleet)
     rc, out, rec = fleet.playbook("-e", f"segedge_agent_bundle_dir={bundles['good']}")
     fleet.canary_timings["good_rollout_s"] = time.monotonic() - t0
     assert rc == 0, out[-6000:]
-    out = " ".join(out.split())
+    out = _flat(out)
     assert "release tiny-0.1.2 passed the canary gate on dev-cpu" in out, out[-6000:]
     assert f"camera {CANARY}: " in out and "(was " in out, out[-6000:]  # compared with 0.1.0
     for name in AGENTS:
