@@ -2,7 +2,10 @@
 
 The model is a fixed 3x3 convolution that calls "pet" every pixel whose red
 channel exceeds its blue channel, so tests can predict the mask from the frame.
-The IR is compiled and run by the real runtime in the agent tests.
+The IR is compiled and run by the real runtime in the agent tests. ``scale``
+multiplies its logits: 1.0 (the default) is sure of every pixel of the camera
+stand-in's frames; 1e-4 makes the same decisions with top-class probabilities
+near 0.5 (a valid, verified bundle that is poor in the field: the canary tests).
 """
 
 from __future__ import annotations
@@ -16,29 +19,36 @@ import numpy as np
 from edge_agent.bundle import manifest as mf
 
 
-def build_model(height: int = 64, width: int = 64):
-    import openvino as ov
-    from openvino import opset13 as ops
-
-    image = ops.parameter([1, 3, height, width], ov.Type.f32, name="image")
+def _weights(scale: float = 1.0):
     weights = np.zeros((2, 3, 3, 3), dtype=np.float32)
     # channel 0 (background) = blue - red, channel 1 (pet) = red - blue; input is RGB
     weights[0, 2, 1, 1], weights[0, 0, 1, 1] = 1.0, -1.0
     weights[1, 0, 1, 1], weights[1, 2, 1, 1] = 1.0, -1.0
+    bias = np.array([0.5, -0.5], np.float32)
+    return (weights * np.float32(scale)).astype(np.float32), (bias * np.float32(scale)).astype(
+        np.float32)
+
+
+def build_model(height: int = 64, width: int = 64, scale: float = 1.0):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    image = ops.parameter([1, 3, height, width], ov.Type.f32, name="image")
+    weights, bias = _weights(scale)
     conv = ops.convolution(image, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1])
-    logits = ops.add(conv, ops.constant(np.array([0.5, -0.5], np.float32).reshape(1, 2, 1, 1)))
+    logits = ops.add(conv, ops.constant(bias.reshape(1, 2, 1, 1)))
     logits.output(0).get_tensor().set_names({"logits"})
     return ov.Model([logits.output(0)], [image], "tiny_red_vs_blue")
 
 
 def make_tiny_bundle(root: Path, name: str = "tiny", version: str = "0.0.1",
                      targets: Iterable[str] = ("cpu", "gpu", "npu"),
-                     height: int = 64, width: int = 64) -> Path:
+                     height: int = 64, width: int = 64, scale: float = 1.0) -> Path:
     """Write ``root/name/version`` with the given IR targets; return that directory."""
     import openvino as ov
 
     bundle = Path(root) / name / version
-    model = build_model(height, width)
+    model = build_model(height, width, scale)
     entries = {}
     precision = {"cpu": "INT8", "gpu": "FP16", "npu": "INT8"}
     for target in targets:
@@ -71,14 +81,12 @@ def make_tiny_bundle(root: Path, name: str = "tiny", version: str = "0.0.1",
     return bundle
 
 
-def tiny_onnx_bytes(height: int = 64, width: int = 64) -> bytes:
+def tiny_onnx_bytes(height: int = 64, width: int = 64, scale: float = 1.0) -> bytes:
     """The same red-vs-blue model as ONNX (opset 13, IR version 7: OpenVINO 2022.3 reads it)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = np.zeros((2, 3, 3, 3), dtype=np.float32)
-    weights[0, 2, 1, 1], weights[0, 0, 1, 1] = 1.0, -1.0
-    weights[1, 0, 1, 1], weights[1, 2, 1, 1] = 1.0, -1.0
+    weights, bias = _weights(scale)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "w", "b"], ["logits"], pads=[1, 1, 1, 1],
                           kernel_shape=[3, 3])],
@@ -86,7 +94,7 @@ def tiny_onnx_bytes(height: int = 64, width: int = 64) -> bytes:
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, height, width])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, height, width])],
         initializer=[numpy_helper.from_array(weights, "w"),
-                     numpy_helper.from_array(np.array([0.5, -0.5], np.float32), "b")])
+                     numpy_helper.from_array(bias, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
                               producer_name="segedge-tests")
     model.ir_version = 7
@@ -94,7 +102,7 @@ def tiny_onnx_bytes(height: int = 64, width: int = 64) -> bytes:
     return model.SerializeToString()
 
 
-def add_myriad_target(bundle: Path) -> Path:
+def add_myriad_target(bundle: Path, scale: float = 1.0) -> Path:
     """Add a ``myriad/model.onnx`` target (FP16 on the NCS2) to an existing tiny bundle."""
     import dataclasses
 
@@ -103,7 +111,7 @@ def add_myriad_target(bundle: Path) -> Path:
     height, width = manifest.input.shape[2], manifest.input.shape[3]
     out = bundle / "myriad"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model.onnx").write_bytes(tiny_onnx_bytes(height, width))
+    (out / "model.onnx").write_bytes(tiny_onnx_bytes(height, width, scale))
     files = [mf.file_entry(bundle, out / "model.onnx")]
     targets = dict(manifest.targets)
     targets["myriad"] = mf.TargetEntry(

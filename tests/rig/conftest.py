@@ -150,7 +150,14 @@ def _inventory(rig: Rig, key: Path, wheelhouses: Dict[str, Path], bundle: Path,
         "segedge_agent_source_uri": f"http://{CONTROLLER_IP}:{CAMERA_PORT}/cam.mjpg",
         "segedge_agent_stats_interval_s": 2.0,
         "segedge_agent_health_timeout_s": 60,
+        # the canary gate (the first host of a run): a short soak, and up to 2 min for the
+        # quality window of the stand-in camera's frames to fill (test_fleet_canary.py)
+        "segedge_agent_canary_soak_s": 15,
+        "segedge_agent_canary_wait_max_s": 120,
     }
+    if os.environ.get("SEGEDGE_RIG_AGENT_WITHOUT_QUALITY") == "1":
+        # agents that write no quality into the health file (before issue 20's agent side)
+        svars["segedge_agent_canary_require_quality"] = False
     if os.environ.get("SEGEDGE_RIG_AGENT_WITHOUT_DELIVERY") == "1":
         # agents older than the health contract's mqtt/masks_published (pre-merge runs only)
         svars["segedge_agent_health_require_delivery"] = False

@@ -110,16 +110,70 @@ def test_templates_carry_ansible_managed(role):
         assert tpl.read_text().startswith("{{ ansible_managed | comment }}"), tpl.name
 
 
-def test_playbook_rolls_out_in_batches():
-    """Devices go in batches (a quarter by default) and the first failed host stops the
+def test_playbook_rolls_out_canaries_first_then_in_batches():
+    """The broker first; then the canaries (segedge_canary_group, else the first host of the
+    run) with the canary gate on and no failure allowed, so a refusal ends the playbook;
+    then the rest in batches (a quarter by default), the first failed host stopping the
     roll-out (0 % may fail), unless the inventory says otherwise."""
-    broker, agents = yaml.safe_load((REPO / "deploy/site.yml").read_text())
+    broker, pick, canaries, agents = yaml.safe_load((REPO / "deploy/site.yml").read_text())
     assert broker["roles"] == [{"role": "segedge_broker"}], "the broker (and its CA) first"
+    assert pick["hosts"] == "{{ segedge_hosts | default('segedge') }}"
+    assert all(t["run_once"] is True and "always" in t["tags"] for t in pick["tasks"])
+    assert "segedge_canary_group | default('segedge_canary')" in pick["vars"]["segedge__canaries"]
+    assert "segedge_canary_count | default(1)" in pick["vars"]["segedge__canaries"]
+    assert canaries["hosts"] == "{{ groups['segedge__canary'] | default([]) }}"
+    assert canaries["max_fail_percentage"] == 0 and "serial" not in canaries
+    assert canaries["roles"] == [{"role": "segedge_agent", "vars": {"segedge_agent_canary": True}}]
+    assert agents["hosts"] == "{{ groups['segedge__rest'] | default([]) }}"
     serial = re.fullmatch(r"\{\{ segedge_serial \| default\('(\d+)%'\) \}\}",
                           agents["serial"])
     assert serial and 0 < int(serial.group(1)) < 100, agents["serial"]
     assert agents["max_fail_percentage"] == "{{ segedge_max_fail_percentage | default(0) }}"
     assert agents["roles"] == [{"role": "segedge_agent"}]
+
+
+def _canaries(tmp_path: Path, inventory: dict, *args: str) -> Dict[str, List[str]]:
+    """site.yml's own canary choice (its second play) on ``inventory``: the groups it makes."""
+    require(PLAYBOOK.exists(), "ansible-playbook (the deploy extra)")
+    pick = yaml.safe_load((REPO / "deploy/site.yml").read_text())[1]
+    report = {"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "ansible.builtin.copy": {"dest": str(tmp_path / "groups.json"), "mode": "0600",
+                                 "content": "{{ {'canary': groups['segedge__canary'] | default([]),"
+                                            " 'rest': groups['segedge__rest'] | default([])}"
+                                            " | to_json }}"}}]}
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([pick, report]))
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "groups.json").unlink(missing_ok=True)
+    limited = args[:1] == ("--limit",)
+    proc = subprocess.run([str(PLAYBOOK), "-i", "hosts.yml", "-c", "local", "play.yml",
+                           "--limit", "localhost," + (args[1] if limited else "all"),
+                           *args[2 if limited else 0:]],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(ANSIBLE_ENV, ANSIBLE_PYTHON_INTERPRETER=sys.executable))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "groups.json").read_text())
+
+
+def test_the_canaries_are_the_group_else_the_first_host_of_the_run(tmp_path):
+    fleet = {"all": {"hosts": {"localhost": {}}, "children": {"segedge": {"children": {
+        "cpu": {"hosts": {"cam-01": {}, "cam-02": {}}},
+        "gpu": {"hosts": {"cam-03": {}, "cam-04": {}}}}}}}}
+    assert _canaries(tmp_path, fleet) == {"canary": ["cam-01"],
+                                          "rest": ["cam-02", "cam-03", "cam-04"]}
+    # --limit: the first host of this run, never one outside it
+    assert _canaries(tmp_path, fleet, "--limit", "cam-03,cam-04") == {
+        "canary": ["cam-03"], "rest": ["cam-04"]}
+    assert _canaries(tmp_path, fleet, "-e", "segedge_canary_count=2")["canary"] == [
+        "cam-01", "cam-02"]
+    assert _canaries(tmp_path, fleet, "-e", "segedge_canary_count=0") == {
+        "canary": [], "rest": ["cam-01", "cam-02", "cam-03", "cam-04"]}
+    grouped = json.loads(json.dumps(fleet))
+    grouped["all"]["children"]["segedge_canary"] = {"hosts": {"cam-02": {}, "cam-04": {}}}
+    assert _canaries(tmp_path, grouped) == {"canary": ["cam-02", "cam-04"],
+                                            "rest": ["cam-01", "cam-03"]}
+    assert _canaries(tmp_path, grouped, "--limit", "cam-03,cam-04")["canary"] == ["cam-04"]
+    # a run without any of the group's hosts: its first host, still a canary phase
+    assert _canaries(tmp_path, grouped, "--limit", "cam-01,cam-03")["canary"] == ["cam-01"]
 
 
 def test_unit_has_the_required_settings():

@@ -176,8 +176,8 @@ def test_release_the_agent_refuses_is_switched_back_before_any_restart(fleet):
     back by the health gate: test_security.py's wrong-broker test.)"""
     dev = fleet.devices["dev-cpu"]
     pid = dev.unit("MainPID")["MainPID"]
-    # Rolling: one host per batch; the failed first batch stops the rollout, so dev-npu
-    # (listed after dev-cpu; the broken bundle has no npu target) is never touched.
+    # dev-cpu, the first host of the run, is its canary; its failure stops the playbook
+    # before the rest, so dev-npu (the broken bundle has no npu target) is never touched.
     rc, out, rec = fleet.playbook("--limit", "dev-cpu,dev-npu", "-e", "segedge_serial=1",
                                   "-e", f"segedge_agent_bundle_dir={fleet.bundles['broken']}")
     assert rc != 0 and rec["dev-cpu"]["failed"] == 1, out[-4000:]
@@ -223,8 +223,11 @@ def test_upgrade_to_the_demo_model_and_prune(fleet):
     if not (demo / "manifest.json").exists():
         pytest.skip("demo bundle not in this checkout")
     dev = fleet.devices["dev-cpu"]
+    # No canary phase: the demo model's confidence on the stand-in's synthetic frames says
+    # nothing about a field (test_fleet_canary.py tests the gate).
     rc, out, rec = fleet.playbook("--limit", "dev-cpu", "-e", f"segedge_agent_bundle_dir={demo}",
-                                  "-e", "segedge_agent_keep_releases=1")
+                                  "-e", "segedge_agent_keep_releases=1",
+                                  "-e", "segedge_canary_count=0")
     assert rc == 0, _fail_msg(fleet, out, "dev-cpu")
     releases = dev.run("ls /opt/segedge/models/releases").stdout.split()
     assert releases == ["pets-mobile-2.0.0"], releases

@@ -159,11 +159,12 @@ def test_client_certificates_mutual_tls(fleet):
     fail; rotating dev-cpu's certificate changes only it and the broker."""
     dev = fleet.devices["dev-cpu"]
     # an identity-only run: the inventory must name the release the device runs (the gate
-    # checks it), here the demo model of test_fleet's upgrade or the session's first bundle
+    # checks it), here the demo model of test_fleet's upgrade or one of the session's tiny
+    # bundles (the first one, or test_fleet_canary's last)
     running = dev.run("readlink /opt/segedge/models/current").stdout.strip()
     name, _, version = running.rsplit("/", 1)[-1].rpartition("-")
     bundle = (REPO / "demo/models" / name / version if name != "tiny"
-              else fleet.bundles["good"])
+              else next(b for b in fleet.bundles.values() if b.name == version))
     mode = ("-e", "segedge_broker_auth=certificate", "-e", f"segedge_agent_bundle_dir={bundle}")
     rc, out, rec = fleet.playbook("--limit", "broker,dev-cpu", "--tags", IDENTITY_TAGS, *mode)
     assert rc == 0, out[-6000:]
