@@ -5,7 +5,7 @@ Statistic (``quantile``): the window's mean ``uncertain`` share (the share of un
 pixels over all its frames) placed in the reference's per-image distribution of the same
 figure (val and test splits pooled): the fraction of reference images less sure than
 the window, in 0..1. A camera whose model is as sure as on its validation data scores
-around 0.5-0.6; a window as unsure as the reference's hardest quarter scores above 0.75.
+around 0.5-0.6; a window as unsure as the reference's hardest 30 % scores above 0.70.
 It is one-sided on purpose: drift means the model is unsure of what it sees, not that the
 scene is unlike the reference. PSI against quantile bins of the reference, tried first,
 alarms on the demo clip itself (one camera's scenes never spread like a data set's
@@ -43,7 +43,7 @@ class DriftSettings:
     window_s: float = 20.0
     window_frames: int = 1000
     min_frames: int = 60
-    enter: float = 0.75
+    enter: float = 0.70
     exit: float = 0.6
     enter_after_s: float = 5.0
     exit_after_s: float = 10.0

@@ -219,7 +219,7 @@ def test_config_the_agent_rejects_never_lands(fleet):
 def test_upgrade_to_the_demo_model_and_prune(fleet):
     """The normal rollout: a new release (the real demo model) switches, restarts, is
     healthy, and old releases beyond segedge_agent_keep_releases go."""
-    demo = REPO / "demo/models/pets-mobile/2.0.0"
+    demo = REPO / "demo/models/pets-mobile/3.0.0"
     if not (demo / "manifest.json").exists():
         pytest.skip("demo bundle not in this checkout")
     dev = fleet.devices["dev-cpu"]
