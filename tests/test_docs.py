@@ -99,3 +99,31 @@ def test_the_readmes_model_figures_are_the_committed_bundles():
         digits = len(str(shown).split(".")[1])
         assert round(true, digits) == shown, (printed, expected)
     assert manifest["evaluation"]["images"] == 97 and "97\n  test images" in bullet
+
+
+def test_the_demo_model_card_holds_the_readmes_figures():
+    """The README's linked page says the same: demo/README.md's accuracy table is the
+    bundle's manifest, and the side-by-side speed both quote is the committed record
+    (docs/benchmarks/demo-models.json, written by benchmarks/bench_bundles.py)."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    card = (ROOT / "demo" / "README.md").read_text()
+    bullet = readme[readme.index("- **Demo model**"):readme.index("- **Agent end to end**")]
+    name, version = re.search(r"`([a-z0-9-]+)` (\d+\.\d+\.\d+)", bullet).groups()
+    manifest = json.loads((ROOT / "demo" / "models" / name / version / "manifest.json")
+                          .read_text())
+    assert f"## models/{name}/{version}" in card
+    for precision, label in (("FP32", "FP32 IR"), ("FP16", "FP16 IR (`gpu`)"),
+                             ("INT8", "INT8 IR (`cpu`, `npu`)")):
+        m = manifest["evaluation"]["metrics"][precision]
+        row = f"| {label} | {m['fg_iou']:.4f} | {m['fg_dice']:.4f} | {m['dice']:.4f} |"
+        assert row in card, row
+    record = json.loads((ROOT / "docs" / "benchmarks" / "demo-models.json").read_text())
+    new, old = (record["summary"][k] for k in record["models"])
+    assert list(record["models"])[0] == version
+    quoted = re.search(r"(\d+\.\d) vs (\d+\.\d)\s+inferences/s", bullet)
+    assert quoted and [float(x) for x in quoted.groups()] == [new["fps_median"],
+                                                              old["fps_median"]]
+    assert (f"| {version} INT8 | {new['fps_median']} fps ({new['fps_best']}) | 1.00 | "
+            f"{new['latency_median_ms']} ms |") in card

@@ -8,7 +8,7 @@ import pytest
 from edge_agent.bundle.manifest import OpenedBundle
 from edge_agent.config import ModelConfig
 from edge_agent.inference import ovcompat, postprocess, preprocess
-from edge_agent.inference.engine import MAX_SIZES, Engine
+from edge_agent.inference.engine import MAX_SIZES, STATIC_SIZES, Engine
 from edge_agent.quality.figures import frame_figures
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
@@ -179,9 +179,11 @@ def test_engine_resizes_in_graph_per_frame_size_bounded(tmp_path):
     new = _engine(bundle, True, new_got)
     _run(new, frames, resize_in_graph=True)
     assert len(new._variants) <= MAX_SIZES
-    # one variant for the model's size, one for any size per box factor (1 and 2 here): not
-    # one per size
-    assert sorted(k[:2] for k in new._variants) == [("any", 1), ("any", 2), ("model", True)]
+    # static for the first STATIC_SIZES sizes (96x128, 40x50, 140x200), then any size per
+    # box factor (64x80: box 1), least recently used dropped: not one per size forever
+    assert STATIC_SIZES == 3
+    assert set(new._variants) == {("size", (40, 50), True), ("size", (140, 200), True),
+                                  ("any", 1, True), ("size", (96, 128), True)}
     assert new.result_kind == "classes" and ref.result_kind == "logits"
     for i, (h, w) in enumerate(sizes):
         want = postprocess.to_mask(ref_got[i], ref.result_kind)
@@ -245,7 +247,6 @@ def test_engine_without_dynamic_shapes_compiles_per_size_bounded(tmp_path):
     got = {}
     engine = _engine(bundle, True, got)
     engine._dynamic = False
-    engine._variants.pop(("any", 1, True))  # compiled at start, before the flag was cleared
     sizes = [(96, 128), (40, 50), (140, 200), (64, 80), (90, 90), (96, 128)]
     _run(engine, [_blocks(h, w) for h, w in sizes], resize_in_graph=True)
     assert len(engine._variants) <= MAX_SIZES
