@@ -10,9 +10,10 @@ with ``start(..., decide=True)`` the graph takes the class decision and returns 
 map (``result_kind == "classes"``), so the callback copies a quarter of the bytes and
 Python does no per-pixel work. With ``quality`` (a threshold) the graph also returns the
 frame's confidence figures (``ovcompat.append_frame_quality``: two floats), passed to the
-callback as ``FrameFigures`` (None without them, or when they are not finite). Frames go in
-at their own size and the graph resizes them (``RESIZE_IN_GRAPH``, by
-preprocess.model_resize's rule, the one the build trains on): one compiled variant per
+callback as ``FrameFigures`` (None without them, or when they are not finite). With
+``RESIZE_IN_GRAPH`` (off by measurement, see there) frames go in at their own size and the
+graph resizes them by preprocess.model_resize's rule, the one the build trains on (off:
+the same rule runs in OpenCV before ``submit``): one compiled variant per
 frame size for the first ``STATIC_SIZES`` sizes (a camera has one; a static input costs
 about 1 ms less CPU per frame than a dynamic one), then, for a source whose frames keep
 changing size, variants with a dynamic input (one per box-average factor; on a device
@@ -59,11 +60,13 @@ def input_size(manifest: Manifest) -> Tuple[int, int]:
 
 # (userdata, output or None, the graph's figures or None)
 ResultCallback = Callable[[Any, Optional[np.ndarray], Optional[FrameFigures]], None]
-# Frames at their own size, resized by the graph (one variant per size): 0.2-0.5 ms less CPU
-# per 640x480 frame than a Python resize. The build trains and evaluates on the same rule
-# (preprocess.model_resize), so nothing is lost (docs/benchmarks-agent.md). Models trained
-# before bundle 3.0.0 met PIL's antialiased resize in training; they lose a little here.
-RESIZE_IN_GRAPH = True
+# The resize by the one rule (preprocess.model_resize, what the build trains and evaluates
+# on) in the graph (True) or in OpenCV before it (False): the same pictures within one grey
+# level, so the same accuracy. Measured on bundle 3.0.0, 640x480 frames, one bench_agent run
+# (docs/benchmarks-agent.md): OpenCV 0.28 ms + inference 10.59 ms CPU per frame, the graph
+# (static input per size) 12.17 ms; the agent 0.78 vs 0.73 of its limit. So OpenCV, until
+# a device is measured where the graph wins (the code and its tests stay).
+RESIZE_IN_GRAPH = False
 MAX_SIZES = 4  # compiled variants kept; more are compiled again when needed
 # frame sizes that get a static variant; more distinct sizes go to dynamic-input variants
 # (measured on the demo model, 640x480 frames: static 11.2, dynamic 12.1 ms CPU/inference)

@@ -29,7 +29,7 @@ def test_dice_through_the_agent_equals_the_offline_figure(tiny_build, tmp_path):
     book = manifest["evaluation"]["metrics"][precision]
     agent = result["agent"]
     assert agent["missing"] == [] and agent["images"] == manifest["evaluation"]["images"]
-    assert book["dice"] > 0.6  # a trained model: a figure that can move
+    assert book["fg_iou"] > 0.1, book  # it finds pets: a figure that can move
     for key in ("dice", "fg_iou", "fg_dice"):
         assert abs(agent[key] - book[key]) <= 0.003, (key, agent[key], book[key])
 
