@@ -1,10 +1,10 @@
 """Frame hygiene before inference, and the one resize rule frames meet on the way in.
 
-Colour order, float conversion, layout, normalisation and the resize live inside the
-model (ovcompat.add_preprocessing), so the agent passes a camera's frame on as a view.
-``model_resize`` is the same resize in numpy/OpenCV: the build trains and evaluates on
-it and the graph mirrors it (tests compare the two), so a model meets on the device
-exactly the pictures it was trained on. The rule: frames at least twice the model's size
+Colour order, float conversion, layout and normalisation live inside the model
+(ovcompat.add_preprocessing), so a frame costs one resize here and a view. The resize is
+``model_resize``: the build trains and evaluates on it, and the graph can run the same
+rule instead (inference.RESIZE_IN_GRAPH; tests compare the two), so a model meets on the
+device exactly the pictures it was trained on. The rule: frames at least twice the model's size
 in both dimensions are first box-averaged by the integer factor ``shrink_factor`` (so
 the bilinear step never skips pixels: no aliasing on a 1080p camera), then resized
 bilinearly (half-pixel centres, no antialiasing).
