@@ -8,8 +8,9 @@ bundles side by side, with the ground truth where there is one.
 
 Frames are numbered as the agent numbers them (1 = the first frame; a looping file goes on
 counting, so frame 204 of the 180-frame demo clip is its 24th). Each image goes through the
-bundle's ``cpu`` IR after ``model_resize``, the rule the agent's graph applies. Writes the
-JPEG and a JSON of the per-image figures beside it.
+bundle's ``cpu`` IR after ``model_resize``, the rule the agent applies. Writes the JPEG and
+a JSON of the per-image figures beside it; with ``--out`` in a bundle's ``report/`` the two
+files are hashed into that bundle's manifest (``files``), so it still verifies.
 """
 
 from __future__ import annotations
@@ -115,7 +116,23 @@ def build(before: Path, after: Path, data: Path, clip: Optional[Path], frame_ids
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), np.vstack(lines), [cv2.IMWRITE_JPEG_QUALITY, 85])
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    if out.parent.name == "report" and (out.parent.parent / "manifest.json").is_file():
+        register(out.parent.parent, [out, out.with_suffix(".json")])
     return record
+
+
+def register(bundle: Path, paths: Sequence[Path]) -> None:
+    """Hash report files into the bundle's manifest (the other entries kept as they were)."""
+    import dataclasses
+
+    from edge_agent.bundle import manifest as mf
+
+    manifest = mf.load_manifest(bundle)
+    new = {p.resolve().relative_to(bundle.resolve()).as_posix() for p in paths}
+    files = [f for f in manifest.files if f.path not in new]
+    files += [mf.file_entry(bundle, bundle / rel) for rel in sorted(new)]
+    mf.write_manifest(bundle, dataclasses.replace(manifest,
+                                                  files=sorted(files, key=lambda f: f.path)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -102,9 +102,10 @@ def test_the_readmes_model_figures_are_the_committed_bundles():
 
 
 def test_the_demo_model_card_holds_the_readmes_figures():
-    """The README's linked page says the same: demo/README.md's accuracy table is the
-    bundle's manifest, and the side-by-side speed both quote is the committed record
-    (docs/benchmarks/demo-models.json, written by benchmarks/bench_bundles.py)."""
+    """The README's linked page says the same: the side-by-side speed both quote is the
+    committed record (docs/benchmarks/demo-models.json, written by
+    benchmarks/bench_bundles.py); the card's accuracy rows are checked against the
+    manifest in tests/build_models/test_demo_assets.py."""
     import json
 
     readme = (ROOT / "README.md").read_text()
@@ -113,12 +114,8 @@ def test_the_demo_model_card_holds_the_readmes_figures():
     name, version = re.search(r"`([a-z0-9-]+)` (\d+\.\d+\.\d+)", bullet).groups()
     manifest = json.loads((ROOT / "demo" / "models" / name / version / "manifest.json")
                           .read_text())
-    assert f"## models/{name}/{version}" in card
-    for precision, label in (("FP32", "FP32 IR"), ("FP16", "FP16 IR (`gpu`)"),
-                             ("INT8", "INT8 IR (`cpu`, `npu`)")):
-        m = manifest["evaluation"]["metrics"][precision]
-        row = f"| {label} | {m['fg_iou']:.4f} | {m['fg_dice']:.4f} | {m['dice']:.4f} |"
-        assert row in card, row
+    assert f"## models/{name}/{version}" in card and manifest["version"] == version
+    # the card's accuracy rows: tests/build_models/test_demo_assets.py
     record = json.loads((ROOT / "docs" / "benchmarks" / "demo-models.json").read_text())
     new, old = (record["summary"][k] for k in record["models"])
     assert list(record["models"])[0] == version

@@ -37,7 +37,7 @@ def test_status_names_the_model_in_service_the_moment_it_is_swapped(agent):
     agent.engine.load()
     agent.pipeline = Pipeline(agent.engine, "model", agent.slots, agent.camera, agent.totals,
                               agent.stop)
-    agent.pipeline.engine.start(lambda meta, out: None)
+    agent.pipeline.engine.start(lambda meta, out, figures: None)
     new = Engine(agent.cfg.model, OpenedBundle.open(agent.cfg.model.bundle,
                                                     agent.cfg.model.target))
     new.load()

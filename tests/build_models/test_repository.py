@@ -25,7 +25,7 @@ def assert_served_equals_local(bundle: Path, version_dir: Path, target: str) -> 
     local = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"]), opened)
     local.load()
     got = {}
-    local.start(lambda i, out: got.__setitem__(i, out), decide=True)
+    local.start(lambda i, out, _fig: got.__setitem__(i, out), decide=True)
     h, w = local.size_hw
     frames = [np.random.default_rng(i).integers(0, 255, (1, h, w, 3), np.uint8)
               for i in range(6)]
