@@ -370,8 +370,8 @@ def test_replies_reach_only_the_askers_tree_and_devices_write_no_commands(broker
     assert sorted(_topics(op)) == ["segedge/a-front/reply/op/1", "segedge/svc-1/reply/9f2c"]
     # what the agent publishes under its ids still passes (0, or 16: nobody subscribed)
     for cid in ("cam-a", "a-front", "svc-1"):
-        for leaf in ("status", "mask", "stats", "frame", "overlay", "settings", "paused/state",
-                     "reply/x/y"):
+        for leaf in ("status", "mask", "stats", "quality", "frame", "overlay", "settings",
+                     "paused/state", "reply/x/y"):
             assert cam.publish(f"segedge/{cid}/{leaf}", b"v") < 128, (cid, leaf)
     # what it never publishes: commands to its ids, frames, anything else
     for topic in ("segedge/cam-a/paused/set", "segedge/a-front/paused/set",
@@ -419,7 +419,8 @@ def test_the_real_agent_publishes_nothing_the_role_acl_denies(tmp_path_factory, 
         dash.subscribe("segedge/#")
         dash.subscribe("homeassistant/#")
         want = {f"segedge/{c}/{leaf}" for c in cams for leaf in
-                ("status", "mask", "stats", "frame", "overlay", "settings", "paused/state")}
+                ("status", "mask", "stats", "quality", "frame", "overlay", "settings",
+                 "paused/state")}
         assert dash._wait(lambda: want <= set(_topics(dash)), 60), \
             (sorted(want - set(_topics(dash))), agent.log()[-3000:])
         assert any(t.startswith("homeassistant/") for t in _topics(dash)), _topics(dash)

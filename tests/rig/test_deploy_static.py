@@ -472,8 +472,8 @@ def test_broker_preflight_gathers_cameras_and_senders_and_refuses_clashes(tmp_pa
     blocks = {b.split("\n", 1)[0]: b for b in re.split(r"^user ", acl, flags=re.M)[1:]}
     for device in ("good-1", "good-2", "good-3"):
         writes = re.findall(r"^topic write segedge/[^/]+/(.*)$", blocks[device], re.M)
-        assert set(writes) == {"status", "mask", "stats", "frame", "overlay", "settings",
-                               "+/state", "reply/#"}, (device, writes)
+        assert set(writes) == {"status", "mask", "stats", "quality", "frame", "overlay",
+                               "settings", "+/state", "reply/#"}, (device, writes)
     expect = {
         "broker-camera": ["'garden' is a camera of host cam-1 and a camera of host cam-2",
                           "'cam-1' is the device id of host cam-1 and a camera of host cam-2"],
