@@ -230,8 +230,8 @@ def test_upgrade_to_the_demo_model_and_prune(fleet):
                                   "-e", "segedge_canary_count=0")
     assert rc == 0, _fail_msg(fleet, out, "dev-cpu")
     releases = dev.run("ls /opt/segedge/models/releases").stdout.split()
-    assert releases == ["pets-mobile-2.0.0"], releases
+    assert releases == ["pets-mobile-3.0.0"], releases
     status = fleet.status("dev-cpu")
     assert status["state"] == "online", status
-    assert (status["model"]["name"], status["model"]["version"]) == ("pets-mobile", "2.0.0")
+    assert (status["model"]["name"], status["model"]["version"]) == ("pets-mobile", "3.0.0")
     assert fleet.mqtt("segedge/dev-cpu/mask", count=2, timeout=30), dev.journal()
