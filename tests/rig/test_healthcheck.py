@@ -97,3 +97,31 @@ def test_cli_times_out_on_a_disconnected_agent(tmp_path, monkeypatch):
     path.write_text(json.dumps(health()))
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
     assert proc.returncode == 0 and json.loads(proc.stdout)["healthy"] is True, proc.stdout
+
+
+def test_the_health_file_is_read_bounded_and_never_through_a_link(tmp_path):
+    """The agent's user writes the state folder; the root helper reading it must not follow
+    a link (to a secret or /dev/zero), block on a FIFO, or load a huge file."""
+    import os
+
+    hc = _load()
+    good = tmp_path / "health.json"
+    good.write_text(json.dumps({"state": "online"}))
+    assert hc.read_health(str(good)) == {"state": "online"}
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"state": "online", "token": "s3cret"}))
+    link = tmp_path / "link.json"
+    link.symlink_to(secret)
+    assert hc.read_health(str(link)) is None
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    assert hc.read_health(str(zero)) is None
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    assert hc.read_health(str(fifo)) is None  # returns at once: no writer is waited for
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"state": "online", "pad": "' + "x" * (hc.MAX_HEALTH_BYTES + 10) + '"}')
+    assert hc.read_health(str(huge)) is None
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    assert hc.read_health(str(deep)) is None
