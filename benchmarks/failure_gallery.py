@@ -122,17 +122,10 @@ def build(before: Path, after: Path, data: Path, clip: Optional[Path], frame_ids
 
 
 def register(bundle: Path, paths: Sequence[Path]) -> None:
-    """Hash report files into the bundle's manifest (the other entries kept as they were)."""
-    import dataclasses
+    """Hash report files into the bundle's manifest (build_models.bundle.add_files)."""
+    from build_models.bundle import add_files
 
-    from edge_agent.bundle import manifest as mf
-
-    manifest = mf.load_manifest(bundle)
-    new = {p.resolve().relative_to(bundle.resolve()).as_posix() for p in paths}
-    files = [f for f in manifest.files if f.path not in new]
-    files += [mf.file_entry(bundle, bundle / rel) for rel in sorted(new)]
-    mf.write_manifest(bundle, dataclasses.replace(manifest,
-                                                  files=sorted(files, key=lambda f: f.path)))
+    add_files(bundle, [p.resolve().relative_to(bundle.resolve()).as_posix() for p in paths])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -313,6 +313,21 @@ def build(cfg: BuildConfig) -> Dict[str, Any]:
     return report
 
 
+def add_files(bundle: Path, rel_paths: Sequence[str], **changes: Any) -> Path:
+    """Hash files added to a built bundle into its manifest (the other entries kept as they
+    were: nothing unverified is re-hashed), with ``changes`` to other manifest fields."""
+    import dataclasses
+
+    manifest = mf.load_manifest(bundle)
+    new = set(rel_paths)
+    files = [f for f in manifest.files if f.path not in new]
+    files += [mf.file_entry(bundle, bundle / rel) for rel in sorted(new)]
+    updated = dataclasses.replace(manifest, files=sorted(files, key=lambda f: f.path),
+                                  **changes)
+    mf.parse_manifest(json.loads(json.dumps(updated.to_dict())))  # refuse what we would write
+    return mf.write_manifest(bundle, updated)
+
+
 def make_manifest(bundle: Path, name: str, version: str, meta: CheckpointMeta, ckpt: Path,
                   targets: Sequence[str], per_target: Dict[str, Dict[str, Any]],
                   evaluation: Dict[str, Any]) -> mf.Manifest:

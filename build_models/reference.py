@@ -16,7 +16,6 @@ rewritten, schema_version 2, and the bundle verified again).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -165,14 +164,10 @@ def write(bundle: Path, reference: Dict[str, Any]) -> Path:
     chart(reference, report / CHART, f"{manifest.name} {manifest.version}: quality reference "
                                      f"({reference.get('target')})")
     (report / "reference.json").write_text(json.dumps(summary(reference), indent=2) + "\n")
-    new = {f"report/{CHART}", "report/reference.json"}
-    files = [f for f in manifest.files if f.path not in new]
-    files += [mf.file_entry(bundle, bundle / rel) for rel in sorted(new)]
-    updated = dataclasses.replace(manifest, reference=reference,
-                                  schema_version=mf.SCHEMA_VERSION,
-                                  files=sorted(files, key=lambda f: f.path))
-    mf.parse_manifest(json.loads(json.dumps(updated.to_dict())))  # refuse what we would write
-    return mf.write_manifest(bundle, updated)
+    from build_models.bundle import add_files
+
+    return add_files(bundle, [f"report/{CHART}", "report/reference.json"],
+                     reference=reference, schema_version=mf.SCHEMA_VERSION)
 
 
 def add_reference(bundle: Path, data_dir: Path, threshold: float = DEFAULT_THRESHOLD,
