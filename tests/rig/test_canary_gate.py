@@ -322,3 +322,25 @@ def test_one_canarys_refusal_fails_every_canary_with_the_reason(tmp_path):
     assert "release tiny-0.0.7 refused on canary c2 too: the canary gate refused it on c1" in \
         fails["c2"] and "camera c1: confidence below" in fails["c2"], fails["c2"]
     assert "-- no previous release to roll back to." in fails["c2"], fails["c2"]
+
+
+def test_a_hostile_health_file_cannot_flood_the_verdict():
+    """The device writes the health file: thousands of cameras, huge ids or a huge model
+    version give a refusal (or a wait) with a bounded text, never an exception."""
+    release = {"name": "tiny", "version": "0.1.2"}
+    many = {"model": {"name": "tiny", "version": "0.1.2"},
+            "quality": {f"cam-{i}": {"state": "ok"} for i in range(5000)}}
+    verdict = gate.segedge_canary_verdict(many, {}, release, [], {})
+    assert verdict["decision"] == "fail" and "5000 cameras" in verdict["summary"]
+    long_id = {"model": {"name": "tiny", "version": "0.1.2"},
+               "quality": {"x" * 100000: {"state": "drifting", "uncertain_mean": 0.5,
+                                          "margin_mean": 0.5, "frames": 100}}}
+    verdict = gate.segedge_canary_verdict(long_id, {}, release, [], {})
+    assert verdict["decision"] in ("fail", "wait")
+    assert len(verdict["summary"]) <= gate.MAX_SUMMARY + 1
+    odd = {"model": {"name": "n" * 100000, "version": ["x"] * 1000}, "quality": {}}
+    verdict = gate.segedge_canary_verdict(odd, {}, release, [], {})
+    assert verdict["decision"] == "wait" and len(verdict["summary"]) < 300
+    mixed = {"model": {"name": "tiny", "version": "0.1.2"},
+             "quality": {"a": {"state": "ok"}, "1": None, "b": "nonsense"}}
+    assert gate.segedge_canary_verdict(mixed, {}, release, [], {})["decision"] in ("fail", "wait")

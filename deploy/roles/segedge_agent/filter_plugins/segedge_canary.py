@@ -33,6 +33,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 PASS, WAIT, FAIL = "pass", "wait", "fail"
 STATES = ("warming_up", "ok", "drifting", "no_reference")
 DEFAULTS = {"max_uncertain_increase": 0.05, "max_margin_drop": 0.05, "require_quality": True}
+# The health file is written by the device (the least trusted side of the gate): it may
+# name at most this many cameras, and the verdict's text is cut to this length, so a
+# device cannot flood the controller's output or memory through its figures.
+MAX_CAMERAS = 256
+MAX_SUMMARY = 2000
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def segedge_health_from_slurp(result: Any) -> Optional[Dict[str, Any]]:
@@ -188,7 +198,7 @@ def segedge_canary_verdict(after: Optional[Mapping[str, Any]],
             release.get("name"), str(release.get("version"))):
         verdicts = {}
         summary = ("no health file" if after is None else
-                   f"the agent runs {model.get('name')} {model.get('version')}, "
+                   f"the agent runs {_clip(model.get('name'))} {_clip(model.get('version'))}, "
                    f"not {release.get('name')} {release.get('version')}")
         decision = WAIT
     elif _quality(after) is None:
@@ -198,8 +208,13 @@ def segedge_canary_verdict(after: Optional[Mapping[str, Any]],
         decision = WAIT if _flag(opts["require_quality"]) else PASS
         if decision == PASS:
             summary += ": not judged (segedge_agent_canary_require_quality is false)"
+    elif not cameras and len(_quality(after)) > MAX_CAMERAS:
+        verdicts = {}
+        summary = (f"the health file reports {len(_quality(after))} cameras, more than "
+                   f"{MAX_CAMERAS}: refused")
+        decision = FAIL
     else:
-        judged = list(cameras) or sorted(_quality(after))
+        judged = list(cameras) or sorted(_quality(after), key=str)
         verdicts = {cam: _judge_camera(cam, after, before, release, opts) for cam in judged}
         decisions = [v["decision"] for v in verdicts.values()]
         decision = FAIL if FAIL in decisions else WAIT if WAIT in decisions else PASS
@@ -214,7 +229,7 @@ def segedge_canary_verdict(after: Optional[Mapping[str, Any]],
         else:
             decision = PASS
             summary = f"{summary}; not judged (segedge_agent_canary_require_quality is false)"
-    return {"decision": decision, "summary": summary, "cameras": verdicts}
+    return {"decision": decision, "summary": _clip(summary, MAX_SUMMARY), "cameras": verdicts}
 
 
 def segedge_canary_refusals(hosts: Sequence[str], hostvars: Mapping[str, Any],
