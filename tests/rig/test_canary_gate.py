@@ -8,7 +8,6 @@ read from the same device just before the switch (docs/deploy.md, "Canary rollou
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -150,14 +149,34 @@ def test_no_configured_camera_judges_what_the_health_file_reports():
     assert verdict(empty, cameras=[])["decision"] == "pass"
 
 
-def test_health_from_slurp_never_raises():
-    good = {"content": base64.b64encode(json.dumps(health()).encode()).decode(),
-            "encoding": "base64"}
-    assert gate.segedge_health_from_slurp(good)["model"]["version"] == "0.0.7"
-    for bad in (None, {}, {"failed": True, "msg": "file not found"},
-                {"content": "!!"}, {"content": base64.b64encode(b"[1]").decode()},
-                {"content": base64.b64encode(b"\xff{").decode()}):
-        assert gate.segedge_health_from_slurp(bad) is None, bad
+def test_health_from_print_never_raises():
+    good = {"rc": 0, "stdout": json.dumps(health())}
+    assert gate.segedge_health_from_print(good)["model"]["version"] == "0.0.7"
+    for bad in (None, {}, {"rc": 2, "stdout": "usage: ..."}, {"rc": 0, "stdout": "null"},
+                {"rc": 0, "stdout": "!!"}, {"rc": 0, "stdout": "[1]"},
+                {"rc": 0, "stdout": "[" * 100000}, {"rc": 0, "stdout": None},
+                {"failed": True, "msg": "no such file"}):
+        assert gate.segedge_health_from_print(bad) is None, bad
+
+
+def test_the_gates_reader_never_follows_a_link_the_agent_planted(tmp_path):
+    """The agent's user writes the state folder: a health.json pointing at a root-only file
+    (or /dev/zero, a FIFO) must not be read by the root-side reader the gate runs."""
+    helper = ROLE / "files/libexec/segedge-healthcheck"
+    secret = tmp_path / "secret"
+    secret.write_text(json.dumps({"model": {"name": "x"}, "token": "s3cret"}))
+    (tmp_path / "health.json").symlink_to(secret)
+    out = subprocess.run([sys.executable, str(helper), "--print", "--health-file",
+                          str(tmp_path / "health.json")], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "null", out
+    assert gate.segedge_health_from_print({"rc": 0, "stdout": out.stdout}) is None
+    (tmp_path / "health.json").unlink()
+    (tmp_path / "health.json").write_text(json.dumps(health()))
+    out = subprocess.run([sys.executable, str(helper), "--print", "--health-file",
+                          str(tmp_path / "health.json")], capture_output=True, text=True,
+                         timeout=30)
+    assert gate.segedge_health_from_print({"rc": 0, "stdout": out.stdout}) == health()
 
 
 def test_refusals_name_failed_and_refusing_canaries():
@@ -177,10 +196,12 @@ def test_the_filters_work_inside_ansible(tmp_path):
     (tmp_path / "health.json").write_text(json.dumps(
         health(**{"cam-01": cam(uncertain=0.97, margin=0.02)})))
     play = [{"hosts": "localhost", "gather_facts": False, "roles": [], "tasks": [
-        {"ansible.builtin.slurp": {"src": str(tmp_path / "health.json")}, "register": "raw"},
+        {"ansible.builtin.command": {"argv": [
+            sys.executable, str(ROLE / "files/libexec/segedge-healthcheck"), "--print",
+            "--health-file", str(tmp_path / "health.json")]}, "register": "raw"},
         {"ansible.builtin.copy": {
             "dest": str(tmp_path / "verdict.json"), "mode": "0600",
-            "content": "{{ raw | segedge_health_from_slurp | segedge_canary_verdict("
+            "content": "{{ raw | segedge_health_from_print | segedge_canary_verdict("
                        "before, release, ['cam-01'], {}, true) | to_json }}"}}],
         "vars": {"before": BEFORE, "release": NEW,
                  "ansible_python_interpreter": sys.executable}}]
@@ -222,8 +243,7 @@ def _canary_tasks(tmp_path: Path, after: dict, before: dict, pid_after_soak: int
         "segedge_agent_source_uri": "http://cam", "segedge_agent_device_id": "cam-01",
         "segedge_agent__manifest": NEW, "segedge_agent__release": "tiny-0.0.7",
         "segedge_agent__health": {"rc": 0, "stdout": json.dumps({"healthy": True, "pid": 4242})},
-        "segedge_agent__health_before": {"content": base64.b64encode(
-            json.dumps(before).encode()).decode(), "encoding": "base64"},
+        "segedge_agent__health_before": {"rc": 0, "stdout": json.dumps(before)},
         "ansible_python_interpreter": sys.executable}
     report = {"ansible.builtin.copy": {
         "dest": str(tmp_path / "facts.json"), "mode": "0600",
@@ -290,8 +310,8 @@ def test_one_canarys_refusal_fails_every_canary_with_the_reason(tmp_path):
         (state / "health.json").write_text(json.dumps(health(**{host: figures})))
         before = health("0.0.6", **{host: cam(version="0.0.6")})
         hosts[host] = {"segedge_agent_state_dir": str(state), "segedge_agent_device_id": host,
-                       "segedge_agent__health_before": {"content": base64.b64encode(
-                           json.dumps(before).encode()).decode()}}
+                       "segedge_agent__health_before": {"rc": 0,
+                                                        "stdout": json.dumps(before)}}
     defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
     facts = {
         "segedge_agent_canary": True, "segedge_agent_canary_soak_s": 0,

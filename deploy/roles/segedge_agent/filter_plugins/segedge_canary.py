@@ -25,7 +25,6 @@ says it was not judged. Malformed figures (not numbers in [0, 1], NaN) are refus
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -45,14 +44,16 @@ def _clip(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def segedge_health_from_slurp(result: Any) -> Optional[Dict[str, Any]]:
-    """The health file's dict from an ``ansible.builtin.slurp`` result; None when the file
-    was missing, unreadable or not a JSON object (never raises: a waiting gate reads again)."""
-    if not isinstance(result, Mapping) or result.get("failed") or "content" not in result:
+def segedge_health_from_print(result: Any) -> Optional[Dict[str, Any]]:
+    """The health file's dict from ``segedge-healthcheck --print`` (a command result: it read
+    the file bounded and without following a link, as root, on the device); None when the
+    command failed or printed anything but a JSON object (never raises)."""
+    if not isinstance(result, Mapping) or result.get("rc") not in (0, None) \
+            or not isinstance(result.get("stdout"), str):
         return None
     try:
-        data = json.loads(base64.b64decode(result["content"]).decode("utf-8"))
-    except (ValueError, TypeError, UnicodeDecodeError):
+        data = json.loads(result["stdout"])
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -250,6 +251,6 @@ class FilterModule:
     """Ansible filter plugin entry point."""
 
     def filters(self):
-        return {"segedge_health_from_slurp": segedge_health_from_slurp,
+        return {"segedge_health_from_print": segedge_health_from_print,
                 "segedge_canary_verdict": segedge_canary_verdict,
                 "segedge_canary_refusals": segedge_canary_refusals}
