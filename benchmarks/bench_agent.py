@@ -43,7 +43,8 @@ from tools.demo import find_bundle  # noqa: E402
 
 def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: float,
               work: Path, encoding: str, source_fps: float, root: Path = ROOT,
-              resolution: str = "model") -> Dict[str, Any]:
+              resolution: str = "model", env_extra: Optional[Dict[str, str]] = None
+              ) -> Dict[str, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -78,7 +79,8 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
         f'[output]\nmax_publish_fps = 0.0\nstats_interval_s = 2.0\nmask_encoding = "{encoding}"\n'
         f'mask_resolution = "{resolution}"\n'
         f'[mqtt]\nport = {port}\nprefix = "bench"\n')
-    env = dict(os.environ, PYTHONPATH=str(root), EDGE_AGENT_STAGE_TIMES=str(stage_file))
+    env = dict(os.environ, PYTHONPATH=str(root), EDGE_AGENT_STAGE_TIMES=str(stage_file),
+               **(env_extra or {}))
     agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--config", str(config)],
                              cwd=str(root), env=env)
     try:
@@ -363,10 +365,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                    help="paced camera for the latency run (0 = skip)")
     p.add_argument("--compare", action="append", default=[], metavar="DIR",
                    help="another checkout whose agent runs in the same repeats")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,...]",
+                   help="this checkout again with environment overrides, e.g. "
+                        "req3:SEGEDGE_MODEL_NUM_REQUESTS=3 (a config key side by side)")
     p.add_argument("--out", default="runs/bench/agent.json")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="segedge-bench-"))
     roots = {"this": ROOT, **{Path(d).name: Path(d).resolve() for d in args.compare}}
+    envs: Dict[str, Dict[str, str]] = {}
+    for spec in args.variant:
+        name, _, pairs = spec.partition(":")
+        try:
+            envs[name] = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        except ValueError:
+            p.error(f"--variant {spec!r}: expected NAME:VAR=VALUE[,VAR=VALUE]")
+        if not name or name in roots:
+            p.error(f"--variant {spec!r}: a new name is needed")
+        roots[name] = ROOT
     n = cores()
     paces = args.pace or [1.1]
     runs = [(name if len(paces) == 1 else f"{name}@{pace:g}", root, pace)
@@ -397,7 +412,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             for name, root, pace in order:
                 source_fps = args.source_fps or pace * limit
                 agent = run_agent(bundle, args.target, args.device, clip, args.duration, work,
-                                  args.encoding, source_fps, root, args.resolution)
+                                  args.encoding, source_fps, root, args.resolution,
+                                  envs.get(name.split("@")[0]))
                 agent["source_fps"] = round(source_fps, 1)
                 agent["ratio_vs_benchmark_app"] = round(agent["fps_inference"] / bench["fps"], 3)
                 agent["ratio_vs_limit"] = round(agent["fps_inference"] / limit, 3)
@@ -420,7 +436,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             latency["benchmark_app_median_ms"] = bench_lat["median_latency_ms"]
             for name, root in roots.items():
                 cam = run_agent(bundle, args.target, args.device, clip, args.duration, work,
-                                args.encoding, args.camera_fps, root, args.resolution)
+                                args.encoding, args.camera_fps, root, args.resolution,
+                                envs.get(name))
                 latency[name] = {k: cam[k] for k in (
                     "fps_inference", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
                     "cpu_percent", "cpu_ms_per_frame")}
@@ -452,7 +469,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "clip": str(clip), "encoding": args.encoding, "mask_resolution": args.resolution,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": n,
                     "python": platform.python_version()},
-        "agents": {k: str(v) for k, v in roots.items()},
+        "agents": {k: str(v) + (f" {envs[k]}" if k in envs else "") for k, v in roots.items()},
         "benchmark_app_fps": med([r["benchmark_app_fps"] for r in reps]),
         "decode_cpu_ms_per_frame": med([r["decode"]["cpu_ms_per_frame"] for r in reps]),
         "benchmark_app_cpu_ms_per_inference": med([r["benchmark_app_cpu_ms"] or 0.0

@@ -465,6 +465,7 @@ class Agent:
                               "publish_failed": comms.publish_failed},
             model=engine.info, device=engine.device,
             inference_precision=engine.inference_precision, num_requests=engine.num_requests,
+            performance_hint=getattr(engine, "performance_hint", None),
             process=process, state=state, session=self.session, seq=seq, **extra)
 
     def publish_stats(self, interval: float) -> Stats:

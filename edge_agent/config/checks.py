@@ -20,6 +20,7 @@ from edge_agent.config.settings import (
     MAX_PASSWORD_BYTES,
     MAX_STRING,
     NETWORK_SCHEMES,
+    PERFORMANCE_HINTS,
     PRECISIONS,
     SECRETS,
     VIRTUAL_DEVICES,
@@ -212,6 +213,8 @@ def validate(cfg: Config) -> None:
     for d in m.devices:
         _check(bool(DEVICE_NAME.match(d)), "model.devices",
                f"{_short(d)} is not an OpenVINO device name (CPU, GPU, GPU.1, NPU, ...)")
+    _check(m.performance_hint in PERFORMANCE_HINTS, "model.performance_hint",
+           f"must be {' or '.join(PERFORMANCE_HINTS)}, got {_short(m.performance_hint)}")
     _check(m.inference_precision in PRECISIONS, "model.inference_precision",
            f"must be one of {PRECISIONS}, got {_short(m.inference_precision)}")
     _check(_is(m.bundle, "dir"), "model.bundle", f"no such directory: {_short(m.bundle)}")

@@ -26,6 +26,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PRECISIONS = ("", "f32", "bf16", "f16")
 
 
+PERFORMANCE_HINTS = ("auto", "throughput", "latency")
+
+
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")  # refused: they hide fallbacks
 
 
@@ -86,8 +89,14 @@ class ModelConfig:
                                      "`[\"NPU\",\"GPU\",\"CPU\"]`; names OpenVINO does not "
                                      "know are refused, and AUTO/MULTI/HETERO/BATCH (they "
                                      "hide fallbacks)")
+    performance_hint: str = _f("auto", "OpenVINO `PERFORMANCE_HINT`: `throughput` (parallel "
+                                       "streams: the most frames per second), `latency` (one "
+                                       "stream on every core: the soonest mask per frame) or "
+                                       "`auto` (CPU: both compiled, latency while the frames "
+                                       "leave it room, throughput when not; other devices: "
+                                       "throughput)")
     num_requests: int = _f(0, "parallel infer requests (0 = the device's "
-                              "`OPTIMAL_NUMBER_OF_INFER_REQUESTS` under the THROUGHPUT hint)",
+                              "`OPTIMAL_NUMBER_OF_INFER_REQUESTS` under the hint)",
                            0, 64)
     cache_dir: str = _f("", "OpenVINO `CACHE_DIR` for compiled models (`\"\"` = none); use a "
                             "`StateDirectory=` path")

@@ -19,12 +19,17 @@ about 1 ms less CPU per frame than a dynamic one), then, for a source whose fram
 changing size, variants with a dynamic input (one per box-average factor; on a device
 without dynamic shapes, per size again), at most ``MAX_SIZES``, least recently used
 dropped.
+
+Under ``performance_hint = "auto"`` (CPU) the model is compiled twice, under the LATENCY and
+the THROUGHPUT hint, and ``hint.HintPolicy`` picks one per frame by the load: the soonest mask
+while frames leave the cores idle, the most masks per second when they do not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -35,6 +40,7 @@ import numpy as np
 from edge_agent.bundle.manifest import BundleError, Manifest, OpenedBundle, read_model
 from edge_agent.config import ModelConfig
 from edge_agent.inference import ovcompat
+from edge_agent.inference.hint import LATENCY, THROUGHPUT, HintPolicy
 from edge_agent.inference.postprocess import num_classes
 from edge_agent.inference.preprocess import shrink_factor, to_model_input
 from edge_agent.protocol.messages import ModelInfo
@@ -99,6 +105,11 @@ class Engine:
         self.failures: Dict[str, str] = {}
         self.inference_precision = ""
         self.num_requests = 0
+        # the hints compiled (auto: both) and the policy choosing between them
+        self.hints: Tuple[str, ...] = ()
+        self.policy: Optional[HintPolicy] = None
+        self._requests: Dict[str, int] = {}
+        self._policy_lock = threading.Lock()
         self._compiled: Any = None
         self._queue: Any = None
         self._out = 0
@@ -113,16 +124,21 @@ class Engine:
         self._sizes: Dict[Tuple[int, int], None] = {}  # the static sizes, first come
         self._failed_sizes: Dict[Tuple[int, int], str] = {}
 
-    def _properties(self, device: str) -> Dict[str, str]:
-        props = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    @property
+    def performance_hint(self) -> str:
+        """The hint the next frame runs under (auto: the policy's current choice)."""
+        return self.policy.mode if self.policy is not None else self.hints[0]
+
+    def _properties(self, device: str, hint: str = THROUGHPUT) -> Dict[str, str]:
+        props = {"PERFORMANCE_HINT": hint.upper()}
         if self.cfg.num_requests:
             props["PERFORMANCE_HINT_NUM_REQUESTS"] = str(self.cfg.num_requests)
         if self.cfg.inference_precision:
             props["INFERENCE_PRECISION_HINT"] = self.cfg.inference_precision
         return props
 
-    def _compile(self, core: Any, model: Any, device: str) -> Any:
-        props = self._properties(device)
+    def _compile(self, core: Any, model: Any, device: str, hint: str = THROUGHPUT) -> Any:
+        props = self._properties(device, hint)
         try:
             return ovcompat.compile_model(core, model, device, props)
         except Exception as first:  # noqa: BLE001 - an old plugin may reject a hint
@@ -150,10 +166,15 @@ class Engine:
         self._core, self._raw, self._scale = core, model, scale
         model = self._with_steps(None, decide=False)
         present = ovcompat.available_devices(core)
+        wanted = self.cfg.performance_hint
         for device in self.cfg.devices:
             t0 = time.monotonic()
+            # auto: both hints on CPU; elsewhere throughput (a second compile there can take
+            # minutes and the LATENCY hint's gain is the CPU's streams/threads trade)
+            hints = ((THROUGHPUT, LATENCY) if device.split(".")[0] == "CPU" else (THROUGHPUT,)) \
+                if wanted == "auto" else (wanted,)
             try:
-                compiled = self._compile(core, model, device)
+                compiled = self._compile(core, model, device, hints[0])
             except Exception as exc:  # noqa: BLE001 - every plugin error is a reason to report
                 reason = " ".join(str(exc).split())[:300] or type(exc).__name__
                 if device.split(".")[0] not in present:
@@ -161,17 +182,22 @@ class Engine:
                 self.failures[device] = reason
                 log.warning("device %s failed: %s", device, reason)
                 continue
-            self.device = device
-            self.num_requests = self.cfg.num_requests or ovcompat.optimal_requests(compiled)
+            self.device, self.hints = device, hints
+            # throughput: one request more than the device's streams, so a stream never waits
+            # for Python to hand it the next frame (measured: 0.83 -> 0.91 of the limit)
+            self._requests = {hint: self.cfg.num_requests or ovcompat.optimal_requests(compiled)
+                              + (hint == THROUGHPUT) for hint in hints}
+            self.num_requests = max(self._requests.values())
             self.inference_precision = ovcompat.precision_name(
                 ovcompat.property_or(compiled, "INFERENCE_PRECISION_HINT", "default"))
             self._out = ovcompat.output_index(compiled, self.manifest.output.name)
             self._compiled = compiled
-            self._queue = ovcompat.new_queue(compiled, self.num_requests)
-            self._variants[("model", False)] = (compiled, self._queue, self._out)
-            log.info("model %s %s (%s) on %s in %.1fs: %d requests, %s", self.info.name,
-                     self.info.version, self.info.precision, device, time.monotonic() - t0,
-                     self.num_requests, self.inference_precision)
+            self._queue = ovcompat.new_queue(compiled, self._requests[hints[0]])
+            self._variants[("model", False, hints[0])] = (compiled, self._queue, self._out)
+            log.info("model %s %s (%s) on %s in %.1fs: %s hint%s, %s requests, %s",
+                     self.info.name, self.info.version, self.info.precision, device,
+                     time.monotonic() - t0, " and ".join(hints), "s" if len(hints) > 1 else "",
+                     "/".join(str(self._requests[h]) for h in hints), self.inference_precision)
             return
         error = InferenceError("no device could run the model: " + "; ".join(
             f"{d}: {r}" for d, r in self.failures.items()))
@@ -221,12 +247,33 @@ class Engine:
         self.quality = quality
         if decide:
             self._variants.clear()  # the warm-up variant returns scores
-            self._variant(self.size_hw)  # compiled now, not at the first frame
         else:
             self._queue.set_callback(self._make_done(self._out, None))
+        for hint in self.hints:
+            self._variant(self.size_hw, hint)  # compiled now, not at the first frame
+        if len(self.hints) > 1:
+            self.policy = HintPolicy(service_s=self._time_latency())
+
+    def _time_latency(self, runs: int = 5) -> float:
+        """Seconds per LATENCY-hint inference (median of a few): the policy's first estimate,
+        kept current by the requests themselves."""
+        compiled = self._variant(self.size_hw, LATENCY)[0]
+        request = compiled.create_infer_request()
+        h, w = self.size_hw
+        frame = {0: np.zeros((1, h, w, 3), np.uint8)}
+        times = []
+        for _ in range(runs):
+            t0 = time.monotonic()
+            request.infer(frame)
+            times.append(time.monotonic() - t0)
+        return float(np.median(times))
 
     def _make_done(self, out: int, figures_at: Optional[int]) -> Callable[[Any, Any], None]:
-        def done(request: Any, userdata: Any) -> None:
+        def done(request: Any, packed: Any) -> None:
+            userdata, hint, submitted = packed
+            if self.policy is not None:
+                with self._policy_lock:
+                    self.policy.finished(hint, time.monotonic() - submitted)
             figures = None
             try:
                 output = np.array(ovcompat.output_array(request, out), copy=True)
@@ -239,12 +286,13 @@ class Engine:
             self._on_result(userdata, output, figures)
         return done
 
-    def _compile_steps(self, frame_hw: Optional[Tuple[int, int]], shrink: int) -> Any:
+    def _compile_steps(self, frame_hw: Optional[Tuple[int, int]], shrink: int,
+                       hint: str) -> Any:
         """Compile the model with our steps; without the figures where the device lacks their
         ops (the class map still comes)."""
         try:
             return self._compile(self._core, self._with_steps(frame_hw, self.decide, shrink),
-                                 self.device)
+                                 self.device, hint)
         except Exception as exc:  # noqa: BLE001 - a plugin without the figures' ops
             if self.quality is None or not self.decide:
                 raise
@@ -253,7 +301,7 @@ class Engine:
                         " ".join(str(exc).split())[:200])
             self.quality = None
             return self._compile(self._core, self._with_steps(frame_hw, True, shrink),
-                                 self.device)
+                                 self.device, hint)
 
     def _key(self, frame_hw: Tuple[int, int]) -> Tuple[Any, ...]:
         """Which compiled variant serves frames of ``frame_hw``: the model's own size; one per
@@ -267,10 +315,10 @@ class Engine:
             return ("size", frame_hw, self.decide)
         return ("any", shrink_factor(frame_hw, self.size_hw), self.decide)
 
-    def _variant(self, frame_hw: Tuple[int, int], fallback: bool = True) -> Any:
-        """The compiled model and queue for frames of ``frame_hw`` (compiled on first use;
-        ``fallback``: per frame size when the device cannot take any size)."""
-        key = self._key(frame_hw)
+    def _variant(self, frame_hw: Tuple[int, int], hint: str, fallback: bool = True) -> Any:
+        """The compiled model and queue for frames of ``frame_hw`` under ``hint`` (compiled on
+        first use; ``fallback``: per frame size when the device cannot take any size)."""
+        key = self._key(frame_hw) + (hint,)
         found = self._variants.get(key)
         if found is not None:
             self._variants.move_to_end(key)
@@ -279,29 +327,31 @@ class Engine:
         shrink = shrink_factor(frame_hw, self.size_hw)
         if key[0] == "any":
             try:
-                compiled = self._compile_steps(ovcompat.ANY_SIZE, shrink)
+                compiled = self._compile_steps(ovcompat.ANY_SIZE, shrink, hint)
             except Exception as exc:  # noqa: BLE001 - e.g. NPU/MYRIAD: static shapes only
                 self._dynamic = False
                 log.warning("%s cannot take frames of any size (%s); one compiled variant per "
                             "frame size", self.device, " ".join(str(exc).split())[:200])
                 if not fallback:
                     raise
-                return self._variant(frame_hw)
+                return self._variant(frame_hw, hint)
         else:
-            compiled = self._compile_steps(None if key[0] == "model" else frame_hw, shrink)
+            compiled = self._compile_steps(None if key[0] == "model" else frame_hw, shrink,
+                                           hint)
         out = ovcompat.output_index(compiled, self.manifest.output.name)
         figures_at = ovcompat.output_index(compiled, ovcompat.QUALITY_OUTPUT) \
             if self.quality is not None and self.decide else None
-        queue = ovcompat.new_queue(compiled, self.num_requests)
+        queue = ovcompat.new_queue(compiled, self._requests[hint])
         queue.set_callback(self._make_done(out, figures_at))
-        while len(self._variants) >= MAX_SIZES:
+        while len(self._variants) >= MAX_SIZES * len(self.hints):
             _, (_, old, _) = self._variants.popitem(last=False)
             old.wait_all()  # its callbacks still deliver; then it goes
         self._variants[key] = (compiled, queue, out)
         what = {"model": "model-size frames", "any": f"frames of any size (box {shrink})",
                 "size": f"{frame_hw[1]}x{frame_hw[0]} frames"}[key[0]]
-        log.info("compiled for %s%s in %.1fs", what,
-                 " with the class decision" if self.decide else "", time.monotonic() - t0)
+        log.info("compiled for %s%s (%s hint) in %.1fs", what,
+                 " with the class decision" if self.decide else "", hint,
+                 time.monotonic() - t0)
         return self._variants[key]
 
     def prepare(self, frame_hw: Tuple[int, int]) -> None:
@@ -310,7 +360,8 @@ class Engine:
         if not self.resize_in_graph or frame_hw in self._failed_sizes:
             return
         with contextlib.suppress(Exception):  # submit resizes in Python and says why
-            self._variant(frame_hw)
+            for hint in self.hints:
+                self._variant(frame_hw, hint)
 
     def submit(self, tensor: np.ndarray, userdata: Any) -> None:
         """Start one inference on [1, H, W, 3] u8 BGR (any H, W when ``resize_in_graph``,
@@ -318,8 +369,16 @@ class Engine:
         hw = (int(tensor.shape[1]), int(tensor.shape[2]))
         if hw != self.size_hw and (not self.resize_in_graph or hw in self._failed_sizes):
             tensor, hw = to_model_input(tensor[0], self.size_hw), self.size_hw
+        hint = self.hints[0]
+        if self.policy is not None:
+            with self._policy_lock:
+                before = self.policy.switches
+                hint = self.policy.submitted(time.monotonic())
+                if self.policy.switches != before:
+                    log.info("performance hint now %s: latency-mode load %.2f of its capacity",
+                             hint, self.policy.utilisation(time.monotonic()))
         try:
-            _, queue, _ = self._variant(hw)
+            _, queue, _ = self._variant(hw, hint)
         except Exception as exc:  # noqa: BLE001 - a size the graph cannot take: resize here
             if hw == self.size_hw:
                 raise
@@ -328,7 +387,7 @@ class Engine:
                         hw[1], hw[0], self._failed_sizes[hw])
             self.submit(to_model_input(tensor[0], self.size_hw), userdata)
             return
-        queue.start_async({0: tensor}, userdata)
+        queue.start_async({0: tensor}, (userdata, hint, time.monotonic()))
 
     def drain(self) -> None:
         for _, queue, _ in list(self._variants.values()):

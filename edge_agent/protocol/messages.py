@@ -27,7 +27,8 @@ def _json(obj: Any, omit_if_none: tuple = ()) -> str:
 
 
 MULTI_CAMERA_FIELDS = ("agent_id", "cameras")
-OPTIONAL_FIELDS = MULTI_CAMERA_FIELDS + ("max_packet_bytes", "requests", "quality")
+OPTIONAL_FIELDS = MULTI_CAMERA_FIELDS + ("max_packet_bytes", "requests", "quality",
+                                         "performance_hint")
 QUALITY_STATES = ("warming_up", "ok", "drifting", "no_reference")
 
 
@@ -113,6 +114,9 @@ class Stats:
     requests: Optional[Dict[str, int]] = None
     # a camera's stats: its quality window (state, figures, drift score); absent when off
     quality: Optional[Dict[str, Any]] = None
+    # the OpenVINO hint inference runs under now (model.performance_hint; auto: the choice
+    # of the moment); absent for a model on a server
+    performance_hint: Optional[str] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:

@@ -161,7 +161,8 @@ def _run(engine: Engine, frames, resize_in_graph: bool) -> None:
 
 
 def _engine(bundle, decide: bool, got):
-    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"]),
+    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"],
+                                performance_hint="throughput"),
                     OpenedBundle.open(str(bundle), "cpu"))
     engine.load()
     engine.warmup()
@@ -182,8 +183,9 @@ def test_engine_resizes_in_graph_per_frame_size_bounded(tmp_path):
     # static for the first STATIC_SIZES sizes (96x128, 40x50, 140x200), then any size per
     # box factor (64x80: box 1), least recently used dropped: not one per size forever
     assert STATIC_SIZES == 3
-    assert set(new._variants) == {("size", (40, 50), True), ("size", (140, 200), True),
-                                  ("any", 1, True), ("size", (96, 128), True)}
+    t = "throughput"
+    assert set(new._variants) == {("size", (40, 50), True, t), ("size", (140, 200), True, t),
+                                  ("any", 1, True, t), ("size", (96, 128), True, t)}
     assert new.result_kind == "classes" and ref.result_kind == "logits"
     for i, (h, w) in enumerate(sizes):
         want = postprocess.to_mask(ref_got[i], ref.result_kind)

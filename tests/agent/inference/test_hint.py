@@ -1,0 +1,110 @@
+"""performance_hint = auto: the policy (times in, a mode out) and the engine that follows it."""
+
+import numpy as np
+import pytest
+
+from edge_agent.bundle.manifest import OpenedBundle
+from edge_agent.config import ModelConfig
+from edge_agent.inference.engine import Engine
+from edge_agent.inference.hint import LATENCY, THROUGHPUT, HintPolicy
+from tests.helpers.tiny_bundle import make_tiny_bundle
+
+
+def _feed(policy: HintPolicy, fps: float, seconds: float, start: float = 0.0) -> float:
+    """Submit frames at ``fps`` for ``seconds``; the time after the last one."""
+    t = start
+    for _ in range(int(fps * seconds)):
+        policy.submitted(t)
+        t += 1.0 / fps
+    return t
+
+
+def test_a_30fps_camera_stays_on_the_latency_hint():
+    policy = HintPolicy(service_s=0.006)  # 30 fps x 6 ms: 0.18 of its capacity
+    _feed(policy, 30, 600)
+    assert policy.mode == LATENCY and policy.switches == 0
+
+
+def test_frames_faster_than_the_latency_mode_switch_to_throughput_and_back():
+    policy = HintPolicy(service_s=0.006)  # latency mode: ~166 fps at most
+    t = _feed(policy, 160, 1.9)  # 0.96 of it, but the first choice holds 2 s
+    assert policy.mode == LATENCY
+    t = _feed(policy, 160, 0.5, t)
+    assert policy.mode == THROUGHPUT and policy.switches == 1
+    t = _feed(policy, 160, 10, t)
+    assert policy.switches == 1  # no flapping under a steady load
+    t = _feed(policy, 30, 1.5, t)  # the load falls: the window empties of the fast frames
+    t = _feed(policy, 30, 3, t)
+    assert policy.mode == LATENCY and policy.switches == 2
+
+
+@pytest.mark.parametrize("start", [LATENCY, THROUGHPUT])
+def test_a_load_between_the_thresholds_keeps_the_current_mode(start):
+    policy = HintPolicy(service_s=0.006, mode=start)
+    _feed(policy, 100, 30)  # 0.6: under 0.75, over 0.45
+    assert policy.mode == start and policy.switches == 0
+
+
+def test_latency_requests_keep_the_service_time_current():
+    policy = HintPolicy(service_s=0.005)
+    for _ in range(100):
+        policy.finished(LATENCY, 0.010)  # the device got slower (or busier)
+        policy.finished(THROUGHPUT, 0.100)  # one core's time: not the latency mode's
+    assert policy.service_s == pytest.approx(0.010, rel=1e-3)
+    policy.finished(LATENCY, -1.0)  # a clock that went back: ignored
+    assert policy.service_s == pytest.approx(0.010, rel=1e-3)
+
+
+def test_more_frames_than_the_window_holds_still_read_as_overload():
+    policy = HintPolicy(service_s=0.0002)  # a tiny model: 5000 fps under latency
+    _feed(policy, 20000, 3)  # 4x that: more submissions than the bounded window keeps
+    assert len(policy._submits) == policy._submits.maxlen
+    assert policy.utilisation(3.0) > 3.0
+    assert policy.mode == THROUGHPUT
+
+
+def _engine(bundle, hint: str, got):
+    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"], performance_hint=hint),
+                    OpenedBundle.open(str(bundle), "cpu"))
+    engine.load()
+    engine.warmup()
+    engine.start(lambda i, out, _fig: got.__setitem__(i, out), decide=True)
+    return engine
+
+
+def test_auto_compiles_both_hints_on_cpu_and_follows_the_policy(tmp_path):
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    got = {}
+    engine = _engine(bundle, "auto", got)
+    assert engine.hints == (THROUGHPUT, LATENCY)
+    assert {k[-1] for k in engine._variants} == {THROUGHPUT, LATENCY}
+    assert engine.policy is not None and 0 < engine.policy.service_s < 1.0
+    # one request more than the CPU's streams under throughput; the optimum under latency
+    assert engine._requests[THROUGHPUT] == engine._requests[LATENCY] + 1 \
+        or engine._requests[THROUGHPUT] > engine._requests[LATENCY]
+    assert engine.performance_hint == LATENCY
+    frame = np.zeros((1, 64, 64, 3), np.uint8)
+    engine.policy.dwell_s = engine.policy.window_s = 0.0
+    engine.policy.to_throughput = -1.0  # any load: throughput
+    for i in range(5):
+        engine.submit(frame, i)
+    assert engine.performance_hint == THROUGHPUT
+    engine.policy.to_throughput, engine.policy.to_latency = np.inf, np.inf  # latency
+    for i in range(5, 10):
+        engine.submit(frame, i)
+    engine.drain()
+    assert engine.performance_hint == LATENCY and engine.policy.switches == 2
+    assert sorted(got) == list(range(10))  # every frame's own userdata back, both queues
+    assert all(out.shape[-2:] == (64, 64) for out in got.values())
+
+
+@pytest.mark.parametrize("hint", [THROUGHPUT, LATENCY])
+def test_a_fixed_hint_compiles_once(tmp_path, hint):
+    bundle = make_tiny_bundle(tmp_path, targets=("cpu",))
+    got = {}
+    engine = _engine(bundle, hint, got)
+    assert engine.hints == (hint,) and engine.policy is None
+    assert {k[-1] for k in engine._variants} == {hint}
+    engine.submit(np.zeros((1, 64, 64, 3), np.uint8), 7)
+    engine.drain()
+    assert engine.performance_hint == hint and list(got) == [7]

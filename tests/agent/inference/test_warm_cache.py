@@ -1,0 +1,62 @@
+"""The deploy's segedge-warm-cache compiles what the agent will, into the agent's cache."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.bundle.manifest import OpenedBundle
+from edge_agent.config import ModelConfig
+from edge_agent.inference.engine import Engine
+from tests.helpers.tiny_bundle import make_tiny_bundle
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = ROOT / "deploy/roles/segedge_agent/files/libexec/segedge-warm-cache"
+
+
+def _blobs(cache: Path) -> set:
+    return {p.name for p in cache.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("hint", ["auto", "throughput"])
+def test_the_warm_cache_holds_every_graph_the_agent_compiles(tmp_path, hint):
+    """It used to call the Engine with an old signature and report the TypeError as its
+    result: the cache stayed cold on every release (the play never failed: exit 0 is its
+    contract). Now it runs, and the agent's start compiles nothing new."""
+    release = make_tiny_bundle(tmp_path, targets=("cpu",))
+    cache = tmp_path / "cache"
+    model = next((release / "cpu").glob("*.xml"))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cache-dir", str(cache), "--model", str(model),
+         "--performance-hint", hint, "--", "CPU"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result
+    assert result["device"] == "CPU" and result["failures"] == {}
+    assert result["hints"] == (["throughput", "latency"] if hint == "auto" else [hint])
+    warmed = _blobs(cache)
+    assert warmed
+    # the agent's own start on that release: load, then the graphs with the class decision
+    # and the figures at the agent's default threshold, under each hint
+    engine = Engine(ModelConfig(bundle=str(release), devices=["CPU"], cache_dir=str(cache),
+                                performance_hint=hint),
+                    OpenedBundle.open(str(release), "cpu"))
+    engine.load()
+    engine.start(lambda *_: None, decide=True, quality=0.9)
+    assert _blobs(cache) == warmed  # every compile was a cache hit
+
+
+def test_a_missing_device_is_reported_not_raised(tmp_path):
+    release = make_tiny_bundle(tmp_path, targets=("cpu",))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cache-dir", str(tmp_path / "c"), "--model",
+         str(next((release / "cpu").glob("*.xml"))), "--", "NPU"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "NPU" in result["failures"] and "Traceback" not in proc.stdout + proc.stderr
