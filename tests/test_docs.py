@@ -124,3 +124,49 @@ def test_the_demo_model_card_holds_the_readmes_figures():
                                                               old["fps_median"]]
     assert (f"| {version} INT8 | {new['fps_median']} fps ({new['fps_best']}) | 1.00 | "
             f"{new['latency_median_ms']} ms |") in card
+
+
+def test_the_readmes_agent_figures_are_the_committed_records():
+    """The README's end-to-end figures (ratio to the limit, fps, the 30 fps camera's p50)
+    are those of docs/benchmarks/agent-*-hint.json, which benchmarks/bench_agent.py wrote:
+    a re-run that moves them has to move the README too."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    bullet = " ".join(readme[readme.index("- **Agent end to end**"):
+                             readme.index("- **Many cameras")].split())
+    demo, seed = (json.loads((ROOT / "docs" / "benchmarks" / f"agent-{m}-hint.json")
+                             .read_text()) for m in ("3.0.0", "seed"))
+    this, before = demo["summary"]["this"], demo["summary"]["before-16f063f"]
+    assert f"**{this['ratio_vs_limit']:.3f}** of that limit on the demo model 3.0.0" in bullet
+    assert f"({this['fps_inference']:.0f} fps against {demo['limit_fps']:.0f};" in bullet
+    assert f"before: {before['ratio_vs_limit']:.3f};" in bullet
+    s_this, s_before = seed["summary"]["this"], seed["summary"]["before-16f063f"]
+    assert f"**{s_this['ratio_vs_limit']:.3f}** on the origin's FPN-resnet34" in bullet
+    assert f"before: {s_before['ratio_vs_limit']:.3f})" in bullet
+    cam = demo["camera"]
+    assert (f"p50 is **{cam['this']['latency_p50_ms']:.1f} ms** against `benchmark_app`'s "
+            f"latency-hint median of {cam['benchmark_app_median_ms']:.1f} ms (before: "
+            f"{cam['before-16f063f']['latency_p50_ms']:.1f} ms;") in bullet
+    over = cam["this"]["latency_p50_ms"] - cam["benchmark_app_median_ms"] - 3.0
+    assert (f"{over:.2f} ms over it on this run, not met" in bullet) == (over > 0)
+
+
+def test_the_readmes_camera_figures_are_the_committed_record():
+    """The many-cameras bullet quotes docs/benchmarks/cameras.json (bench_cameras.py)."""
+    import json
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    bullet = readme[readme.index("- **Many cameras, one model**"):]
+    bullet = bullet[:bullet.index("Frames from other devices")]
+    record = json.loads((ROOT / "docs" / "benchmarks" / "cameras.json").read_text())
+    assert f"demo model {Path(record['bundle']).name}," in bullet
+    totals = [row["total_inferred_fps"] for row in record["fairness"]]
+    assert "totals " + ", ".join(f"{t:.0f}" for t in totals) + " fps" in bullet
+    assert f"**{totals[-1] / totals[0]:.2f}** of one camera's" in bullet
+    served = record["served"]
+    assert f"**{'four' if served['30'] == 4 else served['30']} 30 fps cameras**" in bullet
+    assert f"(or {'ten' if served['15'] == 10 else served['15']} at 15 fps)" in bullet
+    row = next(r for r in record["capacity"]["30"] if r["cameras"] == served["30"])
+    p50 = [c["latency_p50_ms"] for c in row["per_camera"].values()]
+    assert f"p50 {min(p50):.0f}–{max(p50):.0f} ms" in bullet

@@ -41,7 +41,7 @@ def test_frames_faster_than_the_latency_mode_switch_to_throughput_and_back():
 @pytest.mark.parametrize("start", [LATENCY, THROUGHPUT])
 def test_a_load_between_the_thresholds_keeps_the_current_mode(start):
     policy = HintPolicy(service_s=0.006, mode=start)
-    _feed(policy, 100, 30)  # 0.6: under 0.75, over 0.45
+    _feed(policy, 70, 30)  # 0.42: under 0.5, over 0.3
     assert policy.mode == start and policy.switches == 0
 
 
