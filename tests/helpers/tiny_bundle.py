@@ -121,3 +121,16 @@ def add_myriad_target(bundle: Path, scale: float = 1.0) -> Path:
     all_files = sorted((f for e in targets.values() for f in e.files), key=lambda f: f.path)
     mf.write_manifest(bundle, dataclasses.replace(manifest, targets=targets, files=all_files))
     return bundle
+
+
+def started_engine(bundle: Path, got: dict, decide: bool, hint: str = "throughput"):
+    """A loaded, warmed-up CPU Engine on ``bundle`` whose results land in ``got[userdata]``."""
+    from edge_agent.config import ModelConfig
+    from edge_agent.inference.engine import Engine
+
+    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"], performance_hint=hint),
+                    mf.OpenedBundle.open(str(bundle), "cpu"))
+    engine.load()
+    engine.warmup()
+    engine.start(lambda i, out, _fig: got.__setitem__(i, out), decide=decide)
+    return engine

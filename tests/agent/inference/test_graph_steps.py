@@ -10,7 +10,7 @@ from edge_agent.config import ModelConfig
 from edge_agent.inference import ovcompat, postprocess, preprocess
 from edge_agent.inference.engine import MAX_SIZES, STATIC_SIZES, Engine
 from edge_agent.quality.figures import frame_figures
-from tests.helpers.tiny_bundle import make_tiny_bundle
+from tests.helpers.tiny_bundle import make_tiny_bundle, started_engine
 
 
 def _scores_model(channels: int, sigmoid: bool = False, scale: float = 1.0):
@@ -161,13 +161,7 @@ def _run(engine: Engine, frames, resize_in_graph: bool) -> None:
 
 
 def _engine(bundle, decide: bool, got):
-    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"],
-                                performance_hint="throughput"),
-                    OpenedBundle.open(str(bundle), "cpu"))
-    engine.load()
-    engine.warmup()
-    engine.start(lambda i, out, _fig: got.__setitem__(i, out), decide=decide)
-    return engine
+    return started_engine(bundle, got, decide)
 
 
 def test_engine_resizes_in_graph_per_frame_size_bounded(tmp_path):

@@ -3,11 +3,8 @@
 import numpy as np
 import pytest
 
-from edge_agent.bundle.manifest import OpenedBundle
-from edge_agent.config import ModelConfig
-from edge_agent.inference.engine import Engine
 from edge_agent.inference.hint import LATENCY, THROUGHPUT, HintPolicy
-from tests.helpers.tiny_bundle import make_tiny_bundle
+from tests.helpers.tiny_bundle import make_tiny_bundle, started_engine
 
 
 def _feed(policy: HintPolicy, fps: float, seconds: float, start: float = 0.0) -> float:
@@ -64,12 +61,7 @@ def test_more_frames_than_the_window_holds_still_read_as_overload():
 
 
 def _engine(bundle, hint: str, got):
-    engine = Engine(ModelConfig(bundle=str(bundle), devices=["CPU"], performance_hint=hint),
-                    OpenedBundle.open(str(bundle), "cpu"))
-    engine.load()
-    engine.warmup()
-    engine.start(lambda i, out, _fig: got.__setitem__(i, out), decide=True)
-    return engine
+    return started_engine(bundle, got, decide=True, hint=hint)
 
 
 def test_auto_compiles_both_hints_on_cpu_and_follows_the_policy(tmp_path):
