@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -59,6 +60,16 @@ def read_model(core: Any, path: str, input_name: str, shape: List[int]) -> Any:
     return model
 
 
+def _searchable_cwd() -> None:
+    """Reading a model from memory, OpenVINO (2026.x) looks up a relative path and, where
+    the working directory cannot be searched (a service user started from root's home:
+    ``runuser -u segedge`` in a play), aborts the whole process with an uncaught C++
+    ``filesystem_error``: no exception, no message. Such a directory serves no relative
+    path anyway, so move to ``/``, as systemd starts services."""
+    if not os.access(".", os.X_OK):
+        os.chdir("/")
+
+
 def read_model_bytes(core: Any, model: bytes, weights: Optional[bytes], suffix: str,
                      input_name: str, shape: List[int]) -> Any:
     """Read a model from the bytes that were hashed (IR .xml + .bin, or ONNX).
@@ -67,6 +78,7 @@ def read_model_bytes(core: Any, model: bytes, weights: Optional[bytes], suffix: 
     runtime cannot read a format from memory, the same bytes go through a private
     temporary copy, so what is compiled is still exactly what was checked.
     """
+    _searchable_cwd()
     try:
         read = core.read_model(model, weights or b"")
     except Exception:  # noqa: BLE001 - retried below; a bad model fails there too

@@ -60,3 +60,26 @@ def test_a_missing_device_is_reported_not_raised(tmp_path):
     assert proc.returncode == 0
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "NPU" in result["failures"] and "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+                    reason="needs root and setpriv to drop the capabilities")
+def test_a_working_directory_the_user_cannot_search_does_not_abort_it(tmp_path):
+    """The play runs it with `runuser -u segedge` from root's home: OpenVINO reading the
+    model from memory looked up a relative path there and aborted the process (C++
+    filesystem_error, exit 134, nothing on stdout), which failed the release on the rig.
+    Here: root without its capabilities, in a directory only another user may enter."""
+    release = make_tiny_bundle(tmp_path, targets=("cpu",))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    os.chown(locked, 65534, 65534)
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        ["/usr/bin/setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable,
+         str(SCRIPT), "--cache-dir", str(cache), "--model",
+         str(next((release / "cpu").glob("*.xml"))), "--", "CPU"],
+        cwd=locked, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "error" not in result and result["device"] == "CPU"
