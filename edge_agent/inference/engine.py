@@ -118,6 +118,7 @@ class Engine:
         self.decide = False
         self.quality: Optional[float] = None  # figures at this threshold (None: none)
         self._core: Any = None
+        self._uncached: Any = None  # a Core without the cache (see _compile)
         self._raw: Any = None  # the model as read, before any graph step of ours
         self._variants: OrderedDict[Tuple[Any, ...], Any] = OrderedDict()
         self._dynamic = True  # a device that can compile a dynamic input (until it says no)
@@ -142,6 +143,13 @@ class Engine:
         try:
             return ovcompat.compile_model(core, model, device, props)
         except Exception as first:  # noqa: BLE001 - an old plugin may reject a hint
+            if self.cfg.cache_dir and core is not self._uncached:
+                # a cache entry the runtime cannot import (OpenVINO 2022.3's CPU plugin:
+                # "map::at" for a graph with our steps it cached itself): compile afresh
+                compiled = self._compile(self._uncached_core(), model, device, hint)
+                log.warning("device %s: the model cache %s failed (%s); compiled without it",
+                            device, self.cfg.cache_dir, " ".join(str(first).split())[:200])
+                return compiled
             if not props:
                 raise
             try:
@@ -151,6 +159,12 @@ class Engine:
             log.warning("device %s rejected %s (%s); compiled with its defaults", device,
                         props, " ".join(str(first).split())[:200])
             return compiled
+
+    def _uncached_core(self) -> Any:
+        """A Core without ``CACHE_DIR``, made on the first compile the cache fails."""
+        if self._uncached is None:
+            self._uncached = ovcompat.new_core("")
+        return self._uncached
 
     def load(self) -> None:
         core = ovcompat.new_core(self.cfg.cache_dir)

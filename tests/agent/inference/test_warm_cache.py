@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent.bundle.manifest import OpenedBundle
@@ -83,3 +84,34 @@ def test_a_working_directory_the_user_cannot_search_does_not_abort_it(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "error" not in result and result["device"] == "CPU"
+
+
+def test_a_model_cache_the_runtime_cannot_import_is_compiled_around(tmp_path, monkeypatch,
+                                                                      caplog):
+    """OpenVINO 2022.3's CPU plugin fails with "map::at" importing a graph with our steps
+    from its own cache (the rig's MYRIAD lane, once the warm cache worked: the agent exited
+    at every start). The runtime here does not, so its compile fails the same way for any
+    Core with a CACHE_DIR; the engine compiles such a graph afresh and says so."""
+    from edge_agent.inference import ovcompat
+
+    real = ovcompat.compile_model
+
+    def like_2022_3(core, model, device, config):
+        if core.get_property("CACHE_DIR"):
+            raise RuntimeError("map::at")
+        return real(core, model, device, config)
+
+    monkeypatch.setattr(ovcompat, "compile_model", like_2022_3)
+    release = make_tiny_bundle(tmp_path, targets=("cpu",))
+    got = {}
+    engine = Engine(ModelConfig(bundle=str(release), devices=["CPU"],
+                                cache_dir=str(tmp_path / "cache")),
+                    OpenedBundle.open(str(release), "cpu"))
+    with caplog.at_level("WARNING", logger="segedge.inference"):
+        engine.load()
+        engine.start(lambda i, out, _fig: got.__setitem__(i, out), decide=True, quality=0.9)
+    assert engine.device == "CPU" and engine.quality == 0.9  # the figures kept, too
+    assert "the model cache" in caplog.text and "map::at" in caplog.text
+    engine.submit(np.zeros((1, 64, 64, 3), np.uint8), 1)
+    engine.drain()
+    assert list(got) == [1]
