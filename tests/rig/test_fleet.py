@@ -219,7 +219,7 @@ def test_config_the_agent_rejects_never_lands(fleet):
 def test_upgrade_to_the_demo_model_and_prune(fleet):
     """The normal rollout: a new release (the real demo model) switches, restarts, is
     healthy, and old releases beyond segedge_agent_keep_releases go."""
-    demo = REPO / "demo/models/pets-mobile/3.0.0"
+    demo = REPO / "demo/models/pets-mobile/3.1.0"
     if not (demo / "manifest.json").exists():
         pytest.skip("demo bundle not in this checkout")
     dev = fleet.devices["dev-cpu"]
@@ -230,8 +230,8 @@ def test_upgrade_to_the_demo_model_and_prune(fleet):
                                   "-e", "segedge_canary_count=0")
     assert rc == 0, _fail_msg(fleet, out, "dev-cpu")
     releases = dev.run("ls /opt/segedge/models/releases").stdout.split()
-    assert releases == ["pets-mobile-3.0.0"], releases
+    assert releases == ["pets-mobile-3.1.0"], releases
     status = fleet.status("dev-cpu")
     assert status["state"] == "online", status
-    assert (status["model"]["name"], status["model"]["version"]) == ("pets-mobile", "3.0.0")
+    assert (status["model"]["name"], status["model"]["version"]) == ("pets-mobile", "3.1.0")
     assert fleet.mqtt("segedge/dev-cpu/mask", count=2, timeout=30), dev.journal()
