@@ -10,7 +10,7 @@ device (or several) the first.
 ``HintPolicy`` decides by the load the frames put on the latency mode: its utilisation
 ``u`` = frames submitted per second x seconds per latency-hint inference. Above
 ``to_throughput`` (the latency mode half busy: frames of several cameras start to wait for
-the one request) it switches to throughput; below
+the one latency stream) it switches to throughput; below
 ``to_latency`` back; each mode holds at least ``dwell_s``. Pure: times in, a mode out.
 """
 
@@ -28,8 +28,8 @@ THROUGHPUT = "throughput"
 class HintPolicy:
     service_s: float  # seconds per latency-hint inference (measured; then its running mean)
     # set by bench_cameras on 3.0.0: at 0.75, eight 15 fps cameras (0.8 by the in-agent
-    # inference time) lost 3.7 % of their frames on the one latency request; many cameras
-    # need the streams well before the latency mode is full
+    # inference time) lost 3.7 % of their frames queued on the one latency stream; many
+    # cameras need the streams well before the latency mode is full
     to_throughput: float = 0.5
     to_latency: float = 0.3
     window_s: float = 1.0
