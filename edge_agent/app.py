@@ -34,7 +34,7 @@ from edge_agent.inference.pipeline import Pipeline
 from edge_agent.inference.remote import RemoteEngine
 from edge_agent.mqtt.connection import MAX_INCOMING_BYTES, MqttComms
 from edge_agent.protocol.messages import Quality, Stats, Status
-from edge_agent.quality.drift import DriftSettings, QualityMonitor
+from edge_agent.quality.drift import DriftSettings, QualityMonitor, figures_threshold
 from edge_agent.quality.samples import Sampler, SampleWriter
 from edge_agent.sources.capture import Capture
 from edge_agent.sources.frames_in import FramesIn, SenderHooks
@@ -113,9 +113,8 @@ class Agent:
         reference's to be compared), else ``quality.confidence_threshold``; None: off."""
         if not self.quality_on:
             return None
-        reference = getattr(engine, "reference", None)
-        return reference.threshold if reference is not None \
-            else self.cfg.quality.confidence_threshold
+        return figures_threshold(getattr(engine, "reference", None),
+                                 self.cfg.quality.confidence_threshold)
 
     @property
     def engine(self) -> Engine:

@@ -149,6 +149,12 @@ class Reference:
         return quantile_score(uncertain_mean, self.uncertain)
 
 
+def figures_threshold(reference: Optional[Reference], configured: float) -> float:
+    """The threshold a model's figures are computed at: its reference's (the window is
+    compared with the reference, so they must be alike), else the configured one."""
+    return reference.threshold if reference is not None else configured
+
+
 class QualityMonitor:
     """One camera's window (``add``: the publish thread) and drift state (``evaluate``:
     the main thread). Bounded: at most ``window_frames`` frames, none older than
