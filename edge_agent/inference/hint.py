@@ -66,6 +66,10 @@ class HintPolicy:
         """A request of ``mode`` took ``seconds`` from submit to result: latency-mode times
         keep ``service_s`` current (a slower or busier device moves the switch point)."""
         if mode == LATENCY and seconds > 0:
+            # one straggler (a stalled device, a hung request) moves the estimate at most
+            # 4x: unclamped, a 60 s request made it 6 s, and the load it implies kept the
+            # policy on throughput for good (no latency request ever corrects it there)
+            seconds = min(seconds, 4.0 * self.service_s)
             self.service_s += 0.1 * (seconds - self.service_s)
 
     def _switch(self, mode: str, now: float) -> None:

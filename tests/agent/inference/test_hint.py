@@ -100,3 +100,17 @@ def test_a_fixed_hint_compiles_once(tmp_path, hint):
     engine.submit(np.zeros((1, 64, 64, 3), np.uint8), 7)
     engine.drain()
     assert engine.performance_hint == hint and list(got) == [7]
+
+
+def test_a_hung_latency_request_does_not_pin_the_policy_to_throughput():
+    """A latency request that took 60 s (a stalled device) counted in full made the
+    estimate 6 s: any frame rate then read as overload, and in throughput mode no latency
+    request comes to bring it back. Clamped, the policy returns to latency."""
+    policy = HintPolicy(service_s=0.006)
+    t = _feed(policy, 30, 3)
+    policy.finished(LATENCY, 60.0)
+    policy.finished(LATENCY, float("nan"))
+    policy.finished(LATENCY, float("inf"))
+    assert policy.service_s < 0.02
+    _feed(policy, 30, 10, t)
+    assert policy.mode == LATENCY

@@ -115,3 +115,23 @@ def test_a_model_cache_the_runtime_cannot_import_is_compiled_around(tmp_path, mo
     engine.submit(np.zeros((1, 64, 64, 3), np.uint8), 1)
     engine.drain()
     assert list(got) == [1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--performance-hint", "CUMULATIVE_THROUGHPUT"], "--performance-hint"),
+    (["--quality-threshold", "nan"], "--quality-threshold"),
+    (["--quality-threshold", "1e400"], "--quality-threshold"),
+    (["--quality-threshold", "-0.5"], "--quality-threshold"),
+    (["--quality-threshold", "x" * 10_000], "--quality-threshold"),
+])
+def test_bad_arguments_are_refused_in_one_line_before_any_compile(tmp_path, args, needle):
+    """The role passes checked variables, but the script is a command on the device: a
+    hint OpenVINO does not know or a NaN threshold must not become a compiled graph."""
+    release = make_tiny_bundle(tmp_path, targets=("cpu",))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cache-dir", str(tmp_path / "c"), "--model",
+         str(next((release / "cpu").glob("*.xml"))), *args, "--", "CPU"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and needle in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr) < 2000
+    assert not (tmp_path / "c").exists()
