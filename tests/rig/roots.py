@@ -36,6 +36,29 @@ def root_key(suite: str) -> str:
     return f"{suite}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
+def build_with_retries(cmd: list[str], tmp: Path, log=print, attempts: int = 3,
+                       pause_s: float = 20.0, run=subprocess.run) -> None:
+    """Run mmdebstrap, again after a pause when it fails (a Debian mirror has bad minutes).
+
+    The first try is quiet; later tries are verbose, so a failure that stays shows what
+    apt said, not only that ``apt-get update`` failed.
+    """
+    for attempt in range(1, attempts + 1):
+        shutil.rmtree(tmp, ignore_errors=True)
+        args = cmd[:1] + (["--quiet"] if attempt == 1 else ["--verbose"]) + cmd[1:]
+        proc = run(args, capture_output=True, text=True, timeout=900)
+        if proc.returncode == 0:
+            return
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        if attempt == attempts:
+            raise RuntimeError(f"mmdebstrap {cmd[-2]} failed {attempts} times "
+                               f"(last exit {proc.returncode}):\n{tail}")
+        log(f"rig: mmdebstrap {cmd[-2]} failed (exit {proc.returncode}, try {attempt} of "
+            f"{attempts}); again in {pause_s * attempt:.0f}s: {proc.stderr.strip()[-300:]}")
+        time.sleep(pause_s * attempt)
+
+
 def ensure_root(suite: str, log=print) -> Path:
     """Return the cached pristine root for ``suite``, building it if needed."""
     target = CACHE / "roots" / root_key(suite)
@@ -45,17 +68,15 @@ def ensure_root(suite: str, log=print) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    cmd = ["mmdebstrap", "--variant=minbase", "--quiet",
+    cmd = ["mmdebstrap", "--variant=minbase",
            "--include=" + ",".join(SUITES[suite]),
+           # a mirror that drops a connection mid-update is retried by apt itself first
+           "--aptopt=Acquire::Retries=5",
            # no docs/man pages/locales: smaller, faster copies
            "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
            "--dpkgopt=path-exclude=/usr/share/locale/*",
            suite, str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"mmdebstrap {suite} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    build_with_retries(cmd, tmp, log)
     # Package postinsts enable their services: a device runs only what the roles enable.
     for wants in (tmp / "etc/systemd/system/multi-user.target.wants").glob("mosquitto.service"):
         wants.unlink()
