@@ -77,6 +77,19 @@ def test_the_agents_module_table_is_the_tree():
     assert listed == tree, (sorted(tree - listed), sorted(listed - tree))
 
 
+def test_the_readme_names_the_bundle_the_demo_runs():
+    """The main command's paragraph names the bundle ``scripts/demo.sh`` picks (the newest
+    committed one): a new demo bundle with a stale README fails here (it named 2.0.0, gone
+    from the tree, while the demo ran 3.1.0)."""
+    from tools.demo import find_bundle
+
+    readme = (ROOT / "README.md").read_text()
+    main = readme[readme.index("`scripts/demo.sh` installs"):readme.index("To make it again")]
+    named = re.search(r"committed demo bundle `(demo/models/[^`]+)`", " ".join(main.split()))
+    assert named, "the main command's paragraph no longer names its bundle"
+    assert ROOT / named.group(1) == find_bundle(ROOT / "demo" / "models")
+
+
 def test_the_readmes_model_figures_are_the_committed_bundles():
     """The demo model's accuracy in the README is what the committed bundle's manifest
     records (rounded as printed): a re-trained bundle with a stale README fails here."""
