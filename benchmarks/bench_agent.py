@@ -8,7 +8,10 @@ the CPU cost of decoding the clip alone (the agent's own OpenCV reader, process 
 per frame); from them the decode-inclusive limit
 ``1 / (1/benchmark_app_fps + decode_cpu_s_per_frame / cores)``; and the agent reading the
 clip at 1.1x that limit (latest frame wins) with no publish limit, its CPU per frame split by
-stage (``EDGE_AGENT_STAGE_TIMES``, edge_agent/inference/stagetime.py). Then once: the agent
+stage (``EDGE_AGENT_STAGE_TIMES``, edge_agent/inference/stagetime.py). The agent's fps is
+counted from its stats ticks' frame counters between the first tick past the warm-up and the
+last one before the benchmark stops it (``summarise``): not a mean of tick rates, which let in
+the interval of the start and the agent's last tick at shutdown. Then once: the agent
 at a paced 30 fps camera (capture->publish p50) against ``benchmark_app``'s LATENCY-hint median.
 ``--compare DIR`` runs another checkout's agent in the same repeats (interleaved A/B).
 Prints the ratios; writes JSON and a chart next to it.
@@ -58,6 +61,7 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
 
     def on_message(_c, _u, msg) -> None:
         tick = json.loads(msg.payload)
+        tick["_received_mono"] = time.monotonic()
         try:  # the agent's latest stage snapshot next to its stats tick
             tick["_stages"] = json.loads(stage_file.read_text())
         except (OSError, ValueError):
@@ -86,33 +90,60 @@ def run_agent(bundle: Path, target: str, device: str, clip: Path, duration: floa
     try:
         time.sleep(duration + 4.5)  # start-up + warm-up tick + the measured ticks
     finally:
+        stopped_at = time.monotonic()
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(20)
         client.loop_stop()
         broker.stop()
-    ticks = [s for s in stats if s["uptime_s"] > 3.0 and s["latency_ms"]["count"]]
-    if not ticks:
-        raise SystemExit(f"no stats from the agent (exit {code})")
+    return summarise(stats, stopped_at, code)
+
+
+def summarise(stats: List[Dict[str, Any]], stopped_at: float, code: int) -> Dict[str, Any]:
+    """The agent's figures from its stats ticks (``measured_ticks``): rates by the counters
+    from the baseline tick to the last one, means and medians over the ticks after it."""
+    ticks = measured_ticks(stats, stopped_at)
+    if len(ticks) < 2:
+        raise SystemExit(f"too few stats ticks from the agent to measure (exit {code}; "
+                         f"{len(stats)} ticks, {len(ticks)} past the warm-up)")
+    base, steady = ticks[0], ticks[1:]
 
     def mean(path: str) -> float:
         a, b = path.split(".")
-        return round(statistics.fmean(t[a][b] for t in ticks), 2)
+        return round(statistics.fmean(t[a][b] for t in steady), 2)
 
-    return {"exit_code": code, "ticks": len(ticks), "device": ticks[-1]["device"],
+    return {"exit_code": code, "ticks": len(steady), "device": ticks[-1]["device"],
             "inference_precision": ticks[-1]["inference_precision"],
             "num_requests": ticks[-1]["num_requests"],
-            "fps_capture": mean("fps.capture"), "fps_inference": mean("fps.inference"),
-            "fps_publish": mean("fps.publish"),
-            "latency_p50_ms": round(statistics.median(t["latency_ms"]["p50"] for t in ticks), 2),
-            "latency_p95_ms": round(statistics.median(t["latency_ms"]["p95"] for t in ticks), 2),
-            "latency_p99_ms": round(max(t["latency_ms"]["p99"] for t in ticks), 2),
+            "fps_capture": rate(base, ticks[-1], "captured"),
+            "fps_inference": rate(base, ticks[-1], "inferred"),
+            "fps_publish": rate(base, ticks[-1], "published"),
+            "latency_p50_ms": round(statistics.median(t["latency_ms"]["p50"] for t in steady), 2),
+            "latency_p95_ms": round(statistics.median(t["latency_ms"]["p95"] for t in steady), 2),
+            "latency_p99_ms": round(max(t["latency_ms"]["p99"] for t in steady), 2),
             "cpu_percent": mean("process.cpu_percent"),
             "rss_mb": round(ticks[-1]["process"]["rss_bytes"] / 2**20, 1),
             "frames": ticks[-1]["frames"],
             "dropped_fraction": round(
-                (ticks[-1]["frames"]["dropped"] - ticks[0]["frames"]["dropped"])
-                / max(1, ticks[-1]["frames"]["captured"] - ticks[0]["frames"]["captured"]), 3),
-            "cpu_ms_per_frame": stage_split(ticks[0], ticks[-1])}
+                (ticks[-1]["frames"]["dropped"] - base["frames"]["dropped"])
+                / max(1, ticks[-1]["frames"]["captured"] - base["frames"]["captured"]), 3),
+            "cpu_ms_per_frame": stage_split(base, ticks[-1])}
+
+
+def measured_ticks(stats: List[Dict[str, Any]], stopped_at: float,
+                   warmup_s: float = 3.0) -> List[Dict[str, Any]]:
+    """The stats ticks that measure the running agent: past ``warmup_s`` of uptime, with
+    frames, and received before the benchmark's SIGTERM (the tick the agent sends as it
+    stops covers its shutdown). The first of them is the baseline: its own interval holds
+    the start (compiles, the first frames), so only the intervals after it are measured."""
+    return [t for t in stats if t["_received_mono"] < stopped_at
+            and t["uptime_s"] > warmup_s and t["latency_ms"]["count"]]
+
+
+def rate(base: Dict[str, Any], last: Dict[str, Any], counter: str) -> float:
+    """Frames per second of ``counter`` from tick ``base`` to tick ``last``, by the counters
+    (not a mean of the ticks' rates, whose intervals can differ)."""
+    seconds = last["uptime_s"] - base["uptime_s"]
+    return round((last["frames"][counter] - base["frames"][counter]) / max(seconds, 1e-9), 2)
 
 
 def stage_split(first: Dict[str, Any], last: Dict[str, Any]) -> Optional[Dict[str, float]]:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 import numpy as np
 
@@ -287,7 +287,8 @@ class Engine:
             userdata, hint, submitted = packed
             if self.policy is not None:
                 with self._policy_lock:
-                    self.policy.finished(hint, time.monotonic() - submitted)
+                    now = time.monotonic()
+                    self.policy.finished(hint, now - submitted, now)
             figures = None
             try:
                 output = np.array(ovcompat.output_array(request, out), copy=True)
@@ -377,9 +378,10 @@ class Engine:
             for hint in self.hints:
                 self._variant(frame_hw, hint)
 
-    def submit(self, tensor: np.ndarray, userdata: Any) -> None:
+    def submit(self, tensor: np.ndarray, userdata: Any, source: Hashable = None) -> None:
         """Start one inference on [1, H, W, 3] u8 BGR (any H, W when ``resize_in_graph``,
-        else the model's); blocks while all requests are busy."""
+        else the model's); blocks while all requests are busy. ``source``: the camera it
+        came from (``auto`` switches sooner for several)."""
         hw = (int(tensor.shape[1]), int(tensor.shape[2]))
         if hw != self.size_hw and (not self.resize_in_graph or hw in self._failed_sizes):
             tensor, hw = to_model_input(tensor[0], self.size_hw), self.size_hw
@@ -387,7 +389,7 @@ class Engine:
         if self.policy is not None:
             with self._policy_lock:
                 before = self.policy.switches
-                hint = self.policy.submitted(time.monotonic())
+                hint = self.policy.submitted(time.monotonic(), source)
                 if self.policy.switches != before:
                     log.info("performance hint now %s: latency-mode load %.2f of its capacity",
                              hint, self.policy.utilisation(time.monotonic()))

@@ -264,7 +264,7 @@ class Pipeline:
                         self._progress_mono = time.monotonic()  # idle until now: no stall
                     self.submitted += 1
                 t0 = self.times.start()
-                self.engine.submit(tensor, meta)
+                self.engine.submit(tensor, meta, camera_id)
                 self.times.stop("submit", t0)
         finally:
             self.engine.drain()

@@ -28,7 +28,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -403,9 +403,10 @@ class RemoteEngine:
     def prepare(self, frame_hw: Any) -> None:
         """Nothing to compile here: frames are resized before they are sent."""
 
-    def submit(self, tensor: np.ndarray, userdata: Any) -> None:
+    def submit(self, tensor: np.ndarray, userdata: Any, source: Hashable = None) -> None:
         """Send one [1, H, W, 3] u8 BGR frame at the model's size; blocks while every
-        worker is busy (the bound on requests in flight)."""
+        worker is busy (the bound on requests in flight). ``source``: the camera (the
+        server schedules; not used here)."""
         if tuple(tensor.shape) != (1, *self.size_hw, 3) or tensor.dtype != np.uint8:
             raise ValueError(f"expected a u8 [1, {self.size_hw[0]}, {self.size_hw[1]}, 3] "
                              f"frame, got {tensor.dtype} {list(tensor.shape)}")
