@@ -35,7 +35,7 @@ LATENCY_TIMES = 64  # latency-mode times the estimate is the median of
 
 @dataclass
 class HintPolicy:
-    service_s: float  # seconds per latency-hint inference (measured; then its running mean)
+    service_s: float  # seconds per latency-hint inference (at start; then a recent median)
     # set by bench_cameras on 3.0.0: at 0.75, eight 15 fps cameras (0.8 by the in-agent
     # inference time) lost 3.7 % of their frames queued on the one latency stream; many
     # cameras need the streams well before the latency mode is full
