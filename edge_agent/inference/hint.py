@@ -50,7 +50,8 @@ class HintPolicy:
     dwell_s: float = 2.0
     mode: str = LATENCY
     switches: int = 0
-    _since: Optional[float] = None
+    _since: Optional[float] = None  # when the current mode began
+    _started: Optional[float] = None  # the first frame
     window_max: int = 4096  # submissions kept (a faster load reads as overload anyway)
     _submits: Deque[Tuple[float, Hashable]] = field(default_factory=deque)
     _per_source: Dict[Hashable, int] = field(default_factory=dict)
@@ -81,7 +82,7 @@ class HintPolicy:
         """A frame of camera ``source`` is about to be submitted at ``now``: the mode it
         runs under."""
         if self._since is None:
-            self._since = now
+            self._since = self._started = now
         if len(self._submits) == self.window_max:
             self._forget_oldest()
         self._submits.append((now, source))
@@ -109,8 +110,7 @@ class HintPolicy:
         burst of stragglers moves it: a running mean did, read one 30 fps camera of the
         origin's model as overload at start, and under throughput no latency request came
         to correct it."""
-        if now is not None and (self._since is None or now - self._since < self.dwell_s) \
-                and self.switches == 0:
+        if now is not None and (self._started is None or now - self._started < self.dwell_s):
             return
         if mode == LATENCY and seconds > 0:
             if not self._latency_times:
