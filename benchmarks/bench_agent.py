@@ -135,8 +135,15 @@ def measured_ticks(stats: List[Dict[str, Any]], stopped_at: float,
     frames, and received before the benchmark's SIGTERM (the tick the agent sends as it
     stops covers its shutdown). The first of them is the baseline: its own interval holds
     the start (compiles, the first frames), so only the intervals after it are measured."""
-    return [t for t in stats if t["_received_mono"] < stopped_at
-            and t["uptime_s"] > warmup_s and t["latency_ms"]["count"]]
+    def usable(t: Any) -> bool:  # a tick without the fields measured: not counted
+        try:
+            return (t["_received_mono"] < stopped_at and t["uptime_s"] > warmup_s
+                    and t["latency_ms"]["count"] > 0
+                    and all(t["frames"][k] >= 0 for k in ("captured", "inferred", "published")))
+        except (KeyError, TypeError):
+            return False
+
+    return [t for t in stats if usable(t)]
 
 
 def rate(base: Dict[str, Any], last: Dict[str, Any], counter: str) -> float:

@@ -51,3 +51,13 @@ def test_the_start_and_the_shutdown_ticks_are_not_the_agents_pace(bench):
 def test_too_short_a_run_is_refused_in_one_line(bench):
     with pytest.raises(SystemExit, match="too few stats ticks"):
         bench.summarise([tick(3.1, 100, 50.0, 3.0)], stopped_at=10.0, code=0)
+
+
+def test_a_malformed_tick_is_not_counted(bench):
+    """A stats message without the measured fields (or with the wrong types) is skipped,
+    not a traceback."""
+    good = [tick(3.1, 132, 66.0, 3.0), tick(5.1, 432, 150.0, 5.0)]
+    bad = [{}, {"uptime_s": "x"}, tick(4.0, 0, 0.0, 4.0, count=None),
+           {**tick(4.5, 0, 0.0, 4.5), "frames": None}, []]
+    assert bench.summarise(good[:1] + bad + good[1:], stopped_at=9.0, code=0)[
+        "fps_inference"] == 150.0

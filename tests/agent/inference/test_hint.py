@@ -157,3 +157,16 @@ def test_a_slow_first_second_does_not_send_one_camera_to_throughput():
         t += 1 / 30
     assert policy.mode == LATENCY and policy.switches == 0
     assert policy.service_s == pytest.approx(0.020)
+
+
+def test_frames_of_endless_new_cameras_keep_the_policy_bounded():
+    """Frames-in senders are cameras too: a new id for every frame (a sender cycling its
+    names) keeps at most ``window_max`` submissions and their sources, and counts as
+    several cameras (the sooner switch), not one."""
+    policy = HintPolicy(service_s=0.006, window_max=256)
+    t = 0.0
+    for i in range(20000):
+        policy.submitted(t, f"sender-{i}")
+        t += 0.001
+    assert len(policy._submits) <= 256 and policy.sources() <= 256
+    assert policy.mode == THROUGHPUT
