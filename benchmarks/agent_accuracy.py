@@ -48,9 +48,9 @@ def frames_dir(pairs: Sequence[pets.Pair], folder: Path) -> List[pets.Pair]:
 def agent_config(frames: Path, bundle: Path, target: str, host: str, port: int,
                  protocol: str) -> str:
     return (f'device_id = "{DEVICE_ID}"\nlog_level = "INFO"\n'
-            f'[source]\nuri = {json.dumps(str(frames))}\nloop = false\nrealtime = false\n'
+            f'[source]\nuri = {json.dumps(str(frames.resolve()))}\nloop = false\nrealtime = false\n'
             f'fps = 1000.0\n'
-            f'[model]\nbundle = {json.dumps(str(bundle))}\ntarget = "{target}"\n'
+            f'[model]\nbundle = {json.dumps(str(bundle.resolve()))}\ntarget = "{target}"\n'
             f'[output]\nmax_publish_fps = 0.0\nmask_resolution = "model"\n'
             f'mask_encoding = "png"\nstats_interval_s = 60.0\n'
             f'[commands]\nenabled = false\n'

@@ -45,3 +45,17 @@ def test_scoring_counts_missing_masks_and_wrong_shapes(tiny_build):
     assert result["images"] == 1 and len(result["missing"]) == len(pairs) - 1
     with pytest.raises(SystemExit, match="expected"):
         tool.score({1: np.zeros((8, 8), np.uint8)}, pairs, (64, 64))
+
+
+def test_a_relative_out_folder_still_names_the_frames(tmp_path, monkeypatch):
+    """The default ``--out`` is relative (bench-out/...); the agent reads a relative
+    ``source.uri`` against its config's folder, so the config must name the frames folder
+    absolutely (it named 'bench-out/.../frames' and the agent refused it, exit 78)."""
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    text = _tool().agent_config(Path("bench-out/work/frames"), Path("bundle"), "cpu",
+                                "127.0.0.1", 1883, "5")
+    config = tomllib.loads(text)
+    assert config["source"]["uri"] == str(tmp_path / "bench-out/work/frames")
+    assert config["model"]["bundle"] == str(tmp_path / "bundle")
