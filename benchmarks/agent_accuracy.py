@@ -4,7 +4,7 @@ and are scored against the trimaps; the bundle's offline figure (the build's eva
 the same IR) is printed beside it. The two agree when the build trains and evaluates on
 the device's own resize rule (edge_agent.inference.preprocess.model_resize).
 
-    python benchmarks/agent_accuracy.py --bundle demo/models/pets-mobile/3.1.0 \\
+    python benchmarks/agent_accuracy.py --bundle demo/models/pets-mobile/3.2.0 \\
         --data PETS --split test --out bench-out/agent-accuracy
 
 Needs the build extra (PIL, the Pet reader) and a broker: Mosquitto on a free loopback

@@ -1,7 +1,7 @@
 """Two (or more) models side by side in ``benchmark_app``: interleaved rounds in one run, so
 load from other jobs falls on each alike; the ratio to the first is the figure to quote.
 
-    python benchmarks/bench_bundles.py --model new=demo/models/pets-mobile/3.1.0/cpu/model.xml \\
+    python benchmarks/bench_bundles.py --model new=demo/models/pets-mobile/3.2.0/cpu/model.xml \\
         --model old=/tmp/2.0.0/cpu/model.xml --rounds 5 --seconds 10 \\
         --out docs/benchmarks/demo-models.json
 

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
                    for i in range(args.cameras))
     (work / "agent.toml").write_text(
         f'device_id = "bench"\n[source]\nfps = {args.fps}\n[model]\nbundle = '
-        f'"{ROOT / "demo/models/pets-mobile/3.1.0"}"\n[mqtt]\nport = {broker.port}\n'
+        f'"{ROOT / "demo/models/pets-mobile/3.2.0"}"\n[mqtt]\nport = {broker.port}\n'
         f'[metrics]\nlisten = "127.0.0.1:{listen}"\n{cams}')
     agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--config",
                               str(work / "agent.toml")], cwd=str(ROOT),

@@ -1,6 +1,6 @@
 """Where to upsample masks to frame resolution: cv2 on the logits vs inside the OpenVINO graph.
 
-    python benchmarks/bench_postprocess.py [--bundle demo/models/pets-mobile/3.1.0]
+    python benchmarks/bench_postprocess.py [--bundle demo/models/pets-mobile/3.2.0]
         [--frame 480x640] [--iterations 200]
 
 Times per frame (ms, median): the model's inference alone; the class mask at model

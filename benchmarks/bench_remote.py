@@ -2,7 +2,7 @@
 with the model here (OpenVINO on this CPU) and on a KServe v2 server on loopback (Triton
 from nvidia-pytriton running the bundle's repository IR with OpenVINO, tools/kserve_server.py).
 
-    .venv/bin/python benchmarks/bench_remote.py --bundle demo/models/pets-mobile/3.1.0 \\
+    .venv/bin/python benchmarks/bench_remote.py --bundle demo/models/pets-mobile/3.2.0 \\
         --duration 8 --repeats 2 --out docs/benchmarks/remote-inference.json
 
 Per repeat, local and remote alternate (order swapped every repeat), each twice:

@@ -2,9 +2,9 @@
 demo-clip frames, each as the agent's own overlay (mask tinted over the frame) from both
 bundles side by side, with the ground truth where there is one.
 
-    python benchmarks/failure_gallery.py --before demo/models/pets-mobile/2.0.0 \\
-        --after demo/models/pets-mobile/3.1.0 --data PETS --clip demo/clip.mp4 \\
-        --frames 6,42,204 --out demo/models/pets-mobile/3.1.0/report/failures.jpg
+    python benchmarks/failure_gallery.py --before <3.1.0 from git history> \\
+        --after demo/models/pets-mobile/3.2.0 --data PETS --clip demo/clip.mp4 \\
+        --frames 6,42,204 --out demo/models/pets-mobile/3.2.0/report/failures.jpg
 
 Frames are numbered as the agent numbers them (1 = the first frame; a looping file goes on
 counting, so frame 204 of the 180-frame demo clip is its 24th). Each image goes through the

@@ -1,6 +1,6 @@
 """The bundle's quality reference: per-image confidence figures of the val and test splits.
 
-    segedge-build reference --bundle models/pets-mobile/3.1.0 --data DIR
+    segedge-build reference --bundle models/pets-mobile/3.2.0 --data DIR
 
 Each image is read as a camera frame would be (OpenCV, BGR) and run through the agent's
 own ``Engine`` on the bundle's model (preprocessing, class decision and the

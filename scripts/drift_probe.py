@@ -113,7 +113,7 @@ def spread(values: np.ndarray) -> Dict[str, float]:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     q = QualityConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=str(ROOT / "demo" / "models" / "pets-mobile" / "3.1.0"))
+    p.add_argument("--bundle", default=str(ROOT / "demo" / "models" / "pets-mobile" / "3.2.0"))
     p.add_argument("--clip", default=str(ROOT / "demo" / "clip.mp4"))
     p.add_argument("--data", help="Oxford-IIIT Pet folder: the reference when the bundle has "
                                   "none (or to measure it again)")

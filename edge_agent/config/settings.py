@@ -221,7 +221,7 @@ class QualityConfig:
     drift_enter: float = _f(0.70, "drift score (the window's mean uncertain share as a "
                                   "quantile of the reference's images, 0..1) at or above "
                                   "which a camera turns `drifting`", 0, 1, above=True)
-    drift_exit: float = _f(0.60, "score at or below which a `drifting` camera turns `ok` "
+    drift_exit: float = _f(0.66, "score at or below which a `drifting` camera turns `ok` "
                                  "again (below `drift_enter`: the hysteresis)", 0, 1)
     enter_after_s: float = _f(5.0, "the score must stay at or above `drift_enter` this long "
                                    "before `drifting`", 0, 3600)

@@ -219,9 +219,10 @@ def test_config_the_agent_rejects_never_lands(fleet):
 def test_upgrade_to_the_demo_model_and_prune(fleet):
     """The normal rollout: a new release (the real demo model) switches, restarts, is
     healthy, and old releases beyond segedge_agent_keep_releases go."""
-    demo = REPO / "demo/models/pets-mobile/3.1.0"
-    if not (demo / "manifest.json").exists():
-        pytest.skip("demo bundle not in this checkout")
+    from tools.demo import find_bundle
+
+    demo = find_bundle(REPO / "demo" / "models")  # the committed demo bundle, as the demo runs
+    version = json.loads((demo / "manifest.json").read_text())["version"]
     dev = fleet.devices["dev-cpu"]
     # No canary phase: the demo model's confidence on the stand-in's synthetic frames says
     # nothing about a field (test_fleet_canary.py tests the gate).
@@ -230,8 +231,8 @@ def test_upgrade_to_the_demo_model_and_prune(fleet):
                                   "-e", "segedge_canary_count=0")
     assert rc == 0, _fail_msg(fleet, out, "dev-cpu")
     releases = dev.run("ls /opt/segedge/models/releases").stdout.split()
-    assert releases == ["pets-mobile-3.1.0"], releases
+    assert releases == [f"pets-mobile-{version}"], releases
     status = fleet.status("dev-cpu")
     assert status["state"] == "online", status
-    assert (status["model"]["name"], status["model"]["version"]) == ("pets-mobile", "3.1.0")
+    assert (status["model"]["name"], status["model"]["version"]) == ("pets-mobile", version)
     assert fleet.mqtt("segedge/dev-cpu/mask", count=2, timeout=30), dev.journal()
