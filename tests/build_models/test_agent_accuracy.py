@@ -29,7 +29,10 @@ def test_dice_through_the_agent_equals_the_offline_figure(tiny_build, tmp_path):
     book = manifest["evaluation"]["metrics"][precision]
     agent = result["agent"]
     assert agent["missing"] == [] and agent["images"] == manifest["evaluation"]["images"]
-    assert book["fg_iou"] > 0.1, book  # it finds pets: a figure that can move
+    # it finds some pets, so the comparison is not that of two all-background maps (pet IoU
+    # 0 both). How well a 3-epoch model on 20 synthetic images learns depends on the CPU's
+    # float paths: 0.079 on an Ice Lake VM, above 0.1 on a Sapphire Rapids one.
+    assert book["fg_iou"] > 0.02 and agent["fg_iou"] > 0.02, (book, agent)
     for key in ("dice", "fg_iou", "fg_dice"):
         assert abs(agent[key] - book[key]) <= 0.003, (key, agent[key], book[key])
 
