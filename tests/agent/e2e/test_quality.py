@@ -70,7 +70,7 @@ def test_the_demo_clip_is_ok_and_its_infrared_version_drifts(broker, unique_id, 
         check.validate(msg)
     ok = [m for m in col.of("quality") if m["state"] == "ok"][-1]
     assert ok["reference"]["split"] == "val+test" and ok["reference"]["frames"] == 127
-    assert ok["drift"]["statistic"] == "quantile" and ok["drift"]["score"] < 0.78
+    assert ok["drift"]["statistic"] == "quantile" and ok["drift"]["score"] < QUALITY["drift_enter"]
     assert ok["window"]["frames"] >= 10 and ok["model"]["version"] == "3.2.0"
     masks = col.of("mask")
     assert masks and all(0.0 <= m["quality"]["uncertain"] <= 1.0 for m in masks)
@@ -88,7 +88,7 @@ def test_the_demo_clip_is_ok_and_its_infrared_version_drifts(broker, unique_id, 
         _states(col), swapped.log())
     drifting = [m for m in col.of("quality") if m["state"] == "drifting"][-1]
     check.validate(drifting)
-    assert drifting["drift"]["score"] >= 0.78
+    assert drifting["drift"]["score"] >= QUALITY["drift_enter"]
     assert drifting["window"]["uncertain_mean"] > ok["window"]["uncertain_mean"]
     assert wait_until(lambda: json.loads(health.read_text())["quality"][unique_id]["state"]
                       == "drifting", 5)
