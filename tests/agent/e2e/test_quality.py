@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 from tests.agent.helpers import ROOT, agent_config, validator, wait_until
+from tools.demo import find_bundle
 
 pytestmark = pytest.mark.e2e
 DEMO = ROOT / "demo"
-BUNDLE = DEMO / "models" / "pets-mobile" / "3.2.0"
+BUNDLE = find_bundle(DEMO / "models")  # the bundle the demo runs
+VERSION = json.loads((BUNDLE / "manifest.json").read_text())["version"]
 # short windows; enter/exit set apart from the demo clip's 15 s windows (at most 0.60 once
 # 120 frames are in) and the infrared clip's (0.74, drifting within 15 s):
 # scripts/drift_probe.py --window-s 15 --min-frames 120 --enter 0.70 --exit 0.65
@@ -71,7 +73,7 @@ def test_the_demo_clip_is_ok_and_its_infrared_version_drifts(broker, unique_id, 
     ok = [m for m in col.of("quality") if m["state"] == "ok"][-1]
     assert ok["reference"]["split"] == "val+test" and ok["reference"]["frames"] == 127
     assert ok["drift"]["statistic"] == "quantile" and ok["drift"]["score"] < QUALITY["drift_enter"]
-    assert ok["window"]["frames"] >= 10 and ok["model"]["version"] == "3.2.0"
+    assert ok["window"]["frames"] >= 10 and ok["model"]["version"] == VERSION
     masks = col.of("mask")
     assert masks and all(0.0 <= m["quality"]["uncertain"] <= 1.0 for m in masks)
     assert wait_until(lambda: any("quality" in s for s in col.of("stats")), 5)
@@ -94,7 +96,7 @@ def test_the_demo_clip_is_ok_and_its_infrared_version_drifts(broker, unique_id, 
                       == "drifting", 5)
     facts = json.loads(health.read_text())
     assert facts["state"] == "online"  # quality never changes the status
-    assert facts["quality"][unique_id]["model_version"] == "3.2.0"
+    assert facts["quality"][unique_id]["model_version"] == VERSION
     assert col.last_state() == "online"
     retained = collectors(broker, unique_id)  # a late subscriber learns the state
     assert wait_until(lambda: retained.retained("quality"), 5)
