@@ -28,6 +28,7 @@ from edge_agent.config.settings import (
     Config,
     ConfigError,
     OutputConfig,
+    QualityConfig,
     SamplesConfig,
     SourceConfig,
     _keys,
@@ -251,7 +252,9 @@ def validate(cfg: Config) -> None:
                                              f"edge '/', got {_short(ha.discovery_prefix)}")
     _check(cfg.quality.drift_exit < cfg.quality.drift_enter, "quality.drift_exit",
            f"must be below quality.drift_enter ({cfg.quality.drift_enter}), got "
-           f"{_short(cfg.quality.drift_exit)}")
+           f"{_short(cfg.quality.drift_exit)}"
+           + (" (the default): set quality.drift_exit below drift_enter"
+              if cfg.quality.drift_exit == QualityConfig.drift_exit else ""))
     if cfg.metrics.listen:
         try:
             metrics_address(cfg.metrics.listen)

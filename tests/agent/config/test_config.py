@@ -77,3 +77,17 @@ def test_source_kinds(tmp_path):
 def test_every_key_is_described():
     rows = describe()
     assert len(rows) >= 30 and all(help_ for _, _, _, help_ in rows)
+
+
+def test_a_drift_enter_below_the_default_exit_says_which_default(tmp_path, config_data):
+    """``drift_exit``'s default rose to 0.66 with bundle 3.2.0: a config that set only
+    ``drift_enter`` (0.65 was valid before) is refused in one line that says the exit it
+    clashes with is the default, and what to set, not a value the user never wrote."""
+    config_data["quality"] = {"drift_enter": 0.65}
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, config_data)
+    message = str(err.value)
+    assert "quality.drift_exit" in message and "default" in message and "\n" not in message
+    config_data["quality"] = {"drift_enter": 0.65, "drift_exit": 0.6}
+    cfg, _ = _load(tmp_path, config_data)
+    assert (cfg.quality.drift_enter, cfg.quality.drift_exit) == (0.65, 0.6)
